@@ -1,0 +1,123 @@
+"""Optimizers and learning-rate schedules, registered by name.
+
+An optimizer factory takes the model and the `train` section and returns an `Optimizers`: one or more
+torch optimizers stepped together. Every param group keeps its own peak rate as `group["peak_lr"]`; the
+schedule gives a factor in [min_lr/lr, 1] that scales them all, so AdamW and Muon groups decay together.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from nanolab import registry
+from nanolab.config import TrainConfig
+
+
+class Optimizers:
+    """Several torch optimizers used as one: step, zero_grad, state_dict, param_groups."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+        for group in self.param_groups:
+            group["peak_lr"] = group["lr"]
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for opt in self.optimizers for g in opt.param_groups]
+
+    def set_lr_factor(self, factor: float) -> None:
+        for group in self.param_groups:
+            group["lr"] = group["peak_lr"] * factor
+
+    def step(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
+
+    def zero_grad(self) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for opt, opt_state in zip(self.optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(opt_state)
+
+
+def split_params(model: nn.Module) -> tuple[list, list, list]:
+    """(hidden matrices, embedding and head tables, 1-D norms and biases); tied weights appear once."""
+    hidden, tables, vectors, seen = [], [], [], set()
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            if p.ndim < 2:
+                vectors.append(p)
+            elif isinstance(module, nn.Embedding) or module is getattr(model, "lm_head", None):
+                tables.append(p)
+            else:
+                hidden.append(p)
+    return hidden, tables, vectors
+
+
+def _adamw(groups: list[dict], train: TrainConfig, device_type: str) -> torch.optim.AdamW:
+    # fused kernels exist for CUDA (and recent CPU builds); foreach is the portable fast path
+    fused = device_type in ("cuda", "cpu")
+    return torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2), fused=fused)
+
+
+@registry.register("optimizer", "adamw", "AdamW (Loshchilov & Hutter, 2019); no weight decay on norms, biases, embeddings")
+def adamw(model: nn.Module, train: TrainConfig, device_type: str) -> Optimizers:
+    hidden, tables, vectors = split_params(model)
+    head = [p for p in tables if p is getattr(getattr(model, "lm_head", None), "weight", None)]
+    embeddings = [p for p in tables if all(p is not h for h in head)]
+    groups = [
+        {"params": hidden + head, "weight_decay": train.weight_decay},  # an untied head is a matrix like any other
+        {"params": embeddings + vectors, "weight_decay": 0.0},
+    ]
+    return Optimizers(_adamw([g for g in groups if g["params"]], train, device_type))
+
+
+@registry.register("optimizer", "muon", "Muon (Jordan et al., 2024) on hidden matrices, AdamW on the rest")
+def muon(model: nn.Module, train: TrainConfig, device_type: str) -> Optimizers:
+    hidden, tables, vectors = split_params(model)
+    orthogonal = torch.optim.Muon(hidden, lr=train.muon_lr, weight_decay=train.weight_decay)
+    rest = [{"params": tables + vectors, "weight_decay": 0.0}]
+    return Optimizers(orthogonal, _adamw(rest, train, device_type))
+
+
+def build_optimizer(model: nn.Module, train: TrainConfig, device_type: str) -> Optimizers:
+    return registry.get("optimizer", train.optimizer)(model, train, device_type)
+
+
+# ----------------------------------------------------------------------------- schedules: step -> factor in [0, 1]
+
+
+@registry.register("schedule", "cosine", "linear warmup, then cosine decay to min_lr (Loshchilov & Hutter, 2017)")
+def cosine(progress: float) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@registry.register("schedule", "linear", "linear warmup, then linear decay to min_lr")
+def linear(progress: float) -> float:
+    return 1.0 - progress
+
+
+@registry.register("schedule", "constant", "linear warmup, then the peak rate throughout")
+def constant(progress: float) -> float:
+    return 1.0
+
+
+def lr_factor(step: int, train: TrainConfig) -> float:
+    """The multiplier of the peak rate at `step`: warmup, then the schedule from 1 down to min_lr/lr."""
+    if step < train.warmup_iters:
+        return (step + 1) / (train.warmup_iters + 1)
+    floor = train.min_lr / train.lr
+    span = max(1, train.decay_iters - train.warmup_iters)
+    progress = min(1.0, (step - train.warmup_iters) / span)
+    return floor + (1.0 - floor) * registry.get("schedule", train.schedule)(progress)

@@ -1,0 +1,184 @@
+"""Typed, frozen configs: every spec key is declared here once, with its default.
+
+Cross-field checks and derived values live in `__post_init__`; they raise `ConfigError(key, value, accepted)`
+with the key relative to the section, and `nanolab.spec` adds the file and the section to the message.
+Fields whose metadata names a registry `kind` must hold a registered name of that kind.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields, replace
+
+from nanolab import registry
+
+
+class ConfigError(ValueError):
+    """One bad value: `key` (dotted, relative to the dataclass), the `value`, and what is `accepted`."""
+
+    def __init__(self, key: str, value: object, accepted: str):
+        super().__init__(f"{key} = {value!r}: {accepted}")
+        self.key, self.value, self.accepted = key, value, accepted
+
+
+def component(kind: str, default: str, help: str = ""):
+    """A string field holding a registry name of `kind`."""
+    return field(default=default, metadata={"kind": kind, "help": help})
+
+
+def _check_components(cfg) -> None:
+    for f in fields(cfg):
+        kind = f.metadata.get("kind")
+        if kind and getattr(cfg, f.name) not in registry.available(kind):
+            raise ConfigError(f.name, getattr(cfg, f.name), registry.unknown_message(kind, getattr(cfg, f.name)))
+
+
+def _check(ok: bool, key: str, value: object, accepted: str) -> None:
+    if not ok:
+        raise ConfigError(key, value, accepted)
+
+
+def _positive(cfg, *names: str) -> None:
+    for name in names:
+        _check(getattr(cfg, name) > 0, name, getattr(cfg, name), "must be > 0")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = component("dataset", "shakespeare_char", "a built-in corpus, used when `path` is not set")
+    path: str | None = None  # any UTF-8 text file; relative paths resolve against the spec file
+    tokenizer: str = component("tokenizer", "char")
+    block_size: int = 64  # context length in tokens
+
+    def __post_init__(self):
+        _check_components(self)
+        _positive(self, "block_size")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = False  # biases in Linear layers and norms
+    activation: str = component("activation", "gelu", "the MLP: relu, gelu, relu2, swiglu, ...")
+    position: str = component("position", "learned")
+    attention: str = component("attention", "sdpa")
+    norm: str = component("norm", "layernorm")
+    norm_placement: str = "pre"  # pre: x + f(norm(x)); post: norm(x + f(x))
+    qk_norm: bool = False  # RMS-normalise q and k per head (modded-nanogpt)
+    tie_weights: bool = True  # share the token embedding with the LM head
+    zero_init_proj: bool = False  # zero-initialise the residual output projections (modded-nanogpt)
+    rope_base: float = 10000.0  # RoPE frequency base, used by `position: rotary`
+    mlp_ratio: float = 4.0  # MLP hidden size / n_embd (GLU variants take 2/3 of it)
+    block_size: int = field(default=64, metadata={"derived": "data.block_size"})
+
+    def __post_init__(self):
+        _check_components(self)
+        _positive(self, "n_layer", "n_head", "n_embd", "rope_base", "mlp_ratio", "block_size")
+        _check(self.n_embd % self.n_head == 0, "n_head", self.n_head,
+               f"n_embd ({self.n_embd}) must be divisible by n_head")
+        _check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1)")
+        _check(self.norm_placement in ("pre", "post"), "norm_placement", self.norm_placement, "one of: pre, post")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 12  # sequences per micro-step
+    grad_accum: int = 1  # micro-steps per optimizer step
+    max_iters: int = 2000
+    optimizer: str = component("optimizer", "adamw")
+    lr: float = 1.0e-3
+    min_lr: float = 1.0e-4
+    schedule: str = component("schedule", "cosine", "decay after warmup: cosine, linear, constant")
+    warmup_iters: int = 100
+    lr_decay_iters: int | None = None  # None: decay until max_iters
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    muon_lr: float = 0.02  # learning rate of the Muon-updated hidden matrices
+    grad_clip: float = 1.0  # 0 disables clipping
+    eval_interval: int = 250
+    eval_iters: int = 20
+    log_interval: int = 10
+    checkpoint_interval: int | None = None  # None: every eval_interval
+    sample_tokens: int = 500  # length of samples.txt and of the samples logged at each evaluation
+    device: str = "auto"  # auto picks cuda, then mps, then cpu
+    dtype: str = "auto"  # auto: bfloat16 autocast on CUDA, float32 elsewhere
+    compile: bool = False
+
+    def __post_init__(self):
+        _check_components(self)
+        _positive(self, "batch_size", "grad_accum", "max_iters", "lr", "eval_interval", "eval_iters", "log_interval")
+        _check(0 <= self.min_lr <= self.lr, "min_lr", self.min_lr, f"must be in [0, lr={self.lr}]")
+        _check(0 <= self.warmup_iters <= self.max_iters, "warmup_iters", self.warmup_iters,
+               f"must be in [0, max_iters={self.max_iters}]")
+        _check(self.lr_decay_iters is None or self.lr_decay_iters > 0, "lr_decay_iters", self.lr_decay_iters,
+               "must be > 0 (or null for max_iters)")
+        _check(self.checkpoint_interval is None or self.checkpoint_interval > 0, "checkpoint_interval",
+               self.checkpoint_interval, "must be > 0 (or null for eval_interval)")
+        _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+        _check(self.grad_clip >= 0, "grad_clip", self.grad_clip, "must be >= 0 (0 disables clipping)")
+        _check(self.sample_tokens >= 0, "sample_tokens", self.sample_tokens, "must be >= 0")
+        for beta in ("beta1", "beta2"):
+            _check(0 <= getattr(self, beta) < 1, beta, getattr(self, beta), "must be in [0, 1)")
+        _check(bool(DEVICE_PATTERN.match(self.device)), "device", self.device, "one of: auto, cpu, cuda, cuda:N, mps")
+        _check(self.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype", self.dtype,
+               "one of: auto, float32, bfloat16, float16")
+
+    @property
+    def decay_iters(self) -> int:
+        return self.lr_decay_iters or self.max_iters
+
+    @property
+    def save_interval(self) -> int:
+        return self.checkpoint_interval or self.eval_interval
+
+
+@dataclass(frozen=True)
+class WandbConfig:
+    project: str = "nanolab"
+    entity: str | None = None
+    mode: str = "auto"  # auto: online when logged in, else offline; WANDB_MODE wins
+    dir: str | None = None
+    log_checkpoints: bool = False  # upload best/last checkpoints as an Artifact
+
+    def __post_init__(self):
+        _check(self.mode in ("auto", "online", "offline", "disabled"), "mode", self.mode,
+               "one of: auto, online, offline, disabled")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    group: str | None = None  # W&B group; sweeps and ablations set it to their name
+    job_type: str = "run"  # run, sweep or ablate
+    tags: tuple[str, ...] = ()
+    notes: str | None = None
+
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "run"
+    seed: int = 1337
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self):
+        _check(bool(NAME_PATTERN.match(self.name)), "name", self.name,
+               "letters, digits and _ . = + - (it names the run folder)")
+        if self.model.block_size != self.data.block_size:  # the model's context is the data's
+            object.__setattr__(self, "model", replace(self.model, block_size=self.data.block_size))

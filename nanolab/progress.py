@@ -1,0 +1,44 @@
+"""Training progress: a rich progress bar on a terminal, plain log lines otherwise (CI, files, workers)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
+
+
+class Progress:
+    """`update(step, val_loss, tokens_seen, tokens_per_sec)` after each log; a line every ~10% when not a TTY."""
+
+    def __init__(self, total: int, start: int = 0, enabled: bool = True, stream=None):
+        self.total, self.start, self.enabled = total, start, enabled
+        self.stream = stream or sys.stderr
+        self.bar = None
+        self.next_line = start
+        self.started = time.perf_counter()
+
+    def __enter__(self):
+        if self.enabled and self.stream.isatty():
+            self.bar = RichProgress(
+                TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[stats]}"),
+                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), transient=False)
+            self.bar.__enter__()
+            self.task = self.bar.add_task("train", total=self.total, completed=self.start, stats="")
+        return self
+
+    def update(self, step: int, loss: float, val_loss: float | None, tokens_per_sec: float) -> None:
+        stats = f"loss {loss:.4f}" + (f" val {val_loss:.4f}" if val_loss is not None else "")
+        stats += f" {tokens_per_sec:,.0f} tok/s"
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, stats=stats)
+        elif self.enabled and (step >= self.next_line or step == self.total):
+            elapsed = time.perf_counter() - self.started
+            eta = elapsed / max(1, step - self.start) * (self.total - step)
+            print(f"step {step}/{self.total} {stats} eta {eta:.0f}s", file=self.stream, flush=True)
+            self.next_line = step + max(1, self.total // 10)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)

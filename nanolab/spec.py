@@ -1,0 +1,246 @@
+"""YAML specs -> typed `Config`: `extends`, `--set` overrides, type conversion and validation.
+
+Every error is a `SpecError` with one line naming the file, the dotted key, the bad value and what is
+accepted. YAML is read with `yaml.safe_load` only, so no tag can build a Python object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nanolab.config import Config, ConfigError
+from nanolab.errors import SpecError
+from nanolab.registry import closest
+
+OVERRIDE_SOURCE = "--set"
+
+
+def load_spec(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
+    """Read a spec file (following `extends`), apply `a.b=value` overrides and validate into a Config."""
+    raw = read_yaml_chain(Path(path))
+    for text in overrides:
+        key, value = parse_override(text, Config)
+        set_dotted(raw, key, value)
+    return from_dict(Config, raw, str(path))
+
+
+def spec_from_dict(raw: dict, source: str = "<dict>") -> Config:
+    return from_dict(Config, raw, source)
+
+
+# ----------------------------------------------------------------------------- reading YAML
+
+
+def read_yaml(path: Path) -> dict:
+    """One YAML file as a dict, or a SpecError that says what is wrong with it."""
+    if not path.is_file():
+        raise SpecError(f"{path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.constructor.ConstructorError as exc:
+        raise SpecError(f"{path}: YAML tag not allowed ({exc.problem}); specs hold plain values only") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError(f"{path}: malformed YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def read_yaml_chain(path: Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """`path` merged over the file its `extends:` names (relative to `path`), recursively, cycles refused."""
+    resolved = path.resolve()
+    if resolved in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, resolved))
+        raise SpecError(f"{path}: extends cycle: {cycle}")
+    data = read_yaml(path)
+    _resolve_data_path(data, path.parent)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise SpecError(f"{path}: extends = {parent!r}: expected the path of another spec file")
+    parent_path = path.parent / parent
+    if not parent_path.is_file():
+        raise SpecError(f"{path}: extends = {parent!r}: no such file {parent_path}")
+    return deep_merge(read_yaml_chain(parent_path, (*_chain, resolved)), data)
+
+
+def _resolve_data_path(data: dict, base: Path) -> None:
+    """`data.path` in a file is relative to that file."""
+    section = data.get("data")
+    if isinstance(section, dict) and isinstance(section.get("path"), str):
+        section["path"] = str((base / section["path"]).resolve())
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+# ----------------------------------------------------------------------------- overrides
+
+
+def parse_override(text: str, cls: type = Config, source: str = OVERRIDE_SOURCE) -> tuple[str, Any]:
+    """'train.lr=3e-3' -> ('train.lr', 0.003); the key must exist in `cls`; the value parses as YAML."""
+    key, sep, value_text = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise SpecError(f"{source} {text!r}: expected KEY=VALUE, e.g. train.lr=3e-3")
+    check_key(cls, key, source)
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else ""
+    except yaml.YAMLError:
+        value = value_text  # not valid YAML: take the text as a string
+    if isinstance(value, str) and key.endswith("data.path") and value:
+        value = str(Path(value).resolve())
+    return key, value
+
+
+def check_key(cls: type, dotted: str, source: str) -> None:
+    """A SpecError unless `dotted` names a declared field of `cls` (nested dataclasses followed)."""
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        names = spec_fields(cls)
+        if part not in names:
+            raise SpecError(f"{source}: {dotted}: {_unknown_key(part, names)}")
+        hint = _field_type(cls, part)
+        cls = hint
+        if i < len(parts) - 1 and not dataclasses.is_dataclass(hint):
+            raise SpecError(f"{source}: {dotted}: {'.'.join(parts[:i + 1])} is a value, not a section")
+
+
+def set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    *path, last = dotted.split(".")
+    node = raw
+    for part in path:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[last] = value
+
+
+# ----------------------------------------------------------------------------- dict -> dataclass
+
+
+def spec_fields(cls: type) -> list[str]:
+    """The keys a spec may set for `cls` (derived fields are not among them)."""
+    return [f.name for f in dataclasses.fields(cls) if "derived" not in f.metadata]
+
+
+def _field_type(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _unknown_key(key: str, names: list[str]) -> str:
+    hint = closest(key, names)
+    return f"unknown key; accepted: {', '.join(names)}" + (f" (did you mean {hint!r}?)" if hint else "")
+
+
+def from_dict(cls: type, raw: Any, source: str, prefix: str = "") -> Any:
+    """Build dataclass `cls` from `raw`, converting and checking every value; SpecError on the first problem."""
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: {prefix.rstrip('.') or '<top>'} = {raw!r}: expected a mapping of keys")
+    derived = {f.name: f.metadata["derived"] for f in dataclasses.fields(cls) if "derived" in f.metadata}
+    kwargs = {}
+    for key, value in raw.items():
+        if key in derived:
+            raise SpecError(f"{source}: {prefix}{key}: derived from {derived[key]}; set that instead")
+        if key not in spec_fields(cls):
+            raise SpecError(f"{source}: {prefix}{key}: {_unknown_key(str(key), spec_fields(cls))}")
+        kwargs[key] = _convert(value, _field_type(cls, key), source, f"{prefix}{key}")
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise SpecError(f"{source}: {prefix}{exc}") from None
+
+
+def _convert(value: Any, hint: Any, source: str, key: str) -> Any:
+    def bad(accepted: str) -> SpecError:
+        return SpecError(f"{source}: {key} = {value!r}: expected {accepted}")
+
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value if value is not None else {}, source, key + ".")
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType):  # `X | None`
+        if value is None:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(value, inner, source, key)
+    if typing.get_origin(hint) is tuple:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+            raise bad("a list of strings")
+        return tuple(items)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # PyYAML (YAML 1.1) reads 1e-3 as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad("a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    raise TypeError(f"unsupported config field type {hint!r} for {key}")
+
+
+# ----------------------------------------------------------------------------- Config -> YAML
+
+
+def to_dict(cfg: Any) -> dict:
+    """A dataclass config as plain nested dicts (tuples as lists, derived fields left out)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        if "derived" in f.metadata:
+            continue
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            value = to_dict(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
+def dump_spec(cfg: Config) -> str:
+    """YAML text that `load_spec` reads back to an equal Config."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{'model': {'n_layer': 4}} -> {'model.n_layer': 4}"""
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
