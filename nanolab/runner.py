@@ -316,3 +316,28 @@ def restore_rng(state: dict, gen: torch.Generator) -> None:
     gen.set_state(state["batches"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resume_config(run_dir: Path) -> Config:
+    """The saved config of the run folder that `--resume` continues."""
+    from nanolab.spec import load_spec
+
+    if not (run_dir / "meta.json").is_file():
+        raise NanolabError(f"{run_dir}: not a run folder (no meta.json)")
+    return load_spec(run_dir / "config.yaml")
+
+
+def load_trained(run_dir: Path, which: str = "best", device: str = "auto"):
+    """(model in eval mode, tokenizer, device) from a run folder's checkpoint; no corpus needed."""
+    from nanolab.data import tokenizer_from_dict
+
+    cfg = resume_config(run_dir)
+    target = dev.pick_device(device)
+    path = run_dir / "ckpt" / f"{which}.pt"
+    if which == "best" and not path.is_file():
+        path = run_dir / "ckpt" / "last.pt"
+    ckpt = load_checkpoint(path, map_location=target)
+    tokenizer = tokenizer_from_dict(read_json(run_dir / "tokenizer.json"))
+    model = build_model(cfg.model, tokenizer.vocab_size).to(target)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), tokenizer, target

@@ -1,0 +1,4 @@
+import sys
+from nanolab.cli import main
+
+sys.exit(main())

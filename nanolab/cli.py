@@ -1,0 +1,177 @@
+"""The `nanolab` command. Every user error is one line on stderr and exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from nanolab.errors import NanolabError
+
+EPILOG = """examples:
+  nanolab run experiments/baseline.yaml
+  nanolab run experiments/baseline.yaml --set model.position=rotary train.lr=3e-3
+  nanolab run --resume runs/baseline/20261127-101500-ab12
+  nanolab sample runs/baseline/20261127-101500-ab12 --prompt "ROMEO:" --tokens 300
+  nanolab sweep sweeps/lr.yaml --workers 2
+  nanolab ablate experiments/ablations/position.yaml
+  nanolab compare runs/ --group position --plot position.png
+  nanolab components
+"""
+
+
+def cmd_run(args) -> int:
+    from nanolab.runner import resume_config, run
+    from nanolab.spec import load_spec
+
+    if args.resume:
+        if args.spec or args.set:
+            raise NanolabError("--resume takes a run folder alone: the run continues with its saved config")
+        cfg = resume_config(Path(args.resume))
+        result = run(cfg, resume_dir=args.resume)
+    else:
+        if not args.spec:
+            raise NanolabError("nanolab run needs a SPEC file (or --resume RUN_FOLDER); see nanolab run --help")
+        result = run(load_spec(args.spec, args.set))
+    figures = ", ".join(f"{k} {v:.4f}" for k, v in result.summary.items() if k.startswith("best/val_"))
+    print(f"{result.status}: {result.run_dir} ({figures or 'no evaluation'})")
+    return result.exit_code
+
+
+def cmd_sample(args) -> int:
+    from nanolab.runner import load_trained
+
+    model, tokenizer, device = load_trained(Path(args.run_dir), args.checkpoint)
+    import torch
+
+    idx = torch.tensor([tokenizer.encode(args.prompt) or [0]], dtype=torch.long, device=device)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    out = model.generate(idx, args.tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                         use_cache=not args.no_cache, generator=gen)
+    print(tokenizer.decode(out[0].tolist()))
+    return 0
+
+
+def cmd_components(args) -> int:
+    from nanolab import registry
+
+    for kind in registry.kinds():
+        print(kind)
+        for entry in registry.entries(kind):
+            print(f"  {entry.name:<18} {entry.description}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from nanolab.sweep import sweep_command
+
+    return sweep_command(args)
+
+
+def cmd_ablate(args) -> int:
+    from nanolab.ablate import ablate_command
+
+    return ablate_command(args)
+
+
+def cmd_compare(args) -> int:
+    from nanolab.analysis import compare_command
+
+    print(compare_command(args.runs, group=args.group, by=args.by, metric=args.metric, csv=args.csv,
+                          markdown=args.markdown, plot=args.plot, wandb_path=args.wandb))
+    return 0
+
+
+def cmd_sync(args) -> int:
+    from nanolab.tracking import sync_runs
+
+    sync_runs([Path(p) for p in args.run_dirs])
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nanolab", description="Ablations of small GPT models.", epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sets = dict(nargs="+", default=[], metavar="KEY=VALUE", action="extend",
+                help="override spec keys, e.g. --set model.position=rotary train.lr=3e-3 (values parse as YAML)")
+
+    p = sub.add_parser("run", help="train one model from a spec", description="Train one model from a spec file "
+                       "into a new run folder $NANOLAB_RUNS/<name>/<run-id> (default ./runs). Exit 130/143 after "
+                       "SIGINT/SIGTERM (the run is saved; continue it with --resume), 1 when the loss diverges.")
+    p.add_argument("spec", nargs="?", help="a spec YAML file (a run folder's config.yaml repeats that run)")
+    p.add_argument("--set", **sets)
+    p.add_argument("--resume", metavar="RUN_FOLDER", help="continue an interrupted run in its own folder")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("sample", help="generate text from a trained run", description="Generate text from a run "
+                       "folder's checkpoint with the KV cache; the run's saved tokenizer means no corpus is needed.")
+    p.add_argument("run_dir", metavar="RUN_FOLDER")
+    p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    p.add_argument("--tokens", type=int, default=500, help="new tokens to generate (default 500)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: the smallest set with mass p")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole context at every token")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("components", help="list the registered components",
+                       description="Print every registered component: kind, name, description.")
+    p.set_defaults(func=cmd_components)
+
+    p = sub.add_parser("sweep", help="run an Optuna study over a sweep file",
+                       description="Run (or continue) an Optuna study: every trial is a full run. Results go to "
+                       "$NANOLAB_RUNS/sweeps/<name>/ (trials.csv, best.yaml).")
+    p.add_argument("sweep_file", metavar="SWEEP")
+    p.add_argument("--trials", type=int, help="trials to run in this call (default: the file's `trials`)")
+    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    p.add_argument("--workers", type=int, default=1, help="trial processes on this machine (one GPU each)")
+    p.add_argument("--storage", help="an Optuna storage URL (e.g. postgresql://...) shared by many machines")
+    p.add_argument("--status", action="store_true", help="print the table of trials and run nothing")
+    p.add_argument("--set", **sets)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("ablate", help="run a grid of component swaps x seeds",
+                       description="Run every grid cell x seed of an ablation file; finished runs are skipped, "
+                       "so repeating the command continues an interrupted ablation.")
+    p.add_argument("ablation_file", metavar="FILE")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the file's `seeds`)")
+    p.add_argument("--workers", type=int, default=1, help="runs at once on this machine")
+    p.add_argument("--set", **sets)
+    p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("compare", help="compare runs in a table (and a plot)",
+                       description="Load run folders into pandas and compare variants across seeds: mean, std, "
+                       "difference to a baseline with a 95%% confidence interval and Welch's t-test.")
+    p.add_argument("runs", nargs="+", metavar="RUNS", help="run folders or roots of run folders")
+    p.add_argument("--group", help="only runs of this group (an ablation's or sweep's name)")
+    p.add_argument("--by", nargs="+", help="config keys that define a variant (default: the keys that vary)")
+    p.add_argument("--metric", default="best/val_loss")
+    p.add_argument("--csv", metavar="F")
+    p.add_argument("--markdown", metavar="F")
+    p.add_argument("--plot", metavar="F.png", help="val/loss against step per variant, band = seed spread")
+    p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs from W&B instead of run folders")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("sync", help="upload offline W&B runs", description="Upload the offline W&B runs of these "
+                       "run folders (wraps `wandb sync`), for runs trained without network.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_FOLDER")
+    p.set_defaults(func=cmd_sync)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except NanolabError as exc:
+        print(f"nanolab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
