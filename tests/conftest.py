@@ -1,0 +1,44 @@
+"""Shared test setup: every test runs offline, against temporary directories.
+
+The autouse session fixture `nanolab_env` sets, for the whole session:
+
+- `NANOLAB_CACHE`: a temporary cache pre-seeded with a copy of Tiny Shakespeare at
+  `<cache>/tinyshakespeare/input.txt`, so nothing is downloaded. The copy comes from
+  `$NANOLAB_TEST_SHAKESPEARE` if set, else from the repository's sibling `../shared/data/tinyshakespeare/`.
+- `NANOLAB_RUNS`: a temporary root for run and sweep folders.
+- `WANDB_MODE=offline`, `WANDB_SILENT=true`: W&B writes local files only, quietly.
+
+Tests that need a different cache (e.g. an empty one) override the variables with `monkeypatch`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+SHARED_SHAKESPEARE = Path(__file__).parents[2] / "shared/data/tinyshakespeare/input.txt"
+
+
+def shared_shakespeare() -> Path:
+    """The local copy of Tiny Shakespeare the tests use instead of the internet."""
+    return Path(os.environ.get("NANOLAB_TEST_SHAKESPEARE") or SHARED_SHAKESPEARE)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nanolab_env(tmp_path_factory):
+    """Point nanolab's cache and run folders at temporary directories and keep W&B offline."""
+    source = shared_shakespeare()
+    if not source.is_file():
+        pytest.fail(f"Tiny Shakespeare not found at {source}; set NANOLAB_TEST_SHAKESPEARE to a copy")
+    cache = tmp_path_factory.mktemp("cache")
+    (cache / "tinyshakespeare").mkdir()
+    shutil.copyfile(source, cache / "tinyshakespeare/input.txt")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NANOLAB_CACHE", str(cache))
+        mp.setenv("NANOLAB_RUNS", str(tmp_path_factory.mktemp("runs")))
+        mp.setenv("WANDB_MODE", "offline")
+        mp.setenv("WANDB_SILENT", "true")
+        yield
