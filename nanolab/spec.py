@@ -113,6 +113,23 @@ def parse_override(text: str, cls: type = Config, source: str = OVERRIDE_SOURCE)
     return key, value
 
 
+def format_override(key: str, value: Any) -> str:
+    """('train.lr', 0.001) -> 'train.lr=0.001', the inverse of `parse_override`."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    return f"{key}={text.removesuffix('...').strip()}"
+
+
+def normalize_overrides(value: Any, source: str, key: str = "overrides") -> tuple[str, ...]:
+    """A plan file's `overrides:` as `key=value` strings: a list of such strings, or a mapping of dotted keys."""
+    if value is None:
+        return ()
+    if isinstance(value, dict):
+        return tuple(format_override(k, v) for k, v in flatten(value).items())
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise SpecError(f"{source}: {key} = {value!r}: expected a list of KEY=VALUE strings or a mapping of dotted keys")
+
+
 def check_key(cls: type, dotted: str, source: str) -> None:
     """A SpecError unless `dotted` names a declared field of `cls` (nested dataclasses followed)."""
     parts = dotted.split(".")
@@ -183,6 +200,14 @@ def _convert(value: Any, hint: Any, source: str, key: str) -> Any:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _convert(value, inner, source, key)
+    if hint is dict or typing.get_origin(hint) is dict:
+        if not isinstance(value, dict):
+            raise bad("a mapping")
+        return value
+    if hint is list or typing.get_origin(hint) is list:
+        if not isinstance(value, list):
+            raise bad("a list")
+        return value
     if typing.get_origin(hint) is tuple:
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
