@@ -1,0 +1,381 @@
+"""nanolab.analysis on run folders built by hand in the runner's format, and on fake W&B runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from scipy import stats
+
+from nanolab import analysis
+from nanolab.analysis import (compare, compare_command, format_table, load_history, load_runs, load_wandb_runs,
+                              to_markdown, varying_keys, wandb_run_history, wandb_run_row)
+from nanolab.errors import NanolabError
+
+GELU = [1.50, 1.52, 1.49]
+RELU = [1.45, 1.47, 1.44]
+
+
+def config(name: str, seed: int, activation: str, group: str | None) -> dict:
+    return {
+        "name": name,
+        "seed": seed,
+        "data": {"dataset": "shakespeare_char", "path": None, "tokenizer": "char", "block_size": 64},
+        "model": {"n_layer": 2, "n_head": 2, "n_embd": 32, "dropout": 0.0, "activation": activation,
+                  "position": "learned", "attention": "sdpa", "norm": "layernorm"},
+        "train": {"batch_size": 4, "max_iters": 40, "lr": 1.0e-3, "min_lr": 1.0e-4, "eval_interval": 20},
+        "tracking": {"wandb": {"project": "nanolab", "entity": None, "mode": "offline"}, "group": group,
+                     "job_type": "ablate", "tags": ["ablation", activation], "notes": None},
+    }
+
+
+def meta(run_id: str, name: str, group: str | None, status: str, activation: str) -> dict:
+    return {
+        "run_id": run_id, "name": name, "group": group, "job_type": "ablate", "status": status,
+        "start_time": "2025-03-01T10:00:00+00:00", "end_time": "2025-03-01T10:01:40+00:00", "wall_time": 100.0,
+        "git": {"commit": "abc123", "dirty": False}, "versions": {"torch": "2.13.0"}, "device": "cpu",
+        "params": 26_000, "non_embedding_params": 24_000, "flops_per_token": 150_000,
+        "variant": {"model.activation": activation}, "tags": ["ablation", activation],
+    }
+
+
+def summary(best: float) -> dict:
+    return {"best/val_loss": best, "best/val_ppl": math.exp(best), "best/step": 40, "final/val_loss": best + 0.01,
+            "final/train_loss": best - 0.02, "tokens_seen": 10_240, "wall_time": 100.0}
+
+
+def metrics(best: float) -> list[dict]:
+    """Train rows at 10..40 and eval rows (separate objects) at 20 and 40, as the runner logs them."""
+    train = [{"step": s, "train/loss": 3.0 - s / 40, "train/lr": 1e-3, "perf/tokens_per_sec": 5000.0}
+             for s in (10, 20, 30, 40)]
+    evals = [{"step": s, "val/loss": best + (40 - s) / 20, "val/ppl": math.exp(best), "val/bpc": best / math.log(2),
+              "train/eval_loss": best - 0.02} for s in (20, 40)]
+    return train[:2] + evals[:1] + train[2:] + evals[1:]
+
+
+def write_run(root: Path, run_id: str, activation: str = "gelu", best: float = 1.5, seed: int = 1,
+              status: str = "finished", group: str | None = "activation", name: str = "act") -> Path:
+    folder = root / name / run_id
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config(name, seed, activation, group), sort_keys=False))
+    (folder / "meta.json").write_text(json.dumps(meta(run_id, name, group, status, activation)))
+    if status == "finished":
+        (folder / "summary.json").write_text(json.dumps(summary(best)))
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in metrics(best)))
+    return folder
+
+
+def write_ablation(root: Path) -> None:
+    """gelu and relu x 3 seeds, finished, plus a failed relu run and a pruned gelu run."""
+    for activation, losses in (("gelu", GELU), ("relu", RELU)):
+        for seed, best in enumerate(losses):
+            write_run(root, f"{activation}-{seed}", activation, best, seed)
+    write_run(root, "relu-failed", "relu", 0.1, 9, status="failed")
+    write_run(root, "gelu-pruned", "gelu", 0.1, 9, status="pruned")
+
+
+def welch_by_hand(a: list[float], b: list[float], confidence: float = 0.95) -> tuple[float, float, float, float]:
+    """mean(a) - mean(b), the Welch interval and the two-sided p-value, from the textbook formulas."""
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    diff, se = np.mean(a) - np.mean(b), math.sqrt(va + vb)
+    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = stats.t.ppf((1 + confidence) / 2, dof) * se
+    return diff, diff - half, diff + half, 2 * stats.t.sf(abs(diff / se), dof)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def test_load_runs_one_row_per_run_with_dotted_config(tmp_path):
+    write_ablation(tmp_path)
+    write_run(tmp_path, "base-0", name="baseline", group=None)
+    sweep = tmp_path / "sweeps" / "lr"
+    sweep.mkdir(parents=True)
+    (sweep / "trials.csv").write_text("number,value\n0,1.5\n")
+    (sweep / "best.yaml").write_text("train: {lr: 0.001}\n")
+    broken = tmp_path / "act" / "broken"
+    broken.mkdir()
+    (broken / "config.yaml").write_text("name: act\n")
+    (broken / "meta.json").write_text("{not json")
+
+    with pytest.warns(UserWarning, match="broken"):
+        runs = load_runs(tmp_path)
+
+    assert len(runs) == 9 and runs["run_id"].is_unique
+    assert list(runs.columns[:len(analysis.BASE_COLUMNS)]) == analysis.BASE_COLUMNS
+    row = runs.set_index("run_id").loc["relu-1"]
+    assert row["model.activation"] == "relu" and row["train.lr"] == 1e-3 and row["model.n_layer"] == 2
+    assert row["tracking.wandb.project"] == "nanolab"
+    assert row["tracking.tags"] == ["ablation", "relu"]
+    assert row["best/val_loss"] == RELU[1] and row["tokens_seen"] == 10_240 and row["params"] == 26_000
+    assert row["status"] == "finished" and row["group"] == "activation" and row["wall_time"] == 100.0
+    assert pd.api.types.is_datetime64_any_dtype(runs["start_time"])
+    assert row["end_time"] - row["start_time"] == pd.Timedelta(seconds=100)
+    assert Path(row["path"]) == (tmp_path / "act" / "relu-1").resolve()
+    assert pd.isna(runs.set_index("run_id").loc["relu-failed", "best/val_loss"])  # no summary: NaN
+
+
+def test_load_runs_group_filter_and_narrower_paths(tmp_path):
+    write_ablation(tmp_path)
+    write_run(tmp_path, "base-0", name="baseline", group=None)
+    assert len(load_runs(tmp_path, group="activation")) == 8
+    assert load_runs(tmp_path, group="nope").empty
+    assert list(load_runs(tmp_path / "baseline")["run_id"]) == ["base-0"]
+    assert list(load_runs([tmp_path / "act" / "gelu-0", str(tmp_path / "act" / "gelu-1")])["run_id"]) == [
+        "gelu-0", "gelu-1"]
+    assert len(load_runs([tmp_path, tmp_path / "act"])) == 9  # found twice, listed once
+
+
+def test_group_falls_back_to_tracking_group(tmp_path):
+    folder = write_run(tmp_path, "r1", group="lr")
+    meta_file = folder / "meta.json"
+    meta_file.write_text(json.dumps({k: v for k, v in json.loads(meta_file.read_text()).items() if k != "group"}))
+    assert list(load_runs(tmp_path, group="lr")["run_id"]) == ["r1"]
+
+
+def test_missing_path_warns_and_gives_empty_frame_with_base_columns(tmp_path):
+    with pytest.warns(UserWarning, match="no such"):
+        runs = load_runs(tmp_path / "absent")
+    assert runs.empty and set(analysis.BASE_COLUMNS) <= set(runs.columns)
+    folder = tmp_path / "half" / "r"
+    folder.mkdir(parents=True)
+    (folder / "meta.json").write_text("{}")
+    with pytest.warns(UserWarning, match="without config.yaml"):
+        assert load_runs(tmp_path).empty
+
+
+def test_load_history_is_long_with_train_and_eval_rows_merged(tmp_path):
+    write_run(tmp_path, "g0", "gelu", 1.5)
+    write_run(tmp_path, "r0", "relu", 1.4)
+    assert load_history(tmp_path, group="activation")["run_id"].nunique() == 2
+    assert load_history(tmp_path, group="other").empty
+    with (tmp_path / "act" / "r0" / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 50, "train/lo')  # a run killed mid-write
+    with pytest.warns(UserWarning, match="unparsable"):
+        history = load_history(tmp_path)
+    assert list(history.columns[:4]) == ["run_id", "name", "group", "step"]
+    assert {"train/loss", "val/loss", "val/bpc", "perf/tokens_per_sec"} <= set(history.columns)
+    g0 = history[history["run_id"] == "g0"].set_index("step")
+    assert list(g0.index) == [10, 20, 30, 40]
+    assert g0.loc[20, "train/loss"] == 2.5 and g0.loc[20, "val/loss"] == 2.5
+    assert pd.isna(g0.loc[10, "val/loss"])
+    assert list(history[history["run_id"] == "r0"]["step"]) == [10, 20, 30, 40]
+
+
+# ----------------------------------------------------------------------------- comparison
+
+
+def ablation_frame() -> pd.DataFrame:
+    rows = [{"run_id": f"g{i}", "model.activation": "gelu", "status": "finished", "best/val_loss": v}
+            for i, v in enumerate(GELU)]
+    rows += [{"run_id": f"r{i}", "model.activation": "relu", "status": "finished", "best/val_loss": v}
+             for i, v in enumerate(RELU)]
+    rows += [{"run_id": "rf", "model.activation": "relu", "status": "failed", "best/val_loss": 0.1},
+             {"run_id": "gp", "model.activation": "gelu", "status": "pruned", "best/val_loss": 0.1},
+             {"run_id": "gd", "model.activation": "gelu", "status": "diverged", "best/val_loss": np.nan}]
+    return pd.DataFrame(rows)
+
+
+def test_compare_matches_hand_computed_welch():
+    table = compare(ablation_frame(), by="model.activation")
+    assert list(table["model.activation"]) == ["relu", "gelu"]  # best (lowest) first
+    relu, gelu = table.iloc[0], table.iloc[1]
+    assert gelu["baseline"] and not relu["baseline"]  # tie on n: the variant seen first
+    assert relu["n"] == 3 and gelu["n"] == 3
+    assert relu["mean"] == pytest.approx(sum(RELU) / 3)
+    assert relu["std"] == pytest.approx(math.sqrt(sum((x - sum(RELU) / 3) ** 2 for x in RELU) / 2))
+    assert relu["min"] == 1.44 and relu["max"] == 1.47
+    diff, low, high, p = welch_by_hand(RELU, GELU)
+    assert relu["diff"] == pytest.approx(diff) == pytest.approx(-0.05)
+    assert (relu["ci_low"], relu["ci_high"]) == (pytest.approx(low), pytest.approx(high))
+    assert relu["p_value"] == pytest.approx(p)
+    assert relu["p_value"] == pytest.approx(stats.ttest_ind(RELU, GELU, equal_var=False).pvalue)
+    assert relu["significant"] and high < 0
+    assert gelu["diff"] == 0 and pd.isna(gelu["ci_low"]) and not gelu["significant"]
+    # failed, pruned and diverged runs are counted, not averaged
+    assert (relu["n_failed"], relu["n_pruned"]) == (1, 0)
+    assert (gelu["n_failed"], gelu["n_pruned"], gelu["n_diverged"]) == (0, 1, 1)
+
+
+def test_compare_named_baseline_confidence_and_direction():
+    df = ablation_frame()
+    for baseline in ("relu", ("relu",), {"model.activation": "relu"}):
+        table = compare(df, ["model.activation"], baseline=baseline).set_index("model.activation")
+        assert table.loc["relu", "baseline"] and table.loc["gelu", "diff"] == pytest.approx(0.05)
+    _, low, high, _ = welch_by_hand(GELU, RELU, confidence=0.99)
+    table = compare(df, "model.activation", baseline="relu", confidence=0.99).set_index("model.activation")
+    assert table.loc["gelu", "ci_low"] == pytest.approx(low) and table.loc["gelu", "ci_high"] == pytest.approx(high)
+    assert list(compare(df, "model.activation", direction="maximize")["model.activation"]) == ["gelu", "relu"]
+    with pytest.raises(NanolabError, match="no such variant.*model.activation=gelu"):
+        compare(df, "model.activation", baseline="swiglu")
+
+
+def test_compare_default_baseline_is_the_variant_with_most_runs():
+    df = pd.concat([ablation_frame(), pd.DataFrame([{"run_id": "r3", "model.activation": "relu",
+                                                     "status": "finished", "best/val_loss": 1.46}])])
+    table = compare(df, "model.activation").set_index("model.activation")
+    assert table.loc["relu", "baseline"] and table.attrs["baseline"] == "model.activation=relu"
+
+
+def test_compare_small_samples_give_nan_not_errors():
+    df = pd.DataFrame([
+        {"model.activation": "gelu", "train.lr": 1e-3, "status": "finished", "best/val_loss": 1.5},
+        {"model.activation": "gelu", "train.lr": 1e-3, "status": "finished", "best/val_loss": 1.6},
+        {"model.activation": "relu", "train.lr": 1e-3, "status": "finished", "best/val_loss": 1.4},
+        {"model.activation": "swiglu", "train.lr": 1e-3, "status": "failed", "best/val_loss": np.nan},
+    ])
+    table = compare(df, ["model.activation", "train.lr"]).set_index("model.activation")
+    assert list(table.index) == ["relu", "gelu", "swiglu"]  # no runs: last
+    assert table.loc["relu", "n"] == 1 and pd.isna(table.loc["relu", "std"])
+    assert table.loc["relu", "diff"] == pytest.approx(-0.15)
+    assert pd.isna(table.loc["relu", "ci_low"]) and pd.isna(table.loc["relu", "p_value"])
+    assert not table.loc["relu", "significant"]
+    assert table.loc["swiglu", "n"] == 0 and pd.isna(table.loc["swiglu", "mean"])
+    assert table.loc["swiglu", "n_failed"] == 1
+    text = format_table(table.reset_index())
+    assert "swiglu" in text and "n_failed" in text and "n_pruned" not in text
+
+
+def test_compare_rejects_unknown_keys_and_metrics():
+    df = ablation_frame()
+    with pytest.raises(NanolabError, match=r"'model.activaton'.*did you mean 'model.activation'"):
+        compare(df, "model.activaton")
+    with pytest.raises(NanolabError, match=r"'best/val_los'.*did you mean 'best/val_loss'"):
+        compare(df, "model.activation", metric="best/val_los")
+    with pytest.raises(NanolabError, match="direction"):
+        compare(df, "model.activation", direction="down")
+
+
+def test_varying_keys_ignores_seed_name_and_tracking(tmp_path):
+    write_ablation(tmp_path)
+    runs = load_runs(tmp_path)
+    assert runs["seed"].nunique() > 1 and runs["tracking.tags"].map(tuple).nunique() > 1
+    assert varying_keys(runs) == ["model.activation"]
+
+
+def test_format_table_and_markdown_mark_significance():
+    table = compare(ablation_frame(), "model.activation")
+    text = format_table(table)
+    assert "95% CI" in text and "*" in text and "baseline" in text
+    lines = to_markdown(table).splitlines()
+    assert lines[0].startswith("| model.activation | n | mean | std | min | diff | 95% CI | p | sig |")
+    assert lines[1].startswith("| --- | ---: |")
+    assert lines[2].startswith("| relu | 3 | 1.4533 |")
+    assert "| * |" in lines[2] and "baseline" in lines[3]
+
+
+# ----------------------------------------------------------------------------- the CLI entry
+
+
+def test_compare_command_writes_csv_markdown_and_png(tmp_path):
+    write_ablation(tmp_path / "runs")
+    out = tmp_path / "out"
+    text = compare_command(tmp_path / "runs", group="activation", csv=str(out / "cmp.csv"),
+                           markdown=str(out / "cmp.md"), plot=str(out / "val.png"))
+    assert "best/val_loss by model.activation" in text and "relu" in text and "*" in text
+
+    csv = pd.read_csv(out / "cmp.csv").set_index("model.activation")
+    diff, low, high, p = welch_by_hand(RELU, GELU)
+    assert csv.loc["relu", "mean"] == pytest.approx(np.mean(RELU))
+    assert csv.loc["gelu", "std"] == pytest.approx(np.std(GELU, ddof=1))
+    assert (csv.loc["relu", "diff"], csv.loc["relu", "ci_low"], csv.loc["relu", "p_value"]) == (
+        pytest.approx(diff), pytest.approx(low), pytest.approx(p))
+    assert (csv.loc["relu", "n_failed"], csv.loc["gelu", "n_pruned"]) == (1, 1)
+
+    markdown = (out / "cmp.md").read_text()
+    assert "| model.activation | n | mean |" in markdown
+    assert "| relu | 3 | 1.4533 |" in markdown and "| gelu | 3 | 1.5033 |" in markdown
+
+    png = (out / "val.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+
+def test_compare_command_explicit_by_baseline_and_metric(tmp_path):
+    write_ablation(tmp_path)
+    text = compare_command([tmp_path], group="activation", by="model.activation,train.lr",
+                           metric="final/val_loss", baseline="model.activation=relu,train.lr=1e-3")
+    assert "final/val_loss by model.activation, train.lr" in text
+    assert "baseline model.activation=relu, train.lr=0.001" in text
+
+
+def test_compare_command_errors_name_the_value(tmp_path, monkeypatch):
+    write_ablation(tmp_path)
+    with pytest.raises(NanolabError, match=r"no runs of group 'activaton'.*did you mean 'activation'.*groups: activation"):
+        compare_command(tmp_path, group="activaton")
+    with pytest.raises(NanolabError, match=r"did you mean 'model.activation'"):
+        compare_command(tmp_path, group="activation", by="model.activaton")
+    with pytest.raises(NanolabError, match=r"unknown metric 'val_loss'.*best/val_loss"):
+        compare_command(tmp_path, group="activation", metric="val_loss")
+    with pytest.raises(NanolabError, match="no runs found"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compare_command(tmp_path / "empty")
+    monkeypatch.setenv("NANOLAB_RUNS", str(tmp_path))
+    assert "relu" in compare_command(group="activation")
+
+
+# ----------------------------------------------------------------------------- W&B
+
+
+class FakeWandbRun(SimpleNamespace):
+    """The attributes nanolab reads from a `wandb.apis.public.Run`."""
+
+    def history(self, samples=500, pandas=True):
+        return self.history_frame
+
+
+def fake_wandb_run(folder: Path) -> FakeWandbRun:
+    """The W&B twin of a local run folder: nested config, summary with W&B's own keys, sampled history."""
+    local_meta = json.loads((folder / "meta.json").read_text())
+    local_summary = json.loads((folder / "summary.json").read_text())
+    history = pd.DataFrame(metrics(local_summary["best/val_loss"]))
+    history = history.rename(columns={"step": "_step"}).assign(_runtime=1.0, _timestamp=1.7e9)
+    return FakeWandbRun(
+        id=local_meta["run_id"], name=local_meta["run_id"], group=local_meta["group"], job_type="ablate",
+        state="finished", path=["me", "nanolab", local_meta["run_id"]], created_at="2025-03-01T10:00:00Z",
+        config={**yaml.safe_load((folder / "config.yaml").read_text()), "_wandb": {"cli_version": "0.31.0"}},
+        summary={**local_summary, "params": 26_000, "non_embedding_params": 24_000, "flops_per_token": 150_000,
+                 "_runtime": 100.0, "_step": 40, "samples": {"_type": "html"}},
+        history_frame=history,
+    )
+
+
+def test_wandb_run_maps_to_the_same_columns_as_a_local_run(tmp_path, monkeypatch):
+    folder = write_run(tmp_path, "g0", "gelu", 1.5)
+    local = load_runs(tmp_path)
+    fake = fake_wandb_run(folder)
+    calls = []
+
+    class FakeApi:
+        def runs(self, path, filters):
+            calls.append((path, filters))
+            return [fake]
+
+    monkeypatch.setattr("wandb.Api", FakeApi)
+    remote = load_wandb_runs("me/nanolab", group="activation")
+    assert calls == [("me/nanolab", {"group": "activation"})]
+    assert list(remote.columns) == list(local.columns)
+    same = [c for c in local.columns if c != "path"]
+    pd.testing.assert_frame_equal(remote[same], local[same], check_dtype=False)
+    assert remote.loc[0, "path"] == "me/nanolab/g0"
+
+    history = wandb_run_history(fake)
+    local_history = load_history(tmp_path)
+    assert list(history.columns) == list(local_history.columns)
+    pd.testing.assert_frame_equal(history, local_history, check_dtype=False)
+
+
+def test_wandb_states_map_to_nanolab_statuses():
+    fake = dict(id="x", name="x", group="g", job_type="run", path=["e", "p", "x"], created_at="2025-03-01T10:00:00",
+                config={"name": "exp"}, history_frame=pd.DataFrame())
+    assert wandb_run_row(FakeWandbRun(state="crashed", summary={}, **fake))["status"] == "failed"
+    assert wandb_run_row(FakeWandbRun(state="killed", summary={}, **fake))["status"] == "interrupted"
+    row = wandb_run_row(FakeWandbRun(state="finished", summary={"status": "diverged", "_runtime": 5}, **fake))
+    assert row["status"] == "diverged" and row["name"] == "exp" and row["wall_time"] == 5
+    assert wandb_run_history(FakeWandbRun(state="running", summary={}, **fake)).empty
