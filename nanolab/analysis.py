@@ -35,6 +35,8 @@ UNFINISHED = ["running", "interrupted", "diverged", "pruned", "failed"]  # count
 WANDB_STATES = {"finished": "finished", "running": "running", "crashed": "failed", "failed": "failed",
                 "killed": "interrupted", "preempting": "interrupted", "preempted": "interrupted"}
 WANDB_HISTORY_SAMPLES = 100_000
+WANDB_ONLY_CONFIG = ("device", "run_dir", *RUN_STATS)  # the tracker adds these to W&B's config (meta locally)
+STEP_METRICS = ("train", "val", "perf")  # W&B's summary repeats their last values; summary.json does not
 
 PathsLike = str | os.PathLike | Sequence[str | os.PathLike]
 
@@ -182,21 +184,22 @@ def _wandb_runs(path: str, group: str | None) -> list:
 
 
 def wandb_run_row(run: Any) -> dict:
-    """A W&B public-API run as the row `load_runs` makes of a run folder.
+    """A W&B public-API run as the row `load_runs` makes of a run folder (nanolab names W&B runs by run id).
 
-    status: nanolab's status when the run's summary holds one (diverged, pruned, ...), else the W&B
+    status: nanolab's status from the run's summary (the tracker writes it on close), else the W&B
     state mapped by WANDB_STATES (crashed -> failed, killed -> interrupted). end_time is the start
-    plus the wall time (summary `wall_time`, else W&B's `_runtime`).
+    plus the wall time (summary `wall_time`, else W&B's `_runtime`). path is "ENTITY/PROJECT/ID".
     """
-    config = flatten({k: v for k, v in run.config.items() if not k.startswith("_")})
-    summary = {k: v for k, v in run.summary.items()  # scalars only: media and histograms are dicts
-               if not k.startswith("_") and isinstance(v, (bool, int, float, str, type(None)))}
+    extra = {k: run.config.get(k) for k in WANDB_ONLY_CONFIG}
+    config = flatten({k: v for k, v in run.config.items() if not k.startswith("_") and k not in extra})
+    summary = {k: v for k, v in run.summary.items()
+               if not k.startswith("_") and k.split("/")[0] not in STEP_METRICS and _is_scalar(v)}
     wall_time = summary.get("wall_time", run.summary.get("_runtime"))
     start = pd.Timestamp(run.created_at)
     status = summary.get("status")
     base = {
-        "run_id": run.id,
-        "name": config.get("name", run.name),
+        "run_id": run.name or run.id,
+        "name": config.get("name"),
         "group": run.group,
         "job_type": run.job_type,
         "status": status if status in ["finished", *UNFINISHED] else WANDB_STATES.get(run.state, run.state),
@@ -204,7 +207,7 @@ def wandb_run_row(run: Any) -> dict:
         "start_time": start.isoformat(),
         "end_time": (start + pd.Timedelta(seconds=wall_time)).isoformat() if wall_time is not None else None,
         "wall_time": wall_time,
-        **{key: summary.get(key, config.get(key)) for key in RUN_STATS},
+        **{key: summary.get(key, extra[key]) for key in RUN_STATS},
     }
     return {**config, **summary, **base}
 
@@ -214,8 +217,13 @@ def wandb_run_history(run: Any) -> pd.DataFrame:
     history = run.history(samples=WANDB_HISTORY_SAMPLES, pandas=True)
     if "step" not in history and "_step" in history:
         history = history.rename(columns={"_step": "step"})
-    history = history[[c for c in history.columns if not c.startswith("_")]]
+    history = history[[c for c in history.columns if not c.startswith("_") and history[c].map(_is_scalar).all()]]
     return _with_run(history, wandb_run_row(run))
+
+
+def _is_scalar(value: Any) -> bool:
+    """Not media (tables, histograms), which W&B stores as dicts."""
+    return isinstance(value, (bool, int, float, str, type(None)))
 
 
 # ----------------------------------------------------------------------------- comparison

@@ -331,17 +331,23 @@ class FakeWandbRun(SimpleNamespace):
 
 
 def fake_wandb_run(folder: Path) -> FakeWandbRun:
-    """The W&B twin of a local run folder: nested config, summary with W&B's own keys, sampled history."""
+    """The W&B twin of a local run folder as nanolab's tracker writes it: W&B names the run by the run id;
+    config holds the spec plus meta's figures; summary.json, the status, the last step metrics (losses as
+    min/last) and W&B's own keys in the summary; the samples table in the history."""
     local_meta = json.loads((folder / "meta.json").read_text())
     local_summary = json.loads((folder / "summary.json").read_text())
     history = pd.DataFrame(metrics(local_summary["best/val_loss"]))
     history = history.rename(columns={"step": "_step"}).assign(_runtime=1.0, _timestamp=1.7e9)
+    history["samples"] = [None] * (len(history) - 1) + [{"_type": "table-file", "path": "media/t.json"}]
     return FakeWandbRun(
-        id=local_meta["run_id"], name=local_meta["run_id"], group=local_meta["group"], job_type="ablate",
-        state="finished", path=["me", "nanolab", local_meta["run_id"]], created_at="2025-03-01T10:00:00Z",
-        config={**yaml.safe_load((folder / "config.yaml").read_text()), "_wandb": {"cli_version": "0.31.0"}},
-        summary={**local_summary, "params": 26_000, "non_embedding_params": 24_000, "flops_per_token": 150_000,
-                 "_runtime": 100.0, "_step": 40, "samples": {"_type": "html"}},
+        id="k3j9x0qa", name=local_meta["run_id"], group=local_meta["group"], job_type="ablate",
+        state="finished", path=["me", "nanolab", "k3j9x0qa"], created_at="2025-03-01T10:00:00Z",
+        config={**yaml.safe_load((folder / "config.yaml").read_text()), "_wandb": {"cli_version": "0.31.0"},
+                "params": 26_000, "non_embedding_params": 24_000, "flops_per_token": 150_000, "device": "cpu",
+                "run_dir": str(folder)},
+        summary={**local_summary, "status": "finished", "train/loss": {"min": 2.0, "last": 2.0},
+                 "train/lr": 1e-3, "perf/tokens_per_sec": 5000.0, "_runtime": 100.0, "_step": 40,
+                 "samples": {"_type": "table-file"}},
         history_frame=history,
     )
 
@@ -363,7 +369,7 @@ def test_wandb_run_maps_to_the_same_columns_as_a_local_run(tmp_path, monkeypatch
     assert list(remote.columns) == list(local.columns)
     same = [c for c in local.columns if c != "path"]
     pd.testing.assert_frame_equal(remote[same], local[same], check_dtype=False)
-    assert remote.loc[0, "path"] == "me/nanolab/g0"
+    assert remote.loc[0, "path"] == "me/nanolab/k3j9x0qa"
 
     history = wandb_run_history(fake)
     local_history = load_history(tmp_path)
@@ -372,10 +378,10 @@ def test_wandb_run_maps_to_the_same_columns_as_a_local_run(tmp_path, monkeypatch
 
 
 def test_wandb_states_map_to_nanolab_statuses():
-    fake = dict(id="x", name="x", group="g", job_type="run", path=["e", "p", "x"], created_at="2025-03-01T10:00:00",
+    fake = dict(id="k3j9x0qa", name="x", group="g", job_type="run", path=["e", "p", "x"], created_at="2025-03-01T10:00:00",
                 config={"name": "exp"}, history_frame=pd.DataFrame())
     assert wandb_run_row(FakeWandbRun(state="crashed", summary={}, **fake))["status"] == "failed"
     assert wandb_run_row(FakeWandbRun(state="killed", summary={}, **fake))["status"] == "interrupted"
     row = wandb_run_row(FakeWandbRun(state="finished", summary={"status": "diverged", "_runtime": 5}, **fake))
-    assert row["status"] == "diverged" and row["name"] == "exp" and row["wall_time"] == 5
+    assert row["status"] == "diverged" and row["name"] == "exp" and row["run_id"] == "x" and row["wall_time"] == 5
     assert wandb_run_history(FakeWandbRun(state="running", summary={}, **fake)).empty
