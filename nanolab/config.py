@@ -119,8 +119,7 @@ class TrainConfig:
         _check_components(self)
         _positive(self, "batch_size", "grad_accum", "max_iters", "lr", "eval_interval", "eval_iters", "log_interval")
         _check(0 <= self.min_lr <= self.lr, "min_lr", self.min_lr, f"must be in [0, lr={self.lr}]")
-        _check(0 <= self.warmup_iters <= self.max_iters, "warmup_iters", self.warmup_iters,
-               f"must be in [0, max_iters={self.max_iters}]")
+        _check(self.warmup_iters >= 0, "warmup_iters", self.warmup_iters, "must be >= 0")
         _check(self.lr_decay_iters is None or self.lr_decay_iters > 0, "lr_decay_iters", self.lr_decay_iters,
                "must be > 0 (or null for max_iters)")
         _check(self.checkpoint_interval is None or self.checkpoint_interval > 0, "checkpoint_interval",

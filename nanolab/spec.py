@@ -192,6 +192,8 @@ def _convert(value: Any, hint: Any, source: str, key: str) -> Any:
     def bad(accepted: str) -> SpecError:
         return SpecError(f"{source}: {key} = {value!r}: expected {accepted}")
 
+    if hint is Any:
+        return value
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value if value is not None else {}, source, key + ".")
     args = typing.get_args(hint)
