@@ -1,0 +1,207 @@
+"""A decoder-only GPT assembled from registry components, with a KV cache for generation.
+
+    model = build_model(cfg.model, vocab_size=65)
+    logits = model(idx)                     # (B, T, vocab)
+    logits, loss = model(idx, targets)      # loss: mean cross-entropy over all B*T targets
+    out = model.generate(idx, max_new_tokens=100, temperature=0.8, top_k=50)
+
+Every swappable piece is looked up by name in the registry (`ModelConfig.attention`, `.position`,
+`.activation`, `.norm`) and constructed with the arguments its constructor names, taken from `component_args`.
+The structure follows nanoGPT (github.com/karpathy/nanoGPT, model.py) and GPT-2 (Radford et al. 2019).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nanolab import registry
+from nanolab.config import ModelConfig
+
+
+def component_args(cfg: ModelConfig) -> dict:
+    """The arguments a component's constructor may name, by name."""
+    return dict(n_embd=cfg.n_embd, n_head=cfg.n_head, head_dim=cfg.head_dim, block_size=cfg.block_size,
+                dropout=cfg.dropout, bias=cfg.bias, mlp_ratio=cfg.mlp_ratio, rope_base=cfg.rope_base)
+
+
+def build(kind: str, name: str, args: dict) -> nn.Module:
+    """The registered component `name` of `kind`, constructed with the entries of `args` its constructor names."""
+    cls = registry.get(kind, name)
+    wanted = inspect.signature(cls).parameters
+    return cls(**{key: value for key, value in args.items() if key in wanted})
+
+
+class KVCache:
+    """One layer's rotated keys and values (B, nh, Tk, hs) of the positions run so far."""
+
+    def __init__(self):
+        self.k = self.v = None
+
+    def update(self, k, v):
+        """Append this step's keys and values (B, nh, T, hs); return all of them (B, nh, Tk, hs)."""
+        if self.k is not None:
+            k, v = torch.cat((self.k, k), dim=2), torch.cat((self.v, v), dim=2)
+        self.k, self.v = k, v
+        return k, v
+
+
+class CausalSelfAttention(nn.Module):
+    """Projections, qk-norm, position rotation and KV cache around a registered attention kernel."""
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool, qk_norm: bool, kernel: nn.Module):
+        super().__init__()
+        self.n_head, self.qk_norm, self.kernel = n_head, qk_norm, kernel
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)  # q, k, v for all heads at once
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x, position, pos, cache=None):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, C) each
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if self.qk_norm:  # modded-nanogpt (github.com/KellerJordan/modded-nanogpt)
+            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
+        q, k = position.rotate(q, k, pos)
+        if cache is not None:
+            k, v = cache.update(k, v)  # (B, nh, Tk, hs): the cached positions, then these
+        pos_k = pos[-1] + 1 - k.size(2) + torch.arange(k.size(2), device=pos.device)  # (Tk,)
+        y = self.kernel(q, k, v, position.bias(pos, pos_k))  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class Block(nn.Module):
+    """Pre-norm (GPT-2): x + f(norm(x)). Post-norm (Vaswani et al. 2017): norm(x + f(x))."""
+
+    def __init__(self, cfg: ModelConfig, args: dict):
+        super().__init__()
+        self.pre_norm = cfg.norm_placement == "pre"
+        self.norm1 = build("norm", cfg.norm, args)
+        self.attn = CausalSelfAttention(cfg.n_embd, cfg.n_head, cfg.dropout, cfg.bias, cfg.qk_norm,
+                                        kernel=build("attention", cfg.attention, args))
+        self.norm2 = build("norm", cfg.norm, args)
+        self.mlp = build("activation", cfg.activation, args)
+
+    def forward(self, x, position, pos, cache=None):
+        if self.pre_norm:
+            x = x + self.attn(self.norm1(x), position, pos, cache)
+            return x + self.mlp(self.norm2(x))
+        x = self.norm1(x + self.attn(x, position, pos, cache))
+        return self.norm2(x + self.mlp(x))
+
+
+class GPT(nn.Module):
+    """Token embedding, position scheme, n_layer Blocks, final norm (pre-norm only: a post-norm stack already
+    ends in a norm), LM head (optionally tied to the token embedding)."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int):
+        super().__init__()
+        self.cfg, args = cfg, component_args(cfg)
+        self.wte = nn.Embedding(vocab_size, cfg.n_embd)
+        self.position = build("position", cfg.position, args)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, args) for _ in range(cfg.n_layer))
+        self.norm_f = build("norm", cfg.norm, args) if cfg.norm_placement == "pre" else nn.Identity()
+        self.lm_head = nn.Linear(cfg.n_embd, vocab_size, bias=False)
+        if cfg.tie_weights:  # Press & Wolf 2017, arXiv:1608.05859
+            self.lm_head.weight = self.wte.weight
+        self.apply(self._init_weights)
+        for block in self.blocks:  # residual projections: GPT-2's scaled init, or zero (modded-nanogpt)
+            for proj in (block.attn.c_proj, block.mlp.c_proj):
+                if cfg.zero_init_proj:
+                    nn.init.zeros_(proj.weight)
+                else:
+                    nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, idx, targets=None, *, pos=None, cache=None):
+        """idx (B, T) token ids at positions `pos` (T,), default 0..T-1; `cache` a KVCache per layer, or None.
+
+        Returns the logits (B, T, vocab); with `targets` (B, T), the pair (logits, mean cross-entropy loss).
+        """
+        if pos is None:
+            pos = torch.arange(idx.size(1), device=idx.device)  # (T,)
+        x = self.drop(self.position.embed(self.wte(idx), pos))  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, self.position, pos, None if cache is None else cache[i])
+        logits = self.lm_head(self.norm_f(x))  # (B, T, vocab)
+        if targets is None:
+            return logits
+        return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, use_cache: bool = True, generator: torch.Generator | None = None):
+        """Append `max_new_tokens` sampled tokens to idx (B, T); temperature 0 takes the argmax (greedy).
+
+        The context is the last block_size tokens. Without the cache every step runs the cropped context
+        (nanoGPT). With it, one prefill pass fills a KV cache per layer, then each step runs one token.
+        Once the context is full, every step re-prefills the last block_size tokens, so the cached
+        computation equals the uncached one exactly. (Sliding the cache instead would be cheaper for
+        relative schemes, but not equal: past block_size the cached keys of layer >= 2 would still carry
+        information from tokens that have left the window.)
+        """
+        block_size, cache, n_cached = self.cfg.block_size, None, 0
+        for _ in range(max_new_tokens):
+            if not use_cache:
+                logits = self(idx[:, -block_size:])
+            elif cache is None or n_cached == block_size:  # (re-)prefill the context
+                context = idx[:, -block_size:]
+                cache, n_cached = [KVCache() for _ in self.blocks], context.size(1)
+                logits = self(context, cache=cache)
+            else:  # one new token at the next position
+                pos = torch.full((1,), n_cached, dtype=torch.long, device=idx.device)
+                logits, n_cached = self(idx[:, -1:], pos=pos, cache=cache), n_cached + 1
+            idx_next = sample(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
+            idx = torch.cat((idx, idx_next), dim=1)
+        return idx
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameters, tied ones once; non_embedding leaves out the token and the position tables."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.wte.weight.numel() + sum(p.numel() for p in self.position.parameters())
+        return n
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token (forward + backward), PaLM's estimate (Chowdhery et al. 2022, appendix B):
+        6N + 12 * n_layer * n_head * head_dim * block_size, where N counts the weights of every matmul (the
+        non-embedding parameters and the LM head, also when tied) and the second term the attention scores."""
+        cfg = self.cfg
+        head = self.lm_head.weight.numel() if self.lm_head.weight is self.wte.weight else 0
+        n = self.num_params(non_embedding=True) + head
+        return 6 * n + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * cfg.block_size
+
+
+def sample(logits, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+           generator: torch.Generator | None = None):
+    """One token id per row of logits (B, vocab) -> (B, 1): greedy at temperature 0, else sampled from the
+    softmax at `temperature`, restricted to the top_k most likely tokens and to the nucleus of mass top_p
+    (Holtzman et al. 2019, arXiv:1904.09751)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        probs, order = torch.sort(logits.softmax(dim=-1), descending=True)  # (B, vocab)
+        outside = probs.cumsum(dim=-1) - probs >= top_p  # the mass before it already reaches top_p
+        logits = logits.masked_fill(torch.zeros_like(outside).scatter(1, order, outside), float("-inf"))
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
+
+
+def build_model(model_cfg: ModelConfig, vocab_size: int) -> GPT:
+    """The GPT that `model_cfg` describes, over a vocabulary of `vocab_size` tokens."""
+    return GPT(model_cfg, vocab_size)
