@@ -136,6 +136,8 @@ def run(cfg: Config, *, run_id: str | None = None, resume_dir: str | Path | None
         meta = read_json(run_dir / "meta.json")
         if meta.get("status") == "finished":
             raise NanolabError(f"{run_dir}: this run already finished; nothing to resume")
+        if read_json(run_dir / "tokenizer.json") != data.tokenizer.to_dict():
+            raise NanolabError(f"{run_dir}: the corpus's vocabulary differs from the one this run trained on")
         ckpt = load_checkpoint(run_dir / "ckpt" / "last.pt", map_location=device)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])

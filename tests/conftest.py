@@ -6,7 +6,8 @@ The autouse session fixture `nanolab_env` sets, for the whole session:
   `<cache>/tinyshakespeare/input.txt`, so nothing is downloaded. The copy comes from
   `$NANOLAB_TEST_SHAKESPEARE` if set, else from the repository's sibling `../shared/data/tinyshakespeare/`.
 - `NANOLAB_RUNS`: a temporary root for run and sweep folders.
-- `WANDB_MODE=offline`, `WANDB_SILENT=true`: W&B writes local files only, quietly.
+- no `WANDB_MODE` or `WANDB_API_KEY` from the caller's shell, and `WANDB_SILENT=true`: each test's spec says
+  which W&B mode it wants (`disabled` for most, `offline` where W&B files are read back); never online.
 
 Tests that need a different cache (e.g. an empty one) override the variables with `monkeypatch`.
 """
@@ -29,7 +30,7 @@ def shared_shakespeare() -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def nanolab_env(tmp_path_factory):
-    """Point nanolab's cache and run folders at temporary directories and keep W&B offline."""
+    """Point nanolab's cache and run folders at temporary directories and keep W&B off the network."""
     source = shared_shakespeare()
     if not source.is_file():
         pytest.fail(f"Tiny Shakespeare not found at {source}; set NANOLAB_TEST_SHAKESPEARE to a copy")
@@ -39,6 +40,7 @@ def nanolab_env(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NANOLAB_CACHE", str(cache))
         mp.setenv("NANOLAB_RUNS", str(tmp_path_factory.mktemp("runs")))
-        mp.setenv("WANDB_MODE", "offline")
+        mp.delenv("WANDB_MODE", raising=False)
+        mp.delenv("WANDB_API_KEY", raising=False)
         mp.setenv("WANDB_SILENT", "true")
         yield

@@ -1,0 +1,229 @@
+"""The runner: reproducibility, signals and resume, divergence, atomic checkpoints, the run folder, sampling."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from nanolab import load_spec, run
+from nanolab.checkpoint import load_checkpoint
+from nanolab.errors import NanolabError
+
+TINY = """\
+name: tiny
+seed: 7
+data: {block_size: 16}
+model: {n_layer: 1, n_head: 2, n_embd: 16}
+train: {batch_size: 4, max_iters: %(iters)d, lr: 3.0e-3, warmup_iters: 5, eval_interval: %(eval)d, eval_iters: 2,
+        log_interval: 5, checkpoint_interval: %(ckpt)d, sample_tokens: 16}
+tracking: {wandb: {mode: disabled}}
+"""
+
+
+def tiny_spec(tmp_path: Path, iters=30, eval=10, ckpt=10) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY % {"iters": iters, "eval": eval, "ckpt": ckpt})
+    return path
+
+
+def rows(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without the timing figures, which no two runs share."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if not k.startswith("perf/")} for line in lines]
+
+
+def meta(run_dir: Path) -> dict:
+    return json.loads((run_dir / "meta.json").read_text())
+
+
+def cli(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nanolab", *args], capture_output=True, text=True, **kwargs)
+
+
+def test_same_seed_same_losses_and_a_complete_run_folder(tmp_path):
+    cfg = load_spec(tiny_spec(tmp_path))
+    a, b = run(cfg, show_progress=False), run(cfg, show_progress=False)
+    assert a.status == b.status == "finished" and a.run_dir != b.run_dir
+    assert rows(a.run_dir) == rows(b.run_dir)
+    names = {p.name for p in a.run_dir.iterdir()}
+    assert {"config.yaml", "meta.json", "metrics.jsonl", "summary.json", "samples.txt", "ckpt", "tokenizer.json"} <= names
+    assert load_spec(a.run_dir / "config.yaml") == cfg  # `nanolab run <run>/config.yaml` repeats it
+    m = meta(a.run_dir)
+    assert m["status"] == "finished" and m["steps"] == 30 and m["params"] > 0
+    assert m["git"]["commit"] and "torch" in m["versions"] and m["device"] == "cpu"
+    assert sorted(p.name for p in (a.run_dir / "ckpt").iterdir()) == ["best.pt", "last.pt"]
+    assert not (a.run_dir / "wandb").exists()
+
+
+def test_eval_metrics_are_consistent(tmp_path):
+    result = run(load_spec(tiny_spec(tmp_path)), show_progress=False)
+    evals = [r for r in rows(result.run_dir) if "val/loss" in r]
+    assert [r["step"] for r in evals] == [10, 20, 30]
+    for r in evals:
+        assert r["val/ppl"] == pytest.approx(math.exp(r["val/loss"]), rel=1e-12)
+        assert r["val/bpc"] == pytest.approx(r["val/loss"] / math.log(2), rel=1e-12)
+    train = [r for r in rows(result.run_dir) if "train/loss" in r]
+    assert [r["step"] for r in train] == [5, 10, 15, 20, 25, 30]
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    best = min(evals, key=lambda r: r["val/loss"])
+    assert summary["best/val_loss"] == best["val/loss"] and summary["best/step"] == best["step"]
+    assert summary["best/val_ppl"] == pytest.approx(math.exp(best["val/loss"]))
+    assert summary["tokens_seen"] == 30 * 4 * 16
+
+
+def test_reference_loss_of_a_tiny_cpu_run(tmp_path):
+    """A change that alters the maths (init, model, optimizer, schedule, batches) moves this number."""
+    torch.set_num_threads(1)
+    try:
+        result = run(load_spec(tiny_spec(tmp_path)), show_progress=False)
+    finally:
+        torch.set_num_threads(os.cpu_count() or 1)
+    assert result.summary["final/val_loss"] == pytest.approx(REFERENCE_VAL_LOSS, abs=1e-4)
+
+
+REFERENCE_VAL_LOSS = 3.76345  # recorded on this CPU build (torch 2.13.0, 1 thread)
+
+
+def wait_for_step(run_root: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> Path:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        for path in run_root.glob("tiny/*/metrics.jsonl"):
+            lines = path.read_text().splitlines()
+            if lines and json.loads(lines[-1])["step"] >= step:
+                return path.parent
+        time.sleep(0.05)
+    raise AssertionError("the run did not reach step %d" % step)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """(spec, run folder) of a run that nothing stopped, trained in a fresh process like the stopped ones."""
+    tmp_path = tmp_path_factory.mktemp("uninterrupted")
+    spec = tiny_spec(tmp_path, iters=400, eval=100, ckpt=50)
+    proc = cli("run", str(spec), env={**os.environ, "NANOLAB_RUNS": str(tmp_path / "runs")})
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = (tmp_path / "runs" / "tiny").iterdir()
+    return spec, run_dir
+
+
+@pytest.mark.parametrize("signum, code, status", [(signal.SIGTERM, 143, "interrupted"),
+                                                  (signal.SIGINT, 130, "interrupted"),
+                                                  (signal.SIGKILL, -9, "running")])
+def test_stop_then_resume_is_bit_identical(tmp_path, uninterrupted, signum, code, status):
+    spec, reference = uninterrupted
+    env = {**os.environ, "NANOLAB_RUNS": str(tmp_path / "runs")}
+    proc = subprocess.Popen([sys.executable, "-m", "nanolab", "run", str(spec)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_dir = wait_for_step(tmp_path / "runs", 155, proc)
+    proc.send_signal(signum)
+    assert proc.wait(timeout=60) == code
+    assert meta(run_dir)["status"] == status
+    stopped_at = len(rows(run_dir))
+    resumed = cli("run", "--resume", str(run_dir), env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert meta(run_dir)["status"] == "finished"
+    assert rows(run_dir) == rows(reference)  # no gap, duplicate or out-of-order step; same numbers
+    assert stopped_at < len(rows(run_dir))
+    resumed_ckpt = load_checkpoint(run_dir / "ckpt" / "last.pt")
+    reference_ckpt = load_checkpoint(reference / "ckpt" / "last.pt")
+    for name, tensor in reference_ckpt["model"].items():
+        assert torch.equal(resumed_ckpt["model"][name], tensor), name
+
+
+def test_resume_refuses_a_finished_run_and_a_non_run(tmp_path):
+    result = run(load_spec(tiny_spec(tmp_path, iters=5, eval=5, ckpt=5)), show_progress=False)
+    proc = cli("run", "--resume", str(result.run_dir))
+    assert proc.returncode == 2 and "already finished" in proc.stderr and "Traceback" not in proc.stderr
+    proc = cli("run", "--resume", str(tmp_path))
+    assert proc.returncode == 2 and "not a run folder" in proc.stderr
+
+
+def test_nan_loss_ends_the_run_as_diverged_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    import nanolab.runner as runner
+
+    real_build = runner.build_model
+
+    def poisoned(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        forward, calls = model.forward, {"n": 0}
+
+        def forward_with_nan(idx, targets=None, **kw):
+            out = forward(idx, targets, **kw)
+            if not model.training:
+                return out
+            calls["n"] += 1
+            logits, loss = out
+            return logits, loss * float("nan") if calls["n"] == 13 else loss  # the 13th training step
+
+        model.forward = forward_with_nan
+        return model
+
+    monkeypatch.setattr(runner, "build_model", poisoned)
+    result = run(load_spec(tiny_spec(tmp_path)), show_progress=False)
+    assert result.status == "diverged" and result.exit_code == 1
+    m = meta(result.run_dir)
+    assert m["status"] == "diverged" and "step 13" in m["reason"] and m["steps"] == 12
+    kept = load_checkpoint(result.run_dir / "ckpt" / "last.pt")
+    assert kept["state"]["step"] == 10
+    assert all(torch.isfinite(t).all() for t in kept["model"].values())
+
+
+KILL_WRITER = """
+import sys, torch
+from pathlib import Path
+from nanolab.checkpoint import save_checkpoint
+path = Path(sys.argv[1])
+save_checkpoint(path, {"step": 1, "w": torch.ones(4)})
+print("ready", flush=True)
+while True:
+    save_checkpoint(path, {"step": 2, "w": torch.zeros(40_000_000)})
+"""
+
+
+def test_a_checkpoint_write_killed_midway_leaves_the_previous_one_loadable(tmp_path):
+    path = tmp_path / "ckpt" / "last.pt"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.4)  # well inside the first 160 MB write
+    proc.kill()
+    proc.wait()
+    ckpt = load_checkpoint(path)
+    assert ckpt["step"] in (1, 2)
+    assert ckpt["w"].numel() in (4, 40_000_000)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(NanolabError, match="not a loadable nanolab checkpoint"):
+        load_checkpoint(path)
+
+
+def test_an_existing_run_folder_is_never_overwritten(tmp_path):
+    cfg = load_spec(tiny_spec(tmp_path, iters=5, eval=5, ckpt=5))
+    first = run(cfg, run_id="fixed", show_progress=False)
+    before = (first.run_dir / "metrics.jsonl").read_bytes()
+    with pytest.raises(NanolabError, match="already exists"):
+        run(cfg, run_id="fixed", show_progress=False)
+    assert (first.run_dir / "metrics.jsonl").read_bytes() == before
+
+
+def test_sample_from_a_run_folder_needs_no_corpus(tmp_path):
+    result = run(load_spec(tiny_spec(tmp_path)), show_progress=False)
+    env = {**os.environ, "NANOLAB_CACHE": str(tmp_path / "empty"), "NANOLAB_SHAKESPEARE_URL": "http://127.0.0.1:9/"}
+    greedy = [cli("sample", str(result.run_dir), "--prompt", "ROMEO:", "--tokens", "40", "--temperature", "0",
+                  *flag, env=env) for flag in ([], ["--no-cache"])]
+    assert greedy[0].returncode == 0, greedy[0].stderr
+    text = greedy[0].stdout.removesuffix("\n")  # print's own newline
+    assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 40
+    assert greedy[0].stdout == greedy[1].stdout  # the KV cache changes the speed, not the text
+    bad = cli("sample", str(result.run_dir), "--prompt", "\u00e9", env=env)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
