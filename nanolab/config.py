@@ -110,7 +110,7 @@ class TrainConfig:
     eval_iters: int = 20
     log_interval: int = 10
     checkpoint_interval: int | None = None  # None: every eval_interval
-    sample_tokens: int = 500  # length of samples.txt and of the samples logged at each evaluation
+    sample_tokens: int = 200  # length of the sample generated (and logged) at each evaluation
     device: str = "auto"  # auto picks cuda, then mps, then cpu
     dtype: str = "auto"  # auto: bfloat16 autocast on CUDA, float32 elsewhere
     compile: bool = False

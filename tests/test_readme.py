@@ -1,0 +1,41 @@
+"""The README is the user's manual: its commands, keys and examples must stay true."""
+
+import re
+import shlex
+from pathlib import Path
+
+import torch
+
+from nanolab import build_model, registry
+from nanolab.config import Config, ModelConfig
+from nanolab.spec import flatten, to_dict
+
+REPO = Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text()
+
+
+def test_ci_runs_the_readme_test_command():
+    setup = re.search(r"```bash\n(.*?)```", README, re.S).group(1).strip().splitlines()
+    assert len(setup) == 2 and setup[0].endswith("nanolab run experiments/baseline.yaml")
+    ci = (REPO / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert shlex.split(ci) == shlex.split(setup[1])
+
+
+def test_every_spec_key_is_documented():
+    for key in flatten(to_dict(Config())):
+        assert f"`{key}`" in README, key
+
+
+def test_every_component_is_documented():
+    for kind in registry.kinds():
+        for name in registry.available(kind):
+            assert f"`{name}`" in README, (kind, name)
+
+
+def test_the_component_example_works(monkeypatch):
+    example = re.search(r"```python\n(from torch import nn\n.*?)```", README, re.S).group(1)
+    registry.kinds()  # load the built-ins into the real registry before the example registers into a copy
+    monkeypatch.setattr(registry, "_entries", {k: dict(v) for k, v in registry._entries.items()})
+    exec(example, {})
+    model = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, activation="silu"), 11)
+    assert model(torch.zeros(1, 8, dtype=torch.long)).shape == (1, 8, 11)
