@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from nanolab.checkpoint import read_json
-from nanolab.config import ConfigError
+from nanolab.config import Config, ConfigError
 from nanolab.errors import SpecError
 from nanolab.runner import run, runs_root
-from nanolab.spec import format_override, from_dict, load_spec, normalize_overrides, read_yaml
+from nanolab.spec import (check_key, format_override, from_dict, load_spec, normalize_overrides, parse_override,
+                          read_yaml)
 
 DONE = ("finished", "diverged")  # a diverged variant is a result, not a failure to retry
 
@@ -83,6 +84,10 @@ def load_ablation(path: str | Path, seeds: list[int] | None = None, extra: tuple
     if not experiment.is_file():
         raise SpecError(f"{path}: experiment = {plan.experiment!r}: no such file {experiment}")
     shared = normalize_overrides(plan.overrides, str(path)) + tuple(extra)
+    for text in shared:
+        parse_override(text, Config, source=f"{path}: overrides")
+    for key in plan.grid:
+        check_key(Config, key, f"{path}: grid")
     cells = []
     for values in itertools.product(*plan.grid.values()):
         variant = dict(zip(plan.grid, values))

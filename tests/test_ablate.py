@@ -1,0 +1,115 @@
+"""`nanolab ablate` and `nanolab compare` end to end on tiny runs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from nanolab.ablate import ablate, load_ablation
+from nanolab.analysis import load_runs
+from nanolab.errors import SpecError
+
+EXPERIMENT = """\
+name: tiny
+data: {block_size: 16}
+model: {n_layer: 1, n_head: 2, n_embd: 16}
+train: {batch_size: 4, max_iters: 20, warmup_iters: 2, eval_interval: 10, eval_iters: 2, log_interval: 5,
+        sample_tokens: 8}
+tracking: {wandb: {mode: disabled}}
+"""
+
+ABLATION = """\
+name: act
+experiment: tiny.yaml
+overrides: {train.max_iters: 20}
+grid: {model.activation: [relu, swiglu]}
+seeds: [1, 2]
+"""
+
+
+@pytest.fixture
+def plan(tmp_path, monkeypatch):
+    monkeypatch.setenv("NANOLAB_RUNS", str(tmp_path / "runs"))
+    (tmp_path / "tiny.yaml").write_text(EXPERIMENT)
+    path = tmp_path / "act.yaml"
+    path.write_text(ABLATION)
+    return path
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "nanolab", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+
+
+def test_two_variants_two_seeds_make_four_runs_then_nothing_new(plan, tmp_path):
+    ablation, results = ablate(plan)
+    assert sorted(results) == ["activation=relu-s1", "activation=relu-s2", "activation=swiglu-s1",
+                               "activation=swiglu-s2"]
+    assert set(results.values()) == {"finished"}
+    df = load_runs(tmp_path / "runs", group="act")
+    assert len(df) == 4
+    assert set(df["model.activation"]) == {"relu", "swiglu"} and set(df["seed"]) == {1, 2}
+    for run_dir in (tmp_path / "runs" / "act").iterdir():
+        meta = json.loads((run_dir / "meta.json").read_text())
+        assert meta["group"] == "act" and meta["job_type"] == "ablate"
+        assert meta["variant"] == {"model.activation": run_dir.name.split("=")[1].split("-")[0]}
+        assert "act" in meta["tags"] and f"activation={meta['variant']['model.activation']}" in meta["tags"]
+    again, results = ablate(plan)
+    assert results == {}
+    assert len(load_runs(tmp_path / "runs", group="act")) == 4
+
+
+def test_an_interrupted_cell_is_resumed_and_a_crashed_one_set_aside(plan, tmp_path):
+    ablation, _ = ablate(plan, seeds=[1])
+    folder = tmp_path / "runs" / "act"
+    relu, swiglu = folder / "activation=relu-s1", folder / "activation=swiglu-s1"
+    for run_dir, status in ((relu, "interrupted"), (swiglu, "failed")):
+        meta = json.loads((run_dir / "meta.json").read_text())
+        (run_dir / "meta.json").write_text(json.dumps({**meta, "status": status}))
+    _, results = ablate(plan, seeds=[1])
+    assert results == {"activation=relu-s1": "finished", "activation=swiglu-s1": "finished"}
+    assert (folder / "activation=swiglu-s1.attempt1" / "metrics.jsonl").is_file()  # kept, not deleted
+
+
+def test_cli_ablate_then_compare_writes_csv_markdown_and_plot(plan, tmp_path):
+    env = {"NANOLAB_RUNS": str(tmp_path / "runs")}
+    proc = cli("ablate", str(plan), "--workers", "2", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "relu" in proc.stdout and "swiglu" in proc.stdout  # the comparison table follows the runs
+    out = tmp_path / "out"
+    proc = cli("compare", str(tmp_path / "runs"), "--group", "act", "--csv", str(out / "t.csv"),
+               "--markdown", str(out / "t.md"), "--plot", str(out / "t.png"), env=env)
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_csv(out / "t.csv")
+    assert sorted(table["model.activation"]) == ["relu", "swiglu"] and list(table["n"]) == [2, 2]
+    runs = load_runs(tmp_path / "runs", group="act")
+    for _, row in table.iterrows():
+        losses = runs.loc[runs["model.activation"] == row["model.activation"], "best/val_loss"]
+        assert row["mean"] == pytest.approx(losses.mean())
+    assert "| model.activation" in (out / "t.md").read_text()
+    assert (out / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_ablation_files(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(EXPERIMENT)
+    cases = {
+        "grid: {model.activation: [relu, gelu3]}\n": ["act.yaml", "gelu3", "did you mean"],
+        "grid: {model.activaton: [relu]}\n": ["act.yaml: grid: model.activaton", "did you mean 'activation'"],
+        "grid: {model.activation: relu}\n": ["grid.model.activation", "non-empty list"],
+        "grid: {model.activation: [relu]}\nseeds: [a]\n": ["seeds", "list of integers"],
+        "grid: {model.activation: [relu]}\nsedes: [1]\n": ["sedes", "did you mean 'seeds'"],
+        "grid: {model.activation: [relu]}\noverrides: [train.max_iter=5]\n": ["overrides", "train.max_iter"],
+    }
+    for body, fragments in cases.items():
+        path = tmp_path / "act.yaml"
+        path.write_text(f"experiment: tiny.yaml\n{body}")
+        with pytest.raises(SpecError) as info:
+            load_ablation(path)
+        for fragment in fragments:
+            assert fragment in str(info.value), str(info.value)
+    proc = cli("ablate", str(tmp_path / "act.yaml"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1
