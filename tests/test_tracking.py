@@ -1,0 +1,412 @@
+"""Trackers: the run folder files, W&B offline runs read back with W&B's own reader, resume, failure isolation.
+
+W&B runs offline only (no account here); `wandb leet inspect` reads the .wandb files back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nanolab.errors import NanolabError
+from nanolab.spec import spec_from_dict
+from nanolab.tracking import (LocalTracker, WandbTracker, find_offline_runs, open_trackers, resolve_mode,
+                              sync_runs)
+
+TRAIN = [(10, {"train/loss": 3.5, "train/lr": 1e-3}), (20, {"train/loss": 3.0, "train/lr": 9e-4})]
+VAL = [(10, {"val/loss": 3.25, "val/ppl": 25.79, "val/bpc": 4.69, "train/eval_loss": 3.2}),
+       (20, {"val/loss": 2.75, "val/ppl": 15.64, "val/bpc": 3.97, "train/eval_loss": 2.7})]
+
+
+def config(mode: str = "offline", **tracking):
+    return spec_from_dict({"name": "tiny", "model": {"activation": "relu", "n_layer": 1},
+                           "tracking": {"wandb": {"mode": mode, "log_checkpoints": True}, "tags": ["t"],
+                                        **tracking}})
+
+
+@pytest.fixture
+def wb(tmp_path, monkeypatch):
+    """A clean W&B process state: no key, no network, every W&B file under tmp_path, settings re-read."""
+    import wandb
+
+    for name in ("WANDB_API_KEY", "WANDB_DIR", "WANDB_MODE", "WANDB_BASE_URL", "WANDB_PROJECT", "WANDB_ENTITY",
+                 "WANDB_INIT_TIMEOUT", "WANDB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("NETRC", str(home / ".netrc"))  # does not exist
+    for name, sub in (("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data")):
+        monkeypatch.setenv(name, str(home / sub))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    wandb.teardown()  # wandb caches the environment of its first use in the process
+    yield
+    wandb.teardown()
+
+
+def log_all(trackers, step_rows=TRAIN + VAL):
+    for step, metrics in sorted(step_rows, key=lambda r: r[0]):
+        for t in trackers:
+            t.log(metrics, step)
+
+
+def inspect(path: Path, summary: bool = True):
+    """A W&B run read back with W&B's own reader: the --summary object, or the list of records."""
+    args = ["--summary", "--json"] if summary else ["--json"]
+    out = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", *args, str(path)],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    return json.loads(out) if summary else [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def history(path: Path) -> dict[int, dict]:
+    """W&B history rows by step."""
+    return {r["history"]["step"]["num"]: r["history"]["item"] for r in inspect(path, summary=False)
+            if r["type"] == "history"}
+
+
+def offline_runs(root: Path) -> list[Path]:
+    return sorted(root.glob("wandb/offline-run-*"))
+
+
+def nanolab_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("nanolab:")]
+
+
+# ----------------------------------------------------------------------------- the run folder
+
+
+def test_local_files_exact_and_disabled_writes_no_wandb_files(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wbdir"))
+    run_dir = tmp_path / "run"
+    trackers = open_trackers(config("disabled"), run_dir, meta := {"run_id": "r"}, None)
+    assert [type(t) for t in trackers] == [LocalTracker]
+    log_all(trackers)
+    for t in trackers:
+        t.log_samples(10, "ROMEO:\nhello")
+        t.log_samples(20, "JULIET: bye\n")
+        t.summary({"best/val_loss": 2.75, "best/val_ppl": 15.64, "best/step": 20, "tokens_seen": 640})
+        t.close("finished")
+    assert (run_dir / "metrics.jsonl").read_text() == (
+        '{"step": 10, "train/loss": 3.5, "train/lr": 0.001}\n'
+        '{"step": 10, "val/loss": 3.25, "val/ppl": 25.79, "val/bpc": 4.69, "train/eval_loss": 3.2}\n'
+        '{"step": 20, "train/loss": 3.0, "train/lr": 0.0009}\n'
+        '{"step": 20, "val/loss": 2.75, "val/ppl": 15.64, "val/bpc": 3.97, "train/eval_loss": 2.7}\n')
+    assert (run_dir / "samples.txt").read_text() == "--- step 10 ---\nROMEO:\nhello\n--- step 20 ---\nJULIET: bye\n"
+    assert json.loads((run_dir / "summary.json").read_text()) == {
+        "best/val_loss": 2.75, "best/val_ppl": 15.64, "best/step": 20, "tokens_seen": 640}
+    assert not list(tmp_path.rglob("wandb")) and not (tmp_path / "wbdir").exists()
+    assert "wandb_id" not in meta and capsys.readouterr().err == ""
+
+
+def test_disabled_does_not_import_wandb(tmp_path):
+    code = ("import sys; from pathlib import Path; from nanolab.config import Config, TrackingConfig, WandbConfig;"
+            "from nanolab.tracking import open_trackers;"
+            "cfg = Config(tracking=TrackingConfig(wandb=WandbConfig(mode='disabled')));"
+            f"ts = open_trackers(cfg, Path({str(tmp_path)!r}), {{}}, None); ts[0].log({{'train/loss': 1.0}}, 1);"
+            "ts[0].close('finished'); assert 'wandb' not in sys.modules, 'wandb imported'")
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
+
+
+def test_wandb_mode_env_wins_over_spec(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert resolve_mode(config("offline")) == ("disabled", False)
+    monkeypatch.setenv("WANDB_MODE", "dryrun")
+    assert resolve_mode(config("online")) == ("offline", False)
+    monkeypatch.setenv("WANDB_MODE", "sometimes")
+    with pytest.raises(NanolabError, match="WANDB_MODE"):
+        resolve_mode(config())
+
+
+def test_auto_mode_is_online_only_with_an_api_key(wb, monkeypatch):
+    assert resolve_mode(config("auto")) == ("offline", True)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert resolve_mode(config("auto")) == ("online", False)
+
+
+def test_resume_drops_rows_past_the_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    first = LocalTracker(run_dir)
+    for step in range(10, 60, 10):
+        first.log({"train/loss": 1.0 / step}, step)
+        first.log_samples(step, f"sample {step}")
+    first.close("interrupted")
+    before = (run_dir / "metrics.jsonl").read_bytes()
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"step": 60, "train/lo')  # a hard kill mid-write
+    kept = b"".join(before.splitlines(keepends=True)[:3])  # steps 10, 20, 30
+
+    second = LocalTracker(run_dir, resume_step=30)
+    assert second.last_step_before_resume == 50
+    assert (run_dir / "metrics.jsonl").read_bytes() == kept
+    assert second.samples == [(10, "sample 10"), (20, "sample 20"), (30, "sample 30")]
+    second.log({"train/loss": 0.5}, 40)
+    second.log_samples(40, "sample 40")
+    second.close("finished")
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [10, 20, 30, 40]
+    assert (run_dir / "metrics.jsonl").read_bytes().startswith(kept)
+    assert (run_dir / "samples.txt").read_text() == "".join(f"--- step {s} ---\nsample {s}\n" for s in (10, 20, 30, 40))
+    assert not list(run_dir.glob(".*.tmp"))
+
+
+# ----------------------------------------------------------------------------- W&B, offline
+
+
+def test_wandb_offline_run_reads_back(wb, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    meta = {"run_id": "20240101-000000-abcd", "params": 1234, "flops_per_token": 5678}
+    trackers = open_trackers(config("offline", group="activation", job_type="ablate"), run_dir, meta, None)
+    assert [type(t) for t in trackers] == [LocalTracker, WandbTracker]
+    log_all(trackers)
+    ckpt = run_dir / "ckpt" / "best.pt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"weights")
+    for t in trackers:
+        t.log_samples(10, "ROMEO: hi")
+        t.log_checkpoint(ckpt, "best", 10)
+        t.log_samples(20, "JULIET: bye")
+        t.summary({"best/val_loss": 2.75, "best/val_ppl": 15.64, "best/step": 20, "wall_time": 1.5})
+        t.close("finished")
+    assert capsys.readouterr().err == ""  # mode offline was asked for: nothing to say
+
+    (wandb_run,) = offline_runs(run_dir)
+    assert wandb_run.name.endswith("-" + meta["wandb_id"]) and meta["wandb_mode"] == "offline"
+    s = inspect(wandb_run)
+    assert s["run_id"] == meta["wandb_id"] and s["name"] == meta["run_id"] and s["state"] == "finished"
+    assert s["config"]["model"]["activation"] == "relu" and s["config"]["model"]["n_layer"] == 1
+    assert s["config"]["params"] == 1234 and s["config"]["flops_per_token"] == 5678
+    assert s["config"]["run_dir"] == str(run_dir) and s["tags"] == ["t"]
+    assert s["summary"]["best/val_loss"] == 2.75 and s["summary"]["best/step"] == 20
+    assert s["summary"]["val/loss"] == {"min": 2.75, "last": 2.75} and s["summary"]["status"] == "finished"
+    rows = history(wandb_run)
+    assert sorted(rows) == [10, 20]
+    for step, metrics in TRAIN + VAL:
+        for name, value in metrics.items():
+            assert rows[step][name] == pytest.approx(value), (step, name)
+    assert rows[20]["samples._type"] == "table-file" and rows[20]["samples.nrows"] == 2
+    records = inspect(wandb_run, summary=False)
+    (run_record,) = [r["run"] for r in records if r["type"] == "run"]
+    assert run_record["run_group"] == "activation" and run_record["job_type"] == "ablate"
+    artifacts = [r["artifact"] for r in records if r["type"] == "artifact" and r["artifact"]["type"] == "model"]
+    assert len(artifacts) == 1 and "best" in artifacts[0]["aliases"]
+
+
+def test_resumed_run_keeps_wandb_id_and_skips_steps_wandb_holds(wb, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    meta = {"run_id": "r"}
+    first = open_trackers(config(), run_dir, meta, None)
+    log_all(first, [(s, {"train/loss": 1.0 / s}) for s in range(10, 60, 10)])  # killed at 50, checkpoint at 30
+    for t in first:
+        t.close("interrupted")
+    wandb_id = meta["wandb_id"]
+
+    second = open_trackers(config(), run_dir, meta, resume_step=30)
+    assert meta["wandb_id"] == wandb_id
+    log_all(second, [(s, {"train/loss": 0.5 / s}) for s in range(40, 80, 10)])
+    for t in second:
+        t.close("finished")
+
+    assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == \
+        [10, 20, 30, 40, 50, 60, 70]
+    runs = offline_runs(run_dir)
+    assert len(runs) == 2 and all(r.name.endswith("-" + wandb_id) for r in runs)
+    assert (runs[1] / f"run-{wandb_id}.wandb").is_file()
+    assert inspect(runs[1])["run_id"] == wandb_id
+    assert sorted(history(runs[1])) == [60, 70]  # 40 and 50 are already in the first session's history
+    (line,) = nanolab_lines(capsys.readouterr().err)
+    assert "up to 50" in line and "metrics.jsonl" in line
+
+
+KILLED_SESSION = """
+import json, os, signal, sys
+from pathlib import Path
+from nanolab.spec import spec_from_dict
+from nanolab.tracking import open_trackers
+run_dir = Path(sys.argv[1])
+meta = {"run_id": "r"}
+trackers = open_trackers(spec_from_dict({"tracking": {"wandb": {"mode": "offline"}}}), run_dir, meta, None)
+(run_dir / "meta.json").write_text(json.dumps(meta))
+for step in range(10, 60, 10):
+    for t in trackers:
+        t.log({"train/loss": 1.0 / step}, step)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_resume_after_hard_kill_gives_wandb_the_history_it_lost(wb, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    killed = subprocess.run([sys.executable, "-c", KILLED_SESSION, str(run_dir)], timeout=120)
+    assert killed.returncode == -9
+    meta = json.loads((run_dir / "meta.json").read_text())
+    (first,) = offline_runs(run_dir)
+    saved = sorted(history(first))  # W&B writes its file in blocks: the killed session saved little, if any
+
+    trackers = open_trackers(config(), run_dir, meta, resume_step=30)
+    log_all(trackers, [(s, {"train/loss": 0.5 / s}) for s in range(40, 80, 10)])
+    for t in trackers:
+        t.close("finished")
+    second = offline_runs(run_dir)[1]
+    assert second.name.endswith("-" + meta["wandb_id"])
+    rows = history(second)
+    # what `wandb sync` uploads, session after session: every step once, in order
+    assert saved + sorted(rows) == [10, 20, 30, 40, 50, 60, 70]
+    if 10 in rows:  # re-logged from metrics.jsonl: the values of the first session
+        assert rows[10]["train/loss"] == pytest.approx(1.0 / 10)
+    assert rows[70]["train/loss"] == pytest.approx(0.5 / 70)
+    assert len(nanolab_lines(capsys.readouterr().err)) == 1  # "logged them from metrics.jsonl" or "already holds"
+
+
+def test_wandb_raising_in_log_warns_once_and_local_goes_on(wb, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    local, tracker = open_trackers(config(), run_dir, {"run_id": "r"}, None)
+    finished = []
+    real_finish = tracker.run.finish
+
+    def broken_log(*args, **kwargs):
+        raise RuntimeError("wandb-core went away")
+
+    def finish(*args, **kwargs):
+        finished.append(kwargs)
+        return real_finish(*args, **kwargs)
+
+    tracker.run.log = broken_log
+    tracker.run.finish = finish
+    log_all([local, tracker])
+    for t in (local, tracker):
+        t.log_samples(20, "text")
+        t.summary({"best/val_loss": 2.75})
+        t.close("diverged")
+    (line,) = nanolab_lines(capsys.readouterr().err)
+    assert "wandb-core went away" in line and "run folder" in line
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 4
+    assert finished == [{"exit_code": 1}]
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_online_without_api_key_fails_fast(wb, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
+    run_dir = tmp_path / "run"
+    start = time.monotonic()
+    trackers = open_trackers(config("auto"), run_dir, meta := {"run_id": "r"}, None)
+    log_all(trackers)
+    for t in trackers:
+        t.summary({"best/val_loss": 2.75})
+        t.close("finished")
+    assert time.monotonic() - start < 30
+    (line,) = nanolab_lines(capsys.readouterr().err)
+    assert "API key" in line
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 4
+    assert (run_dir / "summary.json").is_file() and "wandb_id" not in meta
+
+
+def test_online_unreachable_server_fails_within_init_timeout(wb, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)  # a key, but no server behind the URL
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "3")
+    run_dir = tmp_path / "run"
+    start = time.monotonic()
+    trackers = open_trackers(config(), run_dir, {"run_id": "r"}, None)
+    log_all(trackers)
+    for t in trackers:
+        t.close("finished")
+    assert time.monotonic() - start < 30
+    assert [type(t) for t in trackers] == [LocalTracker]
+    (line,) = nanolab_lines(capsys.readouterr().err)
+    assert "wandb.init failed" in line
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 4
+
+
+def test_auto_mode_falls_back_to_offline_when_the_server_is_unreachable(wb, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "2")
+    run_dir = tmp_path / "run"
+    trackers = open_trackers(config("auto"), run_dir, meta := {"run_id": "r"}, None)
+    assert [type(t) for t in trackers] == [LocalTracker, WandbTracker] and meta["wandb_mode"] == "offline"
+    log_all(trackers)
+    for t in trackers:
+        t.close("finished")
+    (line,) = nanolab_lines(capsys.readouterr().err)
+    assert "W&B runs offline" in line and "nanolab sync" in line
+    (wandb_run,) = offline_runs(run_dir)
+    assert wandb_run.name.endswith("-" + meta["wandb_id"]) and sorted(history(wandb_run)) == [10, 20]
+
+
+# ----------------------------------------------------------------------------- nanolab sync
+
+
+def test_sync_finds_offline_runs_and_refuses_folders_without_one(tmp_path, monkeypatch):
+    with pytest.raises(NanolabError, match="no such run folder"):
+        sync_runs([tmp_path / "missing"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(NanolabError, match="no offline W&B run"):
+        sync_runs([empty])
+
+    run_dir, elsewhere = tmp_path / "run", tmp_path / "wbdir"
+    for d in ("offline-run-20240102_000000-abc", "offline-run-20240101_000000-abc"):
+        (run_dir / "wandb" / d).mkdir(parents=True)
+    (elsewhere / "wandb/offline-run-20240103_000000-abc").mkdir(parents=True)
+    (elsewhere / "wandb/offline-run-20240103_000000-other").mkdir(parents=True)  # another run's
+    (run_dir / "meta.json").write_text(json.dumps({"wandb_id": "abc", "wandb_dir": str(elsewhere)}))
+    found = find_offline_runs(run_dir)
+    assert [p.name for p in found] == ["offline-run-20240101_000000-abc", "offline-run-20240102_000000-abc",
+                                       "offline-run-20240103_000000-abc"]
+
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, returncode=len(calls) - 1)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    sync_runs([run_dir])
+    assert calls[0][1:4] == ["-m", "wandb", "sync"] and calls[0][4:] == [str(p) for p in found]
+    with pytest.raises(NanolabError, match="wandb sync failed"):
+        sync_runs([run_dir])
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_tiny_run_reads_back_from_wandb(wb, monkeypatch, tmp_path):
+    from nanolab.runner import run
+
+    monkeypatch.setenv("NANOLAB_RUNS", str(tmp_path / "runs"))
+    cfg = spec_from_dict({
+        "name": "e2e", "data": {"block_size": 16},
+        "model": {"n_layer": 1, "n_head": 2, "n_embd": 16, "activation": "relu"},
+        "train": {"batch_size": 4, "max_iters": 20, "eval_interval": 10, "eval_iters": 2, "log_interval": 5,
+                  "warmup_iters": 2, "sample_tokens": 20, "device": "cpu"},
+        "tracking": {"wandb": {"mode": "offline"}}})
+    result = run(cfg, show_progress=False)
+    assert result.status == "finished"
+    (wandb_run,) = offline_runs(result.run_dir)
+    s = inspect(wandb_run)
+    assert s["config"]["model"]["activation"] == "relu" and s["config"]["train"]["max_iters"] == 20
+    assert s["summary"]["best/val_loss"] == pytest.approx(result.summary["best/val_loss"])
+    rows = history(wandb_run)
+    local = {}
+    for line in (result.run_dir / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        local.setdefault(row.pop("step"), {}).update(row)
+    assert sorted(rows) == sorted(local) == [5, 10, 15, 20]
+    for step in (10, 20):
+        for name in ("train/loss", "val/loss", "val/ppl", "val/bpc"):
+            assert rows[step][name] == pytest.approx(local[step][name])
