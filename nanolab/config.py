@@ -48,11 +48,17 @@ class DataConfig:
     dataset: str = component("dataset", "shakespeare_char", "a built-in corpus, used when `path` is not set")
     path: str | None = None  # any UTF-8 text file; relative paths resolve against the spec file
     tokenizer: str = component("tokenizer", "char")
+    vocab_size: int | None = None  # BPE vocabulary size; null = the tokenizer's default (char ignores it)
     block_size: int = 64  # context length in tokens
 
     def __post_init__(self):
         _check_components(self)
         _positive(self, "block_size")
+        _check(self.vocab_size is None or self.vocab_size > 0, "vocab_size", self.vocab_size,
+               "must be > 0 (or null for the tokenizer's default)")
+        if self.tokenizer == "bpe" and self.vocab_size is not None:
+            _check(self.vocab_size >= 256, "vocab_size", self.vocab_size,
+                   "must be >= 256 for bpe, whose base vocabulary is the 256 byte values (or null for its default)")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ class with the `Tokenizer` interface below; its `to_dict()` is saved with a run,
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 import tempfile
@@ -22,6 +23,7 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, Protocol, Sequence
 
+import tokenizers
 import torch
 
 from nanolab import registry
@@ -150,7 +152,7 @@ class Tokenizer(Protocol):
     vocab_size: int
 
     @classmethod
-    def from_text(cls, text: str) -> Tokenizer: ...  # build (train) the tokenizer from the corpus
+    def from_text(cls, text: str, vocab_size: int | None = None) -> Tokenizer: ...  # build (train) it from the corpus
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -173,8 +175,8 @@ class CharTokenizer:
         self.stoi = {c: i for i, c in enumerate(self.chars)}
 
     @classmethod
-    def from_text(cls, text: str) -> CharTokenizer:
-        return cls(sorted(set(text)))
+    def from_text(cls, text: str, vocab_size: int | None = None) -> CharTokenizer:
+        return cls(sorted(set(text)))  # vocab_size is ignored: the corpus's characters are the vocabulary
 
     @property
     def vocab_size(self) -> int:
@@ -196,6 +198,54 @@ class CharTokenizer:
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> CharTokenizer:
         return cls(state["chars"])
+
+
+@registry.register("tokenizer", "bpe", "byte-level BPE trained on the corpus (GPT-2's scheme); data.vocab_size tokens")
+class BPETokenizer:
+    """Byte-level byte-pair encoding trained on the corpus with HuggingFace `tokenizers`, no download.
+
+    BPE (Sennrich et al. 2016, arXiv:1508.07909) merges the most frequent adjacent pair until the vocabulary
+    holds `vocab_size` tokens; byte-level BPE (Radford et al. 2019, GPT-2) starts from the 256 byte values
+    and splits words with GPT-2's pre-tokenizer, so every text round-trips exactly, unseen characters too.
+    Training is deterministic (same text and size, same merges), so a resumed run rebuilds the same one.
+    A corpus too small for `vocab_size` tokens stops merging early: `vocab_size` is then smaller.
+    """
+
+    type: ClassVar[str] = "bpe"
+    default_vocab_size: ClassVar[int] = 4096  # ~3.2 characters per token on Tiny Shakespeare
+
+    def __init__(self, tokenizer: tokenizers.Tokenizer):
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_text(cls, text: str, vocab_size: int | None = None) -> BPETokenizer:
+        byte_level = tokenizers.pre_tokenizers.ByteLevel
+        tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
+        tokenizer.pre_tokenizer = byte_level(add_prefix_space=False)  # no added space: decode(encode(s)) == s
+        tokenizer.decoder = tokenizers.decoders.ByteLevel()
+        trainer = tokenizers.trainers.BpeTrainer(
+            vocab_size=vocab_size or cls.default_vocab_size, initial_alphabet=byte_level.alphabet(),
+            show_progress=False,
+        )
+        tokenizer.train_from_iterator([text], trainer)
+        return cls(tokenizer)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids))  # a cut multi-byte character decodes to U+FFFD
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "tokenizer": json.loads(self.tokenizer.to_str())}  # vocabulary and merges
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> BPETokenizer:
+        return cls(tokenizers.Tokenizer.from_str(json.dumps(state["tokenizer"])))
 
 
 def tokenizer_from_dict(state: dict[str, Any]) -> Tokenizer:
@@ -269,7 +319,7 @@ def load_data(data_cfg: DataConfig) -> Data:
         path = registry.get("dataset", data_cfg.dataset)()
         source = f"{data_cfg.dataset} ({path})"
     text = read_corpus(path)
-    tokenizer = registry.get("tokenizer", data_cfg.tokenizer).from_text(text)
+    tokenizer = registry.get("tokenizer", data_cfg.tokenizer).from_text(text, data_cfg.vocab_size)
     ids = torch.tensor(tokenizer.encode(text), dtype=torch.int64)
     n_train = int(TRAIN_FRACTION * len(ids))
     train, val = ids[:n_train], ids[n_train:]
