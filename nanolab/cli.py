@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ EPILOG = """examples:
   nanolab run experiments/baseline.yaml
   nanolab run experiments/baseline.yaml --set model.position=rotary train.lr=3e-3
   nanolab run --resume runs/baseline/20261127-101500-ab12
+  nanolab run experiments/baseline.yaml --nproc 2      (= torchrun --nproc-per-node 2 -m nanolab run ...)
   nanolab sample runs/baseline/20261127-101500-ab12 --prompt "ROMEO:" --tokens 300
   nanolab sweep sweeps/lr.yaml --workers 2
   nanolab ablate experiments/ablations/position.yaml
@@ -24,6 +26,12 @@ def cmd_run(args) -> int:
     from nanolab.runner import resume_config, run
     from nanolab.spec import load_spec
 
+    if args.nproc > 1:
+        from nanolab.distributed import launch
+
+        argv = ["run", *([args.spec] if args.spec else []), *(["--resume", args.resume] if args.resume else []),
+                *(["--set", *args.set] if args.set else [])]
+        return launch(args.nproc, argv)
     if args.resume:
         if args.spec or args.set:
             raise NanolabError("--resume takes a run folder alone: the run continues with its saved config")
@@ -34,7 +42,8 @@ def cmd_run(args) -> int:
             raise NanolabError("nanolab run needs a SPEC file (or --resume RUN_FOLDER); see nanolab run --help")
         result = run(load_spec(args.spec, args.set))
     figures = ", ".join(f"{k} {v:.4f}" for k, v in result.summary.items() if k.startswith("best/val_"))
-    print(f"{result.status}: {result.run_dir} ({figures or 'no evaluation'})")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the job
+        print(f"{result.status}: {result.run_dir} ({figures or 'no evaluation'})")
     return result.exit_code
 
 
@@ -102,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", nargs="?", help="a spec YAML file (a run folder's config.yaml repeats that run)")
     p.add_argument("--set", **sets)
     p.add_argument("--resume", metavar="RUN_FOLDER", help="continue an interrupted run in its own folder")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="data-parallel over N processes on this machine (starts torchrun; one GPU each on CUDA)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sample", help="generate text from a trained run", description="Generate text from a run "

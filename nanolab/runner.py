@@ -7,6 +7,7 @@ signal and resumed with `run(cfg, resume_dir=...)` ends bit-identical to one tha
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -21,8 +22,10 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from nanolab import device as dev
+from nanolab import distributed
 from nanolab.checkpoint import environment, load_checkpoint, read_json, save_checkpoint, write_json, write_text
 from nanolab.components.optim import build_optimizer, lr_factor
 from nanolab.config import Config
@@ -107,8 +110,19 @@ class SignalFlag:
 def run(cfg: Config, *, run_id: str | None = None, resume_dir: str | Path | None = None,
         on_eval: Callable[[int, dict], None] | None = None, extra_meta: dict | None = None,
         show_progress: bool = True) -> RunResult:
-    """Train `cfg` in a new run folder (or continue the one at `resume_dir`); return where it went and how."""
-    device = dev.pick_device(cfg.train.device)
+    """Train `cfg` in a new run folder (or continue the one at `resume_dir`); return where it went and how.
+
+    Under torchrun every rank calls this; rank 0 alone writes the run folder, W&B and checkpoints.
+    """
+    world, device_name = distributed.init(cfg.train.device)
+    try:
+        distributed.check_batch(world, cfg.train.batch_size)
+        return _run(cfg, world, dev.pick_device(device_name), run_id, resume_dir, on_eval, extra_meta, show_progress)
+    finally:
+        distributed.close()
+
+
+def _run(cfg, world, device, run_id, resume_dir, on_eval, extra_meta, show_progress) -> RunResult:
     dev.configure(device)
     amp = dev.autocast_dtype(device, cfg.train.dtype)
     seed_everything(cfg.seed)
@@ -116,20 +130,15 @@ def run(cfg: Config, *, run_id: str | None = None, resume_dir: str | Path | None
     model = build_model(cfg.model, data.tokenizer.vocab_size).to(device)
     optimizer = build_optimizer(model, cfg.train, device.type)
     state = TrainState()
-    gen = torch.Generator().manual_seed(cfg.seed)  # draws the training batches
+    gen = torch.Generator().manual_seed(cfg.seed)  # draws the (global) training batches
 
     if resume_dir is None:
-        run_id = run_id or new_run_id()
-        run_dir = runs_root() / cfg.name / run_id
-        if run_dir.exists():
-            raise NanolabError(f"{run_dir}: run folder already exists; it is never overwritten")
-        run_dir.mkdir(parents=True)
-        write_text(run_dir / "config.yaml", dump_spec(cfg))
-        write_json(run_dir / "tokenizer.json", data.tokenizer.to_dict())
-        meta = {"run_id": run_id, "name": cfg.name, "group": cfg.tracking.group, "job_type": cfg.tracking.job_type,
-                "tags": list(cfg.tracking.tags), **(extra_meta or {}), "start_time": now(),
-                "params": model.num_params(), "non_embedding_params": model.num_params(non_embedding=True),
-                "flops_per_token": model.flops_per_token(), "dataset": data.description}
+        run_dir = world.broadcast(new_run_folder(cfg, run_id) if world.main else None)
+        meta = {"run_id": run_dir.name, "name": cfg.name, "group": cfg.tracking.group,
+                "job_type": cfg.tracking.job_type, "tags": list(cfg.tracking.tags), **(extra_meta or {}),
+                "start_time": now(), "params": model.num_params(),
+                "non_embedding_params": model.num_params(non_embedding=True),
+                "flops_per_token": model.flops_per_token(), "dataset": data.description, "world_size": world.size}
         resume_step = None
     else:
         run_dir = Path(resume_dir)
@@ -144,17 +153,24 @@ def run(cfg: Config, *, run_id: str | None = None, resume_dir: str | Path | None
         state = TrainState(**ckpt["state"])
         restore_rng(ckpt["rng"], gen)
         resume_step = state.step
-        run_id = meta["run_id"]
-    meta.update(environment(device), status="running", resumed_at=now() if resume_dir else None)
-    trackers = open_trackers(cfg, run_dir, meta, resume_step)
-    write_json(run_dir / "meta.json", meta)
+    run_id = meta["run_id"]
+    trackers = []
+    if world.main:
+        if resume_dir is None:
+            write_text(run_dir / "config.yaml", dump_spec(cfg))
+            write_json(run_dir / "tokenizer.json", data.tokenizer.to_dict())
+        meta.update(environment(device), status="running", resumed_at=now() if resume_dir else None)
+        trackers = open_trackers(cfg, run_dir, meta, resume_step)
+        write_json(run_dir / "meta.json", meta)
 
-    trained = torch.compile(model) if cfg.train.compile else model  # checkpoints save `model`: no _orig_mod.
-    loop = Loop(cfg, model, trained, optimizer, data, gen, state, device, amp, run_dir, trackers, meta, on_eval)
+    trained = DistributedDataParallel(model) if world.distributed else model
+    trained = torch.compile(trained) if cfg.train.compile else trained  # checkpoints save `model`: no _orig_mod.
+    loop = Loop(cfg, model, trained, optimizer, data, gen, state, device, amp, run_dir, trackers, meta, on_eval, world)
     status, reason, exit_code = "failed", "", 1
     started = time.perf_counter()
     try:
-        with SignalFlag() as flag, Progress(cfg.train.max_iters, state.step, enabled=show_progress) as bar:
+        with SignalFlag() as flag, Progress(cfg.train.max_iters, state.step,
+                                            enabled=show_progress and world.main) as bar:
             loop.train(flag, bar)
             if flag.signum:
                 status, reason, exit_code = "interrupted", signal.Signals(flag.signum).name, EXIT_CODES[flag.signum]
@@ -164,7 +180,8 @@ def run(cfg: Config, *, run_id: str | None = None, resume_dir: str | Path | None
         status, reason, exit_code = stop.status, stop.reason, 0
     except Diverged as exc:
         status, reason = "diverged", str(exc)
-        print(f"nanolab: run {run_id} diverged: {exc}; the last good checkpoint is kept", file=sys.stderr)
+        if world.main:
+            print(f"nanolab: run {run_id} diverged: {exc}; the last good checkpoint is kept", file=sys.stderr)
     except BaseException as exc:
         reason = f"{type(exc).__name__}: {exc}"
         raise
@@ -172,18 +189,30 @@ def run(cfg: Config, *, run_id: str | None = None, resume_dir: str | Path | None
         state.wall_time += time.perf_counter() - started
         summary = loop.summary()
         for tracker in trackers:
-            tracker.summary(summary)
-            tracker.close(status)
-        meta.update(status=status, reason=reason, end_time=now(), wall_time=state.wall_time, steps=state.step)
-        write_json(run_dir / "meta.json", meta)
+            try:
+                tracker.summary(summary)
+            finally:
+                tracker.close(status)
+        if world.main:
+            meta.update(status=status, reason=reason, end_time=now(), wall_time=state.wall_time, steps=state.step)
+            write_json(run_dir / "meta.json", meta)
     return RunResult(run_dir, run_id, status, summary, cfg, exit_code)
+
+
+def new_run_folder(cfg: Config, run_id: str | None) -> Path:
+    run_dir = runs_root() / cfg.name / (run_id or new_run_id())
+    if run_dir.exists():
+        raise NanolabError(f"{run_dir}: run folder already exists; it is never overwritten")
+    run_dir.mkdir(parents=True)
+    return run_dir
 
 
 class Loop:
     """The training loop's state and steps; `train` runs from `state.step` to `max_iters`."""
 
-    def __init__(self, cfg, model, trained, optimizer, data, gen, state, device, amp, run_dir, trackers, meta, on_eval):
-        self.cfg, self.t = cfg, cfg.train
+    def __init__(self, cfg, model, trained, optimizer, data, gen, state, device, amp, run_dir, trackers, meta, on_eval,
+                 world):
+        self.cfg, self.t, self.world = cfg, cfg.train, world
         self.model, self.trained, self.optimizer, self.data, self.gen = model, trained, optimizer, data, gen
         self.state, self.device, self.amp, self.run_dir = state, device, amp, run_dir
         self.trackers, self.meta, self.on_eval = trackers, meta, on_eval
@@ -200,15 +229,17 @@ class Loop:
         peak = dev.peak_flops(self.device)
         clip = t.grad_clip if t.grad_clip > 0 else math.inf
         tick = time.perf_counter()
-        while state.step < t.max_iters and not flag.signum:
+        stop = False
+        while state.step < t.max_iters and not stop:
             factor = lr_factor(state.step, t)
             self.optimizer.set_lr_factor(factor)
             loss = torch.zeros((), device=self.device)
-            for _ in range(t.grad_accum):
-                x, y = self.data.get_batch("train", t.batch_size, self.cfg.data.block_size, self.gen, self.device)
-                with dev.autocast(self.device, self.amp):
+            for micro in range(t.grad_accum):
+                x, y = self.batch("train", self.gen)
+                sync = micro == t.grad_accum - 1 or not self.world.distributed  # DDP all-reduces on the last
+                with contextlib.nullcontext() if sync else self.trained.no_sync(), dev.autocast(self.device, self.amp):
                     _, micro_loss = self.trained(x, y)
-                (micro_loss / t.grad_accum).backward()
+                    (micro_loss / t.grad_accum).backward()
                 loss += micro_loss.detach() / t.grad_accum
             norm = torch.nn.utils.clip_grad_norm_(params, clip)
             if not torch.isfinite(loss + norm).item():  # the one host sync of a step: nothing bad reaches the weights
@@ -217,7 +248,7 @@ class Loop:
             self.optimizer.zero_grad()
             state.step += 1
             state.tokens_seen += self.tokens_per_step
-            state.accum[0] += float(loss)
+            state.accum[0] += float(self.world.mean(loss))
             state.accum[1] += float(norm)
             state.accum[2] += 1
             last = state.step == t.max_iters
@@ -230,7 +261,8 @@ class Loop:
             if state.step % t.eval_interval == 0 or last:
                 self.evaluate()
                 tick = time.perf_counter()
-            if state.step % t.save_interval == 0 or last or flag.signum:
+            stop = self.world.any(flag.signum is not None, self.device)  # every rank stops at the same step
+            if state.step % t.save_interval == 0 or last or stop:
                 self.save("last")
 
     def log_train(self, lr: float, elapsed: float, peak: float) -> dict:
@@ -248,11 +280,11 @@ class Loop:
         gen = torch.Generator().manual_seed(self.cfg.seed + 1)  # the same eval batches at every evaluation
         losses = torch.zeros(self.t.eval_iters)
         for i in range(self.t.eval_iters):
-            x, y = self.data.get_batch(split, self.t.batch_size, self.cfg.data.block_size, gen, self.device)
+            x, y = self.batch(split, gen)
             with dev.autocast(self.device, self.amp):
                 _, loss = self.trained(x, y)
             losses[i] = loss.float()
-        return losses.mean().item()
+        return self.world.mean(losses.mean()).item()
 
     def evaluate(self) -> None:
         state = self.state
@@ -271,9 +303,14 @@ class Loop:
         if self.on_eval is not None:
             self.on_eval(state.step, metrics)
 
+    def batch(self, split: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's slice of the global batch that `gen` draws: (B / world, T) inputs and targets."""
+        x, y = self.data.get_batch(split, self.t.batch_size, self.cfg.data.block_size, gen, self.device)
+        return self.world.shard(x), self.world.shard(y)
+
     def sample(self) -> str:
         tok = self.data.tokenizer
-        if self.t.sample_tokens == 0:
+        if self.t.sample_tokens == 0 or not self.world.main:
             return ""
         start = tok.encode("\n") or [0]
         idx = torch.tensor([start], dtype=torch.long, device=self.device)
@@ -282,6 +319,8 @@ class Loop:
         return tok.decode(out[0].tolist())
 
     def save(self, kind: str) -> None:
+        if not self.world.main:
+            return
         path = self.run_dir / "ckpt" / f"{kind}.pt"
         save_checkpoint(path, {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
