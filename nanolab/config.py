@@ -78,6 +78,7 @@ class ModelConfig:
     zero_init_proj: bool = False  # zero-initialise the residual output projections (modded-nanogpt)
     rope_base: float = 10000.0  # RoPE frequency base, used by `position: rotary`
     mlp_ratio: float = 4.0  # MLP hidden size / n_embd (GLU variants take 2/3 of it)
+    checkpoint_activations: bool = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
     block_size: int = field(default=64, metadata={"derived": "data.block_size"})
 
     def __post_init__(self):

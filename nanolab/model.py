@@ -18,6 +18,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from nanolab import registry
 from nanolab.config import ModelConfig
@@ -134,7 +135,10 @@ class GPT(nn.Module):
             pos = torch.arange(idx.size(1), device=idx.device)  # (T,)
         x = self.drop(self.position.embed(self.wte(idx), pos))  # (B, T, C)
         for i, block in enumerate(self.blocks):
-            x = block(x, self.position, pos, None if cache is None else cache[i])
+            if self.cfg.checkpoint_activations and self.training and cache is None:  # recompute in backward
+                x = checkpoint(block, x, self.position, pos, use_reentrant=False)  # Chen et al. 2016
+            else:
+                x = block(x, self.position, pos, None if cache is None else cache[i])
         logits = self.lm_head(self.norm_f(x))  # (B, T, vocab)
         if targets is None:
             return logits
