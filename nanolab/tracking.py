@@ -15,10 +15,10 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from nanolab.checkpoint import write_text
 from nanolab.config import Config
 from nanolab.errors import NanolabError
 from nanolab.spec import to_dict
@@ -84,19 +84,6 @@ def _number(value: Any) -> Any:
     return float(value)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _row_step(line: str) -> int | None:
     """The step of one metrics.jsonl line, or None for a torn or foreign line."""
     if not line.endswith("\n"):
@@ -153,12 +140,12 @@ class LocalTracker(Tracker):
             kept = [line for line, s in zip(lines, steps) if s is not None and s <= resume_step]
             self.kept_rows = [json.loads(line) for line in kept]
             if len(kept) != len(lines):
-                _atomic_write(self.metrics_path, "".join(kept))
+                write_text(self.metrics_path, "".join(kept))
         if self.samples_path.is_file():
             samples = read_samples(self.samples_path)
             self.samples = [(s, text) for s, text in samples if s <= resume_step]
             if len(self.samples) != len(samples):
-                _atomic_write(self.samples_path, "".join(_sample_block(s, t) for s, t in self.samples))
+                write_text(self.samples_path, "".join(_sample_block(s, t) for s, t in self.samples))
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         row = {"step": int(step), **{k: _number(v) for k, v in metrics.items()}}
@@ -174,7 +161,7 @@ class LocalTracker(Tracker):
 
     def summary(self, values: dict) -> None:
         data = {k: _number(v) for k, v in values.items()}
-        _atomic_write(self.summary_path, json.dumps(data, indent=2) + "\n")
+        write_text(self.summary_path, json.dumps(data, indent=2) + "\n")
 
     def close(self, status: str) -> None:
         for f in (self._metrics, self._samples):
