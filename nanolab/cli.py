@@ -133,13 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_components)
 
     p = sub.add_parser("sweep", help="run an Optuna study over a sweep file",
-                       description="Run (or continue) an Optuna study: every trial is a full run. Results go to "
-                       "$NANOLAB_RUNS/sweeps/<name>/ (trials.csv, best.yaml).")
+                       description="Run (or continue: the same command again adds trials) an Optuna study in which "
+                       "every trial is a full run in $NANOLAB_RUNS/<name>/trial-<number>. Results go to "
+                       "$NANOLAB_RUNS/sweeps/<name>/: trials.csv, best.yaml (`nanolab run` it), table.txt, and "
+                       "journal.log, the default storage (`optuna-dashboard journal.log` shows it).")
     p.add_argument("sweep_file", metavar="SWEEP")
-    p.add_argument("--trials", type=int, help="trials to run in this call (default: the file's `trials`)")
+    p.add_argument("--trials", type=int, help="trials to run in this call, over all workers (default: the file's)")
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     p.add_argument("--workers", type=int, default=1, help="trial processes on this machine (one GPU each)")
-    p.add_argument("--storage", help="an Optuna storage URL (e.g. postgresql://...) shared by many machines")
+    p.add_argument("--storage", help="an Optuna storage URL (e.g. postgresql://...) that workers on many machines "
+                   "share, or a journal file path")
     p.add_argument("--status", action="store_true", help="print the table of trials and run nothing")
     p.add_argument("--set", **sets)
     p.set_defaults(func=cmd_sweep)
