@@ -43,7 +43,6 @@ import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from importlib.util import find_spec
 from multiprocessing import get_context
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -345,8 +344,6 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     if is_journal(url):
         Path(url).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(url, lock_obj=JournalFileOpenLock(url)))
-    if url.startswith("postgresql://") and not find_spec("psycopg") and find_spec("psycopg2"):
-        url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")  # SQLAlchemy 2.1 defaults to psycopg 3
     try:
         return RDBStorage(url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD,
                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
