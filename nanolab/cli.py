@@ -87,7 +87,8 @@ def cmd_compare(args) -> int:
     from nanolab.analysis import compare_command
 
     print(compare_command(args.runs, group=args.group, by=args.by, metric=args.metric, csv=args.csv,
-                          markdown=args.markdown, plot=args.plot, wandb_path=args.wandb))
+                          markdown=args.markdown, plot=args.plot, wandb_path=args.wandb,
+                          baseline=args.baseline))
     return 0
 
 
@@ -166,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", metavar="F")
     p.add_argument("--markdown", metavar="F")
     p.add_argument("--plot", metavar="F.png", help="val/loss against step per variant, band = seed spread")
+    p.add_argument("--baseline", metavar="VALUE", help="the variant the others are compared with, e.g. gelu or "
+                   "model.norm=rmsnorm,model.norm_placement=pre (default: the one with the most finished runs)")
     p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs from W&B instead of run folders")
     p.set_defaults(func=cmd_compare)
 
