@@ -470,8 +470,12 @@ def _load_for_compare(paths: PathsLike | None, group: str | None,
         runs, where = load_wandb_runs(wandb_path, group), f"W&B {wandb_path}"
     else:
         paths = _default(paths)
+        listed = [paths] if isinstance(paths, (str, os.PathLike)) else paths
+        for path in listed:
+            if not Path(path).exists():
+                raise NanolabError(f"{path}: no such run folder or directory")
         runs = load_runs(paths)
-        where = ", ".join(map(str, [paths] if isinstance(paths, (str, os.PathLike)) else paths))
+        where = ", ".join(map(str, listed))
         if group is not None and not runs.empty:
             groups = sorted(runs["group"].dropna().unique())
             runs = runs[runs["group"] == group].reset_index(drop=True)

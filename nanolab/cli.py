@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from nanolab.errors import NanolabError
@@ -179,7 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"nanolab: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = one_line_warning  # a warning is a line for the user, not a source listing
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

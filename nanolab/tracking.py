@@ -308,10 +308,10 @@ class WandbTracker(Tracker):
                     return held
             return local.last_step_before_resume if local else None  # can't look: assume W&B has it all
 
-        run, rewound, error = None, False, None
+        run, error = None, None
         if resuming and mode == "online":
             try:  # rewind: W&B forgets what the killed session logged after the checkpoint
-                run, rewound = init(mode, resume_from=f"{wandb_id}?_step={resume_step}"), True
+                run = init(mode, resume_from=f"{wandb_id}?_step={resume_step}")
             except Exception:  # noqa: BLE001 - the server does not allow rewinding: continue the run instead
                 run = None
         held = offline_held() if mode == "offline" else None

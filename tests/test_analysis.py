@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -313,8 +312,10 @@ def test_compare_command_errors_name_the_value(tmp_path, monkeypatch):
         compare_command(tmp_path, group="activation", by="model.activaton")
     with pytest.raises(NanolabError, match=r"unknown metric 'val_loss'.*best/val_loss"):
         compare_command(tmp_path, group="activation", metric="val_loss")
-    with pytest.raises(NanolabError, match="no runs found"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with pytest.raises(NanolabError, match="empty: no such run folder or directory"):
+        compare_command(tmp_path / "empty")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NanolabError, match="no runs found"):
         compare_command(tmp_path / "empty")
     monkeypatch.setenv("NANOLAB_RUNS", str(tmp_path))
     assert "relu" in compare_command(group="activation")
