@@ -38,17 +38,39 @@ def build(kind: str, name: str, args: dict) -> nn.Module:
 
 
 class KVCache:
-    """One layer's rotated keys and values (B, nh, Tk, hs) of the positions run so far."""
+    """One layer's rotated keys and values (B, nh, Tk, hs) of the positions run so far.
 
-    def __init__(self):
-        self.k = self.v = None
+    They live in buffers with room for `capacity` positions (doubled when full), so that a step writes its own
+    keys and values in place instead of copying the whole cache into a new tensor.
+    """
+
+    def __init__(self, capacity: int = 0):
+        self.capacity, self.length = capacity, 0
+        self.keys = self.values = None  # (B, nh, room, hs) buffers; the first `length` positions are filled
+
+    def __len__(self) -> int:
+        return self.length
+
+    @property
+    def k(self):
+        return None if self.keys is None else self.keys[:, :, :self.length]
+
+    @property
+    def v(self):
+        return None if self.values is None else self.values[:, :, :self.length]
 
     def update(self, k, v):
         """Append this step's keys and values (B, nh, T, hs); return all of them (B, nh, Tk, hs)."""
-        if self.k is not None:
-            k, v = torch.cat((self.k, k), dim=2), torch.cat((self.v, v), dim=2)
-        self.k, self.v = k, v
-        return k, v
+        end = self.length + k.size(2)
+        if self.keys is None or end > self.keys.size(2):
+            room = max(end, self.capacity, 2 * self.length)
+            keys, values = (t.new_empty(*t.shape[:2], room, t.size(3)) for t in (k, v))
+            if self.length:
+                keys[:, :, :self.length], values[:, :, :self.length] = self.k, self.v
+            self.keys, self.values = keys, values
+        self.keys[:, :, self.length:end], self.values[:, :, self.length:end] = k, v
+        self.length = end
+        return self.k, self.v
 
 
 class CausalSelfAttention(nn.Module):
@@ -61,7 +83,8 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x, position, pos, cache=None):
+    def forward(self, x, position, pos, bias=None, cache=None):
+        """x (B, T, C) at positions pos (T,); `bias` the position scheme's attention bias (nh, T, Tk) or None."""
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, C) each
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
@@ -70,8 +93,7 @@ class CausalSelfAttention(nn.Module):
         q, k = position.rotate(q, k, pos)
         if cache is not None:
             k, v = cache.update(k, v)  # (B, nh, Tk, hs): the cached positions, then these
-        pos_k = pos[-1] + 1 - k.size(2) + torch.arange(k.size(2), device=pos.device)  # (Tk,)
-        y = self.kernel(q, k, v, position.bias(pos, pos_k))  # (B, nh, T, hs)
+        y = self.kernel(q, k, v, bias)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
 
@@ -88,11 +110,11 @@ class Block(nn.Module):
         self.norm2 = build("norm", cfg.norm, args)
         self.mlp = build("activation", cfg.activation, args)
 
-    def forward(self, x, position, pos, cache=None):
+    def forward(self, x, position, pos, bias=None, cache=None):
         if self.pre_norm:
-            x = x + self.attn(self.norm1(x), position, pos, cache)
+            x = x + self.attn(self.norm1(x), position, pos, bias, cache)
             return x + self.mlp(self.norm2(x))
-        x = self.norm1(x + self.attn(x, position, pos, cache))
+        x = self.norm1(x + self.attn(x, position, pos, bias, cache))
         return self.norm2(x + self.mlp(x))
 
 
@@ -131,14 +153,18 @@ class GPT(nn.Module):
 
         Returns the logits (B, T, vocab); with `targets` (B, T), the pair (logits, mean cross-entropy loss).
         """
+        T = idx.size(1)
         if pos is None:
-            pos = torch.arange(idx.size(1), device=idx.device)  # (T,)
+            pos = torch.arange(T, device=idx.device)  # (T,)
+        n_keys = T + (0 if cache is None else len(cache[0]))  # the cached positions come before these
+        pos_k = pos if n_keys == T else pos[-1] + 1 - n_keys + torch.arange(n_keys, device=pos.device)  # (Tk,)
+        bias = self.position.bias(pos, pos_k)  # (nh, T, Tk) or None, the same in every layer
         x = self.drop(self.position.embed(self.wte(idx), pos))  # (B, T, C)
         for i, block in enumerate(self.blocks):
             if self.cfg.checkpoint_activations and self.training and cache is None:  # recompute in backward
-                x = checkpoint(block, x, self.position, pos, use_reentrant=False)  # Chen et al. 2016
+                x = checkpoint(block, x, self.position, pos, bias, use_reentrant=False)  # Chen et al. 2016
             else:
-                x = block(x, self.position, pos, None if cache is None else cache[i])
+                x = block(x, self.position, pos, bias, None if cache is None else cache[i])
         logits = self.lm_head(self.norm_f(x))  # (B, T, vocab)
         if targets is None:
             return logits
@@ -162,7 +188,7 @@ class GPT(nn.Module):
                 logits = self(idx[:, -block_size:])
             elif cache is None or n_cached == block_size:  # (re-)prefill the context
                 context = idx[:, -block_size:]
-                cache, n_cached = [KVCache() for _ in self.blocks], context.size(1)
+                cache, n_cached = [KVCache(block_size) for _ in self.blocks], context.size(1)
                 logits = self(context, cache=cache)
             else:  # one new token at the next position
                 pos = torch.full((1,), n_cached, dtype=torch.long, device=idx.device)

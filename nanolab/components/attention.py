@@ -50,8 +50,8 @@ class SDPAttention(nn.Module):
     def forward(self, q, k, v, bias=None):
         dropout_p = self.dropout if self.training else 0.0
         tq, tk = q.size(-2), k.size(-2)
-        if bias is None and tq == tk:  # the fast path: no mask tensor at all
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        if bias is None and tq in (1, tk):  # no mask tensor: a square causal mask, or one query that sees every key
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=tq > 1)
         mask = causal_mask(tq, tk, q.device, q.dtype)  # (Tq, Tk)
         if bias is not None:
             mask = mask + bias.to(q.dtype)  # (nh, Tq, Tk)
