@@ -242,14 +242,16 @@ class Loop:
                     (micro_loss / t.grad_accum).backward()
                 loss += micro_loss.detach() / t.grad_accum
             norm = torch.nn.utils.clip_grad_norm_(params, clip)
-            if not torch.isfinite(loss + norm).item():  # the one host sync of a step: nothing bad reaches the weights
-                raise Diverged(f"step {state.step + 1}: loss {loss.item()}, grad norm {norm.item()}")
+            # the one host sync of a step, one transfer: nothing bad reaches the weights
+            loss_f, norm_f, mean_loss = torch.stack((loss, norm, self.world.mean(loss))).tolist()
+            if not (math.isfinite(loss_f) and math.isfinite(norm_f)):
+                raise Diverged(f"step {state.step + 1}: loss {loss_f}, grad norm {norm_f}")
             self.optimizer.step()
             self.optimizer.zero_grad()
             state.step += 1
             state.tokens_seen += self.tokens_per_step
-            state.accum[0] += float(self.world.mean(loss))
-            state.accum[1] += float(norm)
+            state.accum[0] += mean_loss
+            state.accum[1] += norm_f
             state.accum[2] += 1
             last = state.step == t.max_iters
             if state.step % t.log_interval == 0 or last:
@@ -278,7 +280,7 @@ class Loop:
     @torch.inference_mode()
     def estimate_loss(self, split: str) -> float:
         gen = torch.Generator().manual_seed(self.cfg.seed + 1)  # the same eval batches at every evaluation
-        losses = torch.zeros(self.t.eval_iters)
+        losses = torch.zeros(self.t.eval_iters, device=self.device)  # on the device: no host sync per batch
         for i in range(self.t.eval_iters):
             x, y = self.batch(split, gen)
             with dev.autocast(self.device, self.amp):
