@@ -262,10 +262,11 @@ class Loop:
                 tick = time.perf_counter()
             if state.step % t.eval_interval == 0 or last:
                 self.evaluate()
-                tick = time.perf_counter()
+                tick = time.perf_counter()  # perf/* time training steps, not evaluations, samples or checkpoints
             stop = self.world.any(flag.signum is not None, self.device)  # every rank stops at the same step
             if state.step % t.save_interval == 0 or last or stop:
                 self.save("last")
+                tick = time.perf_counter()
 
     def log_train(self, lr: float, elapsed: float, peak: float) -> dict:
         loss_sum, norm_sum, n = self.state.accum
