@@ -184,7 +184,8 @@ def test_sinusoidal_table_values():
         expect = []
         for i in range(3):
             expect += [math.sin(p / 10000 ** (2 * i / 6)), math.cos(p / 10000 ** (2 * i / 6))]
-        assert row == pytest.approx(expect, abs=1e-6)
+        assert row == pytest.approx([6**-0.5 * e for e in expect], abs=1e-6)  # the learned scale starts at C^-1/2
+    assert isinstance(sin.scale, torch.nn.Parameter)
 
 
 def test_learned_table_is_block_size_by_n_embd():

@@ -51,9 +51,16 @@ class Learned(Position):
         return x + self.wpe(pos)  # (B, T, C) + (T, C)
 
 
-@registry.register("position", "sinusoidal", "fixed sine/cosine table added to the tokens (Vaswani et al. 2017)")
+@registry.register("position", "sinusoidal", "fixed sine/cosine table added to the tokens, with a learned scale")
 class Sinusoidal(Position):
-    """PE(p, 2i) = sin(p / 10000^(2i/C)), PE(p, 2i+1) = cos(p / 10000^(2i/C)) (arXiv:1706.03762, sec. 3.5)."""
+    """PE(p, 2i) = sin(p / 10000^(2i/C)), PE(p, 2i+1) = cos(p / 10000^(2i/C)) (Vaswani et al. 2017,
+    arXiv:1706.03762, sec. 3.5), times one learned scalar initialised to C^-1/2.
+
+    Vaswani et al. add the unit-amplitude table to token embeddings multiplied by sqrt(C); under GPT-2's init
+    (embeddings of std 0.02, not rescaled) the bare table would outweigh the tokens ~35 to 1. The learned scale
+    (Hua et al. 2022, arXiv:2202.10447, "scaled sinusoidal"; x-transformers' ScaledSinusoidalEmbedding) lets
+    the model set the balance.
+    """
 
     relative = False
 
@@ -62,11 +69,12 @@ class Sinusoidal(Position):
         self.n_embd = n_embd
         inv_freq = 10000.0 ** (-torch.arange(0, n_embd, 2, dtype=torch.float32) / n_embd)  # (ceil(C/2),)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.scale = nn.Parameter(torch.tensor(n_embd**-0.5))
 
     def embed(self, x, pos):
         angle = pos.float().unsqueeze(1) * self.inv_freq  # (T, ceil(C/2))
         pe = torch.stack((angle.sin(), angle.cos()), dim=-1).flatten(1)[:, : self.n_embd]  # (T, C) sin, cos, ...
-        return x + pe.to(x.dtype)
+        return x + (self.scale * pe).to(x.dtype)
 
 
 @registry.register("position", "rotary", "RoPE: rotate q and k by position (Su et al. 2021, arXiv:2104.09864)")
