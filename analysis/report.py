@@ -19,8 +19,9 @@ def budget(runs) -> str:
     """One line on what every run trained: steps, tokens per step, model size."""
     first = runs.iloc[0]
     tokens = first["train.batch_size"] * first["train.grad_accum"] * first["data.block_size"]
+    seeds = sorted(int(seed) for seed in runs["seed"].unique())
     return (f"{len(runs)} runs of {int(first['train.max_iters']):,} steps x {int(tokens):,} tokens "
-            f"({int(first['params']):,} parameters for the first variant), seeds {sorted(runs['seed'].unique())}")
+            f"({int(first['params']):,} parameters for the first variant), seeds {seeds}")
 
 
 def report(ablation_file: str, runs: Path, out: Path) -> Path:
@@ -28,7 +29,7 @@ def report(ablation_file: str, runs: Path, out: Path) -> Path:
     folder = runs / ablation.name
     by = list(ablation.cells[0].variant)
     table = compare_command([folder], group=ablation.name, by=by, markdown=str(out / "table.md"),
-                            plot=str(out / "val_loss.png"))
+                            plot=str(out / "val_loss.png"), baseline=ablation.baseline)
     df = load_runs(folder, group=ablation.name)
     text = "\n".join([
         f"# Ablation: {ablation.name}",

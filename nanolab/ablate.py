@@ -26,8 +26,8 @@ from nanolab.checkpoint import read_json
 from nanolab.config import Config, ConfigError
 from nanolab.errors import SpecError
 from nanolab.runner import run, runs_root
-from nanolab.spec import (check_key, format_override, from_dict, load_spec, normalize_overrides, parse_override,
-                          read_yaml)
+from nanolab.spec import (check_key, flatten, format_override, from_dict, load_spec, normalize_overrides,
+                          parse_override, read_yaml, to_dict)
 
 DONE = ("finished", "diverged")  # a diverged variant is a result, not a failure to retry
 
@@ -73,6 +73,7 @@ class Ablation:
     name: str
     experiment: Path
     cells: tuple[Cell, ...]
+    baseline: dict | None  # the experiment's own values of the grid keys, when the grid holds them
 
 
 def load_ablation(path: str | Path, seeds: list[int] | None = None, extra: tuple[str, ...] = ()) -> Ablation:
@@ -101,7 +102,9 @@ def load_ablation(path: str | Path, seeds: list[int] | None = None, extra: tuple
             except SpecError as exc:
                 raise SpecError(f"{path}: run {cell.run_id}: {exc}") from None
             cells.append(cell)
-    return Ablation(name, experiment, tuple(cells))
+    base = flatten(to_dict(load_spec(experiment, shared)))
+    baseline = {key: base[key] for key in plan.grid}
+    return Ablation(name, experiment, tuple(cells), baseline if any(c.variant == baseline for c in cells) else None)
 
 
 def status_of(run_dir: Path) -> str | None:
@@ -159,5 +162,5 @@ def ablate_command(args) -> int:
     from nanolab.analysis import compare_command
 
     ablation, results = ablate(args.ablation_file, args.seeds, args.workers, tuple(args.set))
-    print(compare_command([runs_root() / ablation.name], group=ablation.name))
+    print(compare_command([runs_root() / ablation.name], group=ablation.name, baseline=ablation.baseline))
     return 0 if all(status in DONE for status in results.values()) else 1

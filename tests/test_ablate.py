@@ -121,3 +121,9 @@ def test_bad_ablation_files(tmp_path):
             assert fragment in str(info.value), str(info.value)
     proc = cli("ablate", str(tmp_path / "act.yaml"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def test_the_experiments_own_variant_is_the_baseline(plan, tmp_path):
+    assert load_ablation(plan).baseline is None  # the experiment's gelu is not in the grid
+    plan.write_text(ABLATION.replace("[relu, swiglu]", "[relu, gelu]"))
+    assert load_ablation(plan).baseline == {"model.activation": "gelu"}
