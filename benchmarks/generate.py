@@ -13,17 +13,21 @@ tokens (the `same_tokens` column).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from common import interleave, load_warning, machine, median, parser, print_table, setup, write_json
 from nanolab import load_spec
 from nanolab.model import build_model
 
+BASELINE = Path(__file__).parents[1] / "experiments" / "baseline.yaml"
+
 VOCAB = 65  # Tiny Shakespeare's characters; the weights are untrained, the speed does not depend on them
 
 
 def model_with_context(block_size: int, device: torch.device):
-    cfg = load_spec("experiments/baseline.yaml", overrides=[f"data.block_size={block_size}"])
+    cfg = load_spec(BASELINE, overrides=[f"data.block_size={block_size}"])
     torch.manual_seed(0)
     return build_model(cfg.model, VOCAB).to(device).eval()
 
