@@ -226,7 +226,7 @@ class Loop:
     def train(self, flag: SignalFlag, bar: Progress) -> None:
         state, t = self.state, self.t
         params = [p for p in self.model.parameters() if p.requires_grad]
-        peak = dev.peak_flops(self.device)
+        peak = dev.peak_flops(self.device) * self.world.size  # tokens/s count the global batch, over every rank
         clip = t.grad_clip if t.grad_clip > 0 else math.inf
         tick = time.perf_counter()
         stop = False
