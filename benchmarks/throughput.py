@@ -18,6 +18,7 @@ runner   nanolab's run() (W&B offline, every tracker on) against the bare loop f
          (--eval-iters batches per split, no sample) and saves its two checkpoints; the bare loop then runs the
          same evaluation and saves the same two checkpoints. run()'s time is its loop's wall time
          (meta.json `wall_time`): the setup before the first step (data, model, W&B's start) is left to `runs`.
+         The overhead is the median over rounds of the ratio of each round's pair (the order alternates).
 runs     the wall time of `nanolab run` on the baseline spec for --run-steps steps, each in a new process as a
          user starts it (imports, W&B's service, evaluations, samples, checkpoints and all): W&B disabled,
          W&B offline and, with --variants, torch.compile. These are the only figures not taken in this process.
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -90,8 +92,9 @@ class Bare:
         _, loss = self.forward(x, y)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip)
-        if not torch.isfinite(loss + norm).item():
-            raise FloatingPointError(f"step {self.batches.step_num}: loss {loss.item()}")
+        loss_f, norm_f = torch.stack((loss, norm)).tolist()  # the divergence check: run()'s one host sync
+        if not (math.isfinite(loss_f) and math.isfinite(norm_f)):
+            raise FloatingPointError(f"step {self.batches.step_num}: loss {loss_f}, grad norm {norm_f}")
         self.optimizer.step()
         self.optimizer.zero_grad()
 
@@ -206,10 +209,12 @@ def runner_rows(args, device, root: Path) -> list[dict]:
             seconds[fn].append(fn())
     tokens = cfg.train.batch_size * cfg.data.block_size
     bare_ms, loop_ms = (1e3 * median(seconds[fn]) / n for fn in (bare_loop, runner_loop))
+    ratios = [r / b for b, r in zip(seconds[bare_loop], seconds[runner_loop])]  # each round's pair, side by side
     return [{"what": "bare loop", "rounds": args.rounds, "steps": n, "ms_per_step": bare_ms,
              "tokens_per_s": tokens / bare_ms * 1e3},
             {"what": "run(), W&B offline", "rounds": args.rounds, "steps": n, "ms_per_step": loop_ms,
-             "tokens_per_s": tokens / loop_ms * 1e3, "overhead_pct": 100 * (loop_ms / bare_ms - 1),
+             "tokens_per_s": tokens / loop_ms * 1e3, "overhead_pct": 100 * (median(ratios) - 1),
+             "pct_range": f"{100 * (min(ratios) - 1):+.1f}..{100 * (max(ratios) - 1):+.1f}",
              "logged_tokens_per_s": median([m["perf/tokens_per_sec"] for m in logged]),
              "logged_mfu": median([m["perf/mfu"] for m in logged])}]
 
@@ -248,9 +253,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=100, help="timed steps per candidate (at most)")
     p.add_argument("--seconds", type=float, default=15, help="fewer steps when one candidate would take longer")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps per candidate")
-    p.add_argument("--runner-steps", type=int, default=200, help="steps of each run() and bare loop (runner)")
+    p.add_argument("--runner-steps", type=int, default=100, help="steps of each run() and bare loop (runner)")
     p.add_argument("--eval-iters", type=int, default=5, help="batches per split of the one evaluation (runner)")
-    p.add_argument("--rounds", type=int, default=4, help="run() / bare loop pairs, order alternating (runner)")
+    p.add_argument("--rounds", type=int, default=8, help="run() / bare loop pairs, order alternating (runner)")
     p.add_argument("--run-steps", type=int, default=500, help="steps of each run() (runs)")
     p.add_argument("--run-rounds", type=int, default=1, help="rounds of the variants (runs)")
     p.add_argument("--variants", nargs="+", choices=list(RUN_VARIANTS), default=list(RUN_VARIANTS)[:2],
