@@ -1,0 +1,356 @@
+"""The run folder and the run store: every path, read and write of a run's files goes through here.
+
+    runs/<name>/<run-id>/
+      config.yaml  meta.json  metrics.jsonl  summary.json  samples.txt  tokenizer.json  ckpt/{last,best}.pt
+
+`RunFolder` owns one folder; `RunStore` owns a runs root: new folders, set-aside folders (`<run-id>.attemptN`,
+never counted as runs of their group), listing, and marking a run whose process died as failed.
+
+Whole files are written to a temporary name in the same folder and renamed, so a crash mid-write leaves the
+previous file whole; they get the permissions of the user's umask, like any file the user writes.
+metrics.jsonl and samples.txt are appended a line at a time; `RunFolder.metrics()` is the one reader of the
+former, and skips a torn last line (a process killed mid-write) and any line that is not a JSON row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import tempfile
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import yaml
+
+from nanolab.errors import NanolabError
+from nanolab.vocab import RunStatus
+
+SAMPLE_HEADER = re.compile(r"^--- step (\d+) ---$")
+SET_ASIDE = re.compile(r"\.(attempt\d+|old-\d{8}-\d{6})$")  # .old-*: the name sweeps gave before 0.2
+
+
+def runs_root() -> Path:
+    return Path(os.environ.get("NANOLAB_RUNS", "runs"))
+
+
+def new_run_id() -> str:
+    return f"{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------- atomic whole-file writes
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path` (mode 0666 & ~umask), else goes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: others could not read a shared results folder
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: Path, data: dict) -> None:
+    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise NanolabError(f"{path}: cannot read ({exc})") from None
+    if not isinstance(data, dict):
+        raise NanolabError(f"{path}: holds {type(data).__name__}, not a mapping")
+    return data
+
+
+def remove_partial_writes(folder: Path) -> list[Path]:
+    """Delete the temporary files of writes that a killed process left (`.<name>.<random>.tmp`)."""
+    leftovers = [p for p in Path(folder).glob(".*.tmp") if p.is_file()]
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
+
+
+# --------------------------------------------------------------------------- one run folder
+
+
+def parse_metrics(lines: Iterable[str]) -> list[dict]:
+    """metrics.jsonl rows; a line without its newline (torn) or that is not a JSON object with a step is skipped."""
+    rows = []
+    for line in lines:
+        if not line.endswith("\n"):
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+    return rows
+
+
+def _sample_block(step: int, text: str) -> str:
+    return f"--- step {step} ---\n{text}" + ("" if text.endswith("\n") else "\n")
+
+
+def _plain(value: Any) -> Any:
+    """A metric value as a plain JSON value (tensors and numpy scalars included)."""
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if hasattr(value, "item"):
+        return value.item()
+    return float(value)
+
+
+class RunFolder:
+    """One run's folder. Reading never raises for a missing optional file; writing is atomic per file."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    # -- paths
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def meta_path(self) -> Path:
+        return self.path / "meta.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def samples_path(self) -> Path:
+        return self.path / "samples.txt"
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.path / "tokenizer.json"
+
+    def ckpt(self, kind: str) -> Path:
+        """ckpt/last.pt or ckpt/best.pt."""
+        return self.path / "ckpt" / f"{kind}.pt"
+
+    def is_run(self) -> bool:
+        return self.meta_path.is_file() and self.config_path.is_file()
+
+    # -- config, meta, summary, tokenizer
+    def write_config(self, text: str) -> None:
+        write_text(self.config_path, text)
+
+    def read_config(self) -> dict:
+        """config.yaml as a nested dict (`nanolab.spec.load_spec(folder.config_path)` for a Config)."""
+        try:
+            data = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise NanolabError(f"{self.config_path}: cannot read ({exc})") from None
+        if not isinstance(data, dict):
+            raise NanolabError(f"{self.config_path}: holds {type(data).__name__}, not a mapping")
+        return data
+
+    def read_meta(self) -> dict:
+        return read_json(self.meta_path)
+
+    def write_meta(self, meta: dict) -> None:
+        write_json(self.meta_path, meta)
+
+    def update_meta(self, **fields: Any) -> dict:
+        """Read meta.json, set `fields`, write it back; returns the new meta."""
+        meta = {**self.read_meta(), **fields}
+        self.write_meta(meta)
+        return meta
+
+    @property
+    def status(self) -> RunStatus | None:
+        """The status in meta.json; None when there is no readable meta.json or no known status."""
+        try:
+            value = self.read_meta().get("status")
+        except NanolabError:
+            return None
+        return RunStatus(value) if value in RunStatus._value2member_map_ else None
+
+    def read_summary(self) -> dict:
+        return read_json(self.summary_path) if self.summary_path.is_file() else {}
+
+    def write_summary(self, summary: dict) -> None:
+        write_json(self.summary_path, {k: _plain(v) for k, v in summary.items()})
+
+    def read_tokenizer(self) -> dict:
+        return read_json(self.tokenizer_path)
+
+    def write_tokenizer(self, state: dict) -> None:
+        write_json(self.tokenizer_path, state)
+
+    # -- metrics and samples
+    def metrics(self) -> list[dict]:
+        """Every row of metrics.jsonl, in file order (see `parse_metrics` for what is skipped)."""
+        if not self.metrics_path.is_file():
+            return []
+        with open(self.metrics_path, encoding="utf-8", newline="") as f:
+            return parse_metrics(f)
+
+    def open_metrics(self):
+        """metrics.jsonl for appending, line-buffered: each row is on disk when its newline is written."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        return open(self.metrics_path, "a", encoding="utf-8", buffering=1)
+
+    @staticmethod
+    def metrics_line(metrics: dict, step: int) -> str:
+        return json.dumps({"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}) + "\n"
+
+    def samples(self) -> list[tuple[int, str]]:
+        """samples.txt as [(step, text)]."""
+        out: list[tuple[int, list[str]]] = []
+        if self.samples_path.is_file():
+            for line in self.samples_path.read_text(encoding="utf-8").splitlines():
+                match = SAMPLE_HEADER.match(line)
+                if match:
+                    out.append((int(match.group(1)), []))
+                elif out:
+                    out[-1][1].append(line)
+        return [(step, "\n".join(lines)) for step, lines in out]
+
+    def append_sample(self, step: int, text: str) -> None:
+        with open(self.samples_path, "a", encoding="utf-8") as f:
+            f.write(_sample_block(step, text))
+
+    def truncate(self, step: int) -> tuple[list[dict], int | None]:
+        """Drop the metrics rows and samples past `step` (written after the checkpoint a resumed run starts
+        from); returns (the rows kept, the highest step any earlier session logged)."""
+        rows = self.metrics()
+        logged = max((row["step"] for row in rows), default=None)
+        kept = [row for row in rows if row["step"] <= step]
+        if self.metrics_path.is_file():
+            write_text(self.metrics_path, "".join(json.dumps(row) + "\n" for row in kept))
+        samples = self.samples()
+        if len(kept_samples := [(s, t) for s, t in samples if s <= step]) != len(samples):
+            write_text(self.samples_path, "".join(_sample_block(s, t) for s, t in kept_samples))
+        return kept, logged
+
+    # -- checkpoints
+    def save_checkpoint(self, kind: str, state: dict) -> Path:
+        """A checkpoint holds only tensors and plain containers, so it loads with weights_only=True."""
+        import torch
+
+        path = self.ckpt(kind)
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+        return path
+
+    def load_checkpoint(self, kind: str, map_location: Any = "cpu") -> dict:
+        import torch
+
+        path = self.ckpt(kind)
+        if not path.is_file():
+            raise NanolabError(f"{path}: no checkpoint there")
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as exc:  # a truncated or foreign file; never retried with weights_only=False
+            raise NanolabError(f"{path}: not a loadable nanolab checkpoint ({type(exc).__name__}: {exc})") from None
+
+    def remove_partial_writes(self) -> list[Path]:
+        return [*remove_partial_writes(self.path), *remove_partial_writes(self.path / "ckpt")]
+
+    # -- status changes made from outside the run
+    def mark_failed(self, reason: str) -> bool:
+        """A run whose process died while `running` is failed, with the reason; returns whether it changed."""
+        if self.status is not RunStatus.RUNNING:
+            return False
+        self.update_meta(status=RunStatus.FAILED, reason=reason, end_time=now())
+        return True
+
+
+# --------------------------------------------------------------------------- the runs root
+
+
+def is_set_aside(path: str | os.PathLike) -> bool:
+    """A folder renamed out of the way (`<run-id>.attemptN`): kept for inspection, never a run of its group."""
+    return bool(SET_ASIDE.search(Path(path).name))
+
+
+class RunStore:
+    """The run folders under a root (default `$NANOLAB_RUNS`, else ./runs): `<root>/<name>/<run-id>`."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root) if root is not None else runs_root()
+
+    def folder(self, name: str, run_id: str) -> RunFolder:
+        return RunFolder(self.root / name / run_id)
+
+    def new(self, name: str, run_id: str | None = None) -> RunFolder:
+        """Create a new, empty run folder; an existing one is never overwritten."""
+        folder = self.folder(name, run_id or new_run_id())
+        try:
+            folder.path.mkdir(parents=True)
+        except FileExistsError:
+            raise NanolabError(f"{folder.path}: run folder already exists; it is never overwritten") from None
+        except OSError as exc:
+            raise NanolabError(f"{folder.path}: cannot create the run folder ({exc.strerror})") from None
+        return folder
+
+    @staticmethod
+    def set_aside(folder: RunFolder) -> RunFolder:
+        """Rename a run that cannot continue to `<run-id>.attemptN` (the lowest free N), so its id starts anew."""
+        n = 1
+        while (target := folder.path.with_name(f"{folder.path.name}.attempt{n}")).exists():
+            n += 1
+        folder.path.rename(target)
+        return RunFolder(target)
+
+    @staticmethod
+    def runs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[RunFolder]:
+        """The run folders (config.yaml + meta.json) under each path, itself included, recursively, without
+        duplicates or set-aside folders, in path order."""
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        found: dict[Path, None] = {}
+        for path in map(Path, paths):
+            for meta in sorted(path.rglob("meta.json")):
+                folder = meta.parent
+                if (folder / "config.yaml").is_file() and not any(is_set_aside(p) for p in folder.relative_to(
+                        path).parts):
+                    found.setdefault(folder.resolve())
+        return [RunFolder(p) for p in found]
