@@ -12,7 +12,7 @@ from pathlib import Path
 from nanolab.ablate import load_ablation
 from nanolab.analysis import compare_command, load_runs
 from nanolab.errors import NanolabError
-from nanolab.runner import runs_root
+from nanolab.runfolder import runs_root
 
 
 def budget(runs) -> str:
@@ -34,7 +34,7 @@ def report(ablation_file: str, runs: Path, out: Path) -> Path:
     text = "\n".join([
         f"# Ablation: {ablation.name}",
         "",
-        f"`{ablation_file}` over `{ablation.experiment.name}`: {budget(df)}.",
+        f"`{ablation_file}` over `{ablation.plan.experiment.name}`: {budget(df)}.",
         f"Wall time {df['wall_time'].sum() / 60:.1f} min in all.",
         "",
         (out / "table.md").read_text().strip(),

@@ -29,7 +29,7 @@ VOCAB = 65  # Tiny Shakespeare's characters; the weights are untrained, the spee
 def model_with_context(block_size: int, device: torch.device):
     cfg = load_spec(BASELINE, overrides=[f"data.block_size={block_size}"])
     torch.manual_seed(0)
-    return build_model(cfg.model, VOCAB).to(device).eval()
+    return build_model(cfg.model, vocab_size=VOCAB, block_size=block_size).to(device).eval()
 
 
 def measure(model, prompt, new_tokens: int, repeats: int, device) -> dict:

@@ -7,7 +7,8 @@
 Sections (each timed in this one process, candidates in turns, medians after warm-up):
 
 steps    ms/step, tokens/s, MFU and peak memory of one training step for the baseline spec and a larger model:
-         a bare loop written here (batch, forward, backward, clip, the divergence check, AdamW, zero_grad), the
+         a bare loop of run()'s own step, `nanolab.train_loop.train_step` (batch, forward, backward, clip, the
+         divergence check, AdamW, zero_grad), with none of run()'s logging, evaluation or checkpoints; the
          same step through torch.compile, and, with --nanogpt DIR, nanoGPT's GPT from DIR/model.py with its
          train.py step (configure_optimizers' AdamW, clip_grad_norm_, zero_grad) on the same batches.
          nanoGPT's code is not part of nanolab: get it with `git clone https://github.com/karpathy/nanoGPT DIR`.
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import os
 import subprocess
 import sys
@@ -49,7 +49,8 @@ from nanolab import load_spec, run
 from nanolab.components.optim import build_optimizer, lr_factor
 from nanolab.data import load_data
 from nanolab.model import build_model
-from nanolab.runner import seed_everything
+from nanolab.train_loop import seed_everything, train_step
+from nanolab.vocab import MFU, TOKENS_PER_SEC
 
 SPEC = Path(__file__).parents[1] / "experiments" / "baseline.yaml"
 CONFIGS = {  # name -> overrides of the baseline spec
@@ -67,36 +68,41 @@ class Batches:
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.step_num = 0
 
-    def __call__(self):
-        """(x, y, lr factor) of the next step."""
-        t, factor = self.cfg.train, lr_factor(self.step_num, self.cfg.train)
+    def draw(self):
+        """(x, y): the next batch."""
+        return self.data.get_batch("train", self.cfg.train.batch_size, self.cfg.data.block_size, self.gen,
+                                   self.device)
+
+    def next_factor(self) -> float:
+        """The learning-rate factor of the next step."""
+        factor = lr_factor(self.step_num, self.cfg.train)
         self.step_num += 1
-        return (*self.data.get_batch("train", t.batch_size, self.cfg.data.block_size, self.gen, self.device), factor)
+        return factor
+
+    def __call__(self):
+        """(x, y, lr factor) of the next step (one micro-batch)."""
+        factor = self.next_factor()
+        return (*self.draw(), factor)
 
 
 class Bare:
-    """The training step a researcher writes by hand, for `cfg`, on nanolab's model and batches."""
+    """run()'s training step (`train_step`) in a bare loop, for `cfg`, on nanolab's model and batches."""
 
     def __init__(self, cfg, data, device, compile=False):
         seed_everything(cfg.seed)
         self.cfg, self.data, self.device = cfg, data, device
-        self.model = build_model(cfg.model, data.vocab_size).to(device)
+        self.model = build_model(cfg.model, vocab_size=data.vocab_size, block_size=cfg.data.block_size).to(device)
         self.optimizer = build_optimizer(self.model, cfg.train, device.type)
         self.forward = torch.compile(self.model) if compile else self.model
-        self.params = list(self.model.parameters())
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.amp = dev.autocast_dtype(device, cfg.train.dtype)
         self.batches = Batches(cfg, data, device)
 
     def __call__(self):
-        x, y, factor = self.batches()
-        self.optimizer.set_lr_factor(factor)
-        _, loss = self.forward(x, y)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip)
-        loss_f, norm_f = torch.stack((loss, norm)).tolist()  # the divergence check: run()'s one host sync
-        if not (math.isfinite(loss_f) and math.isfinite(norm_f)):
-            raise FloatingPointError(f"step {self.batches.step_num}: loss {loss_f}, grad norm {norm_f}")
-        self.optimizer.step()
-        self.optimizer.zero_grad()
+        t = self.cfg.train
+        factor = self.batches.next_factor()
+        train_step(self.forward, self.optimizer, self.batches.draw, lr_factor=factor, grad_accum=t.grad_accum,
+                   grad_clip=t.grad_clip, params=self.params, amp=self.amp, step=self.batches.step_num)
 
     @torch.inference_mode()
     def evaluate(self, eval_iters: int) -> None:
@@ -199,9 +205,8 @@ def runner_rows(args, device, root: Path) -> list[dict]:
 
     def runner_loop() -> float:
         result = run(runner_cfg)
-        metrics = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
-        logged.extend(m for m in metrics if "perf/tokens_per_sec" in m)
-        return json.loads((result.run_dir / "meta.json").read_text())["wall_time"]
+        logged.extend(m for m in result.folder.metrics() if TOKENS_PER_SEC in m)
+        return result.folder.read_meta()["wall_time"]
 
     seconds, logged = {bare_loop: [], runner_loop: []}, []
     for i in range(args.rounds):
@@ -215,8 +220,8 @@ def runner_rows(args, device, root: Path) -> list[dict]:
             {"what": "run(), W&B offline", "rounds": args.rounds, "steps": n, "ms_per_step": loop_ms,
              "tokens_per_s": tokens / loop_ms * 1e3, "overhead_pct": 100 * (median(ratios) - 1),
              "pct_range": f"{100 * (min(ratios) - 1):+.1f}..{100 * (max(ratios) - 1):+.1f}",
-             "logged_tokens_per_s": median([m["perf/tokens_per_sec"] for m in logged]),
-             "logged_mfu": median([m["perf/mfu"] for m in logged])}]
+             "logged_tokens_per_s": median([m[TOKENS_PER_SEC] for m in logged]),
+             "logged_mfu": median([m[MFU] for m in logged])}]
 
 
 RUN_VARIANTS = {  # name -> overrides of the baseline spec; the first is the reference of the others

@@ -29,7 +29,7 @@ def component(kind: str, default: str, help: str = ""):
 def _check_components(cfg) -> None:
     for f in fields(cfg):
         kind = f.metadata.get("kind")
-        if kind and getattr(cfg, f.name) not in registry.available(kind):
+        if kind and getattr(cfg, f.name) not in registry.names(kind):  # names: no torch import
             raise ConfigError(f.name, getattr(cfg, f.name), registry.unknown_message(kind, getattr(cfg, f.name)))
 
 

@@ -1,6 +1,6 @@
 """Data: the Tiny Shakespeare download/cache/verify, tokenizers, the train/val split and batches.
 
-    data = load_data(cfg.data)                    # Data(train, val, tokenizer, description)
+    data = load_data(cfg.data)                    # Data(train, val, tokenizer, description, chars)
     x, y = data.get_batch("train", 12, 64, generator, "cpu")   # (B, T) int64; y is x shifted by one
 
 Datasets and tokenizers are registry components. A dataset (kind `dataset`) is a function that returns the
@@ -270,12 +270,15 @@ def read_corpus(path: Path) -> str:
 
 @dataclass(frozen=True, eq=False)
 class Data:
-    """Token tensors of the two splits, the tokenizer that made them, and a one-line description."""
+    """Token tensors of the two splits, the tokenizer that made them, a one-line description, and the number of
+    characters of each split's text (so that a loss per token converts to bits per character)."""
 
     train: torch.Tensor
     val: torch.Tensor
     tokenizer: Tokenizer
     description: str
+    chars: dict[str, int]  # split -> characters of its text
+
 
     @property
     def vocab_size(self) -> int:
@@ -285,6 +288,10 @@ class Data:
         if name not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', not {name!r}")
         return self.train if name == "train" else self.val
+
+    def chars_per_token(self, name: str) -> float:
+        """Characters of the split's text per token: 1.0 under the char tokenizer, ~3 under BPE."""
+        return self.chars[name] / len(self.split(name))
 
     def get_batch(
         self,
@@ -329,8 +336,10 @@ def load_data(data_cfg: DataConfig) -> Data:
             f"{source}: too short for data.block_size = {data_cfg.block_size}: each split needs more tokens "
             f"than that, and the {len(ids):,} tokens split into {len(train):,} train / {len(val):,} val"
         )
+    val_chars = len(tokenizer.decode(val.tolist()))  # the split is at a token boundary: count its text
+    chars = {"train": len(text) - val_chars, "val": val_chars}
     description = (
         f"{source}: {len(text):,} characters, {data_cfg.tokenizer} tokenizer (vocab {tokenizer.vocab_size}), "
         f"{len(train):,} train / {len(val):,} val tokens"
     )
-    return Data(train, val, tokenizer, description)
+    return Data(train, val, tokenizer, description, chars)

@@ -1,6 +1,6 @@
 """A decoder-only GPT assembled from registry components, with a KV cache for generation.
 
-    model = build_model(cfg.model, vocab_size=65)
+    model = build_model(cfg.model, vocab_size=65, block_size=64)
     logits = model(idx)                     # (B, T, vocab)
     logits, loss = model(idx, targets)      # loss: mean cross-entropy over all B*T targets
     out = model.generate(idx, max_new_tokens=100, temperature=0.8, top_k=50)
@@ -12,8 +12,8 @@ The structure follows nanoGPT (github.com/karpathy/nanoGPT, model.py) and GPT-2 
 
 from __future__ import annotations
 
-import inspect
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn as nn
@@ -32,9 +32,7 @@ def component_args(cfg: ModelConfig) -> dict:
 
 def build(kind: str, name: str, args: dict) -> nn.Module:
     """The registered component `name` of `kind`, constructed with the entries of `args` its constructor names."""
-    cls = registry.get(kind, name)
-    wanted = inspect.signature(cls).parameters
-    return cls(**{key: value for key, value in args.items() if key in wanted})
+    return registry.construct(kind, name, args)
 
 
 class KVCache:
@@ -232,6 +230,7 @@ def sample(logits, temperature: float = 1.0, top_k: int | None = None, top_p: fl
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
 
 
-def build_model(model_cfg: ModelConfig, vocab_size: int) -> GPT:
-    """The GPT that `model_cfg` describes, over a vocabulary of `vocab_size` tokens."""
-    return GPT(model_cfg, vocab_size)
+def build_model(model_cfg: ModelConfig, vocab_size: int, block_size: int) -> GPT:
+    """The GPT that `model_cfg` describes, over a vocabulary of `vocab_size` tokens and a context of
+    `block_size` positions (both given by the data: `data.vocab_size`, `cfg.data.block_size`)."""
+    return GPT(replace(model_cfg, block_size=block_size), vocab_size)

@@ -5,6 +5,11 @@
 
     registry.get("norm", "rmsnorm")      # -> the class
     registry.available("norm")           # -> ["layernorm", "rmsnorm"]
+    registry.names("norm")               # the same names without importing the components (no torch)
+    registry.construct("norm", "rmsnorm", {"n_embd": 128, "bias": False, ...})   # -> an instance
+
+A config is validated with `names`, which reads the static table `BUILTIN_NAMES` (checked against the real
+registrations by the tests) instead of importing the built-in modules, so loading a spec does not import torch.
 
 Third-party packages add components without a fork: declare an entry point in the group
 `nanolab.components` whose target is a module (or any object) that registers on import, e.g.
@@ -17,14 +22,25 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from nanolab.errors import NanolabError
 
 ENTRY_POINT_GROUP = "nanolab.components"
 BUILTIN_MODULES = ("nanolab.components", "nanolab.data")
+BUILTIN_NAMES: dict[str, tuple[str, ...]] = {  # what BUILTIN_MODULES register, known without importing them
+    "activation": ("geglu", "gelu", "relu", "relu2", "swiglu"),
+    "attention": ("naive", "sdpa"),
+    "dataset": ("shakespeare_char",),
+    "norm": ("layernorm", "rmsnorm"),
+    "optimizer": ("adamw", "muon"),
+    "position": ("alibi", "learned", "none", "rotary", "sinusoidal"),
+    "schedule": ("constant", "cosine", "linear"),
+    "tokenizer": ("bpe", "char"),
+}
 
 
 class UnknownComponentError(NanolabError, KeyError):
@@ -43,7 +59,8 @@ class Entry:
 
 
 _entries: dict[str, dict[str, Entry]] = {}
-_loaded = False
+_loaded = False  # the built-in modules and the plugins are imported
+_plugins_loaded = False  # the plugins are imported (`names` needs them, not the built-ins)
 
 
 def register(kind: str, name: str, description: str = "") -> Callable[[Any], Any]:
@@ -62,12 +79,22 @@ def register(kind: str, name: str, description: str = "") -> Callable[[Any], Any
 
 def _ensure_loaded() -> None:
     """Import the built-in components and every installed plugin, once."""
-    global _loaded
+    global _loaded, _plugins_loaded
     if _loaded:
         return
     _loaded = True
     for module in BUILTIN_MODULES:
         importlib.import_module(module)
+    _plugins_loaded = False
+    _load_plugins()
+
+
+def _load_plugins() -> None:
+    """Import every installed plugin (entry point group `nanolab.components`), once."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             ep.load()
@@ -92,6 +119,13 @@ def available(kind: str) -> list[str]:
     return sorted(_entries.get(kind, {}))
 
 
+def names(kind: str) -> list[str]:
+    """The names of `kind`, sorted, without importing the built-in components: the static built-in names,
+    the plugins' and any registered so far (a plugin is imported, and imports what it needs)."""
+    _load_plugins()
+    return sorted({*BUILTIN_NAMES.get(kind, ()), *_entries.get(kind, {})})
+
+
 def entries(kind: str) -> list[Entry]:
     _ensure_loaded()
     return [_entries[kind][n] for n in available(kind)]
@@ -99,9 +133,9 @@ def entries(kind: str) -> list[Entry]:
 
 def unknown_message(kind: str, name: Any) -> str:
     """'unknown attention 'sdpaa'; available: naive, sdpa (did you mean 'sdpa'?)'"""
-    choices = available(kind)
+    choices = names(kind)
     if not choices:
-        return f"unknown component kind {kind!r}; kinds: {', '.join(kinds())}"
+        return f"unknown component kind {kind!r}; kinds: {', '.join(sorted({*BUILTIN_NAMES, *_entries}))}"
     hint = closest(str(name), choices)
     suffix = f" (did you mean {hint!r}?)" if hint else ""
     return f"unknown {kind} {name!r}; available: {', '.join(choices)}{suffix}"
@@ -114,3 +148,20 @@ def get(kind: str, name: str) -> Any:
         return _entries[kind][name].obj
     except KeyError:
         raise UnknownComponentError(unknown_message(kind, name)) from None
+
+
+def construct(kind: str, name: str, args: Mapping[str, Any]) -> Any:
+    """Component `name` of `kind` constructed with the entries of `args` that its constructor names.
+
+    Every named parameter of the constructor must be a key of `args`: one that matches nothing (a typo, or an
+    argument the model does not provide) is an error, never silently left at its default.
+    """
+    obj = get(kind, name)
+    params = [p for p in inspect.signature(obj).parameters.values()
+              if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unmatched = [p.name for p in params if p.name not in args]
+    if unmatched:
+        raise NanolabError(
+            f"{kind} {name!r} ({getattr(obj, '__qualname__', obj)}): constructor parameter(s) "
+            f"{', '.join(unmatched)} match no component argument; a component receives only: {', '.join(args)}")
+    return obj(**{p.name: args[p.name] for p in params})

@@ -1,83 +1,100 @@
-"""nanolab.analysis on run folders built by hand in the runner's format, and on fake W&B runs."""
+"""nanolab.analysis on run folders written by the real writers (RunFolder, and one real run), and fake W&B runs."""
 
 from __future__ import annotations
 
-import json
 import math
+import shutil
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from scipy import stats
 
-from nanolab import analysis
-from nanolab.analysis import (compare, compare_command, format_table, load_history, load_runs, load_wandb_runs,
-                              to_markdown, varying_keys, wandb_run_history, wandb_run_row)
+from nanolab import run
+from nanolab.analysis import (BASE_COLUMNS, compare, compare_command, format_table, load_history, load_runs,
+                              load_wandb_runs, to_markdown, varying_keys)
+from nanolab.analysis.stats import COUNTED
+from nanolab.analysis.wandb_runs import wandb_run_history, wandb_run_row
 from nanolab.errors import NanolabError
+from nanolab.runfolder import RunFolder, RunStore
+from nanolab.config import Config
+from nanolab.spec import dump_spec, spec_from_dict
+from nanolab.vocab import (BEST_STEP, BEST_VAL_LOSS, BEST_VAL_PPL, EVAL_METRICS, MFU, STEP_MS, STEPS, TOKENS_PER_SEC,
+                           TOKENS_SEEN, TRAIN_EVAL_LOSS, TRAIN_GRAD_NORM, TRAIN_LOSS, TRAIN_LR, UNFINISHED, VAL_BPC,
+                           VAL_LOSS, VAL_PPL, WALL_TIME, RunStatus, final)
 
+FINISHED, FAILED, PRUNED = RunStatus.FINISHED.value, RunStatus.FAILED.value, RunStatus.PRUNED.value
 GELU = [1.50, 1.52, 1.49]
 RELU = [1.45, 1.47, 1.44]
+START, END = "2025-03-01T10:00:00+00:00", "2025-03-01T10:01:40+00:00"
 
 
-def config(name: str, seed: int, activation: str, group: str | None) -> dict:
-    return {
-        "name": name,
-        "seed": seed,
-        "data": {"dataset": "shakespeare_char", "path": None, "tokenizer": "char", "block_size": 64},
-        "model": {"n_layer": 2, "n_head": 2, "n_embd": 32, "dropout": 0.0, "activation": activation,
-                  "position": "learned", "attention": "sdpa", "norm": "layernorm"},
-        "train": {"batch_size": 4, "max_iters": 40, "lr": 1.0e-3, "min_lr": 1.0e-4, "eval_interval": 20},
-        "tracking": {"wandb": {"project": "nanolab", "entity": None, "mode": "offline"}, "group": group,
-                     "job_type": "ablate", "tags": ["ablation", activation], "notes": None},
-    }
+# ----------------------------------------------------------------------------- run folders, as the runner writes them
+
+
+def spec(name: str, seed: int, activation: str, group: str | None) -> Config:
+    return spec_from_dict({
+        "name": name, "seed": seed, "data": {"block_size": 64},
+        "model": {"n_layer": 2, "n_head": 2, "n_embd": 32, "activation": activation},
+        "train": {"batch_size": 4, "max_iters": 40, "eval_interval": 20},
+        "tracking": {"wandb": {"mode": "offline"}, "group": group, "job_type": "ablate",
+                     "tags": ["ablation", activation]},
+    })
 
 
 def meta(run_id: str, name: str, group: str | None, status: str, activation: str) -> dict:
+    """meta.json with the fields the runner writes (runner._run: at the start, then at the end)."""
     return {
-        "run_id": run_id, "name": name, "group": group, "job_type": "ablate", "status": status,
-        "start_time": "2025-03-01T10:00:00+00:00", "end_time": "2025-03-01T10:01:40+00:00", "wall_time": 100.0,
+        "run_id": run_id, "name": name, "group": group, "job_type": "ablate", "tags": ["ablation", activation],
+        "variant": {"model.activation": activation}, "start_time": START, "params": 26_000,
+        "non_embedding_params": 24_000, "flops_per_token": 150_000, "dataset": "shakespeare_char", "world_size": 1,
         "git": {"commit": "abc123", "dirty": False}, "versions": {"torch": "2.13.0"}, "device": "cpu",
-        "params": 26_000, "non_embedding_params": 24_000, "flops_per_token": 150_000,
-        "variant": {"model.activation": activation}, "tags": ["ablation", activation],
+        "status": status, "resumed_at": None, "reason": "", "end_time": END, WALL_TIME: 100.0, STEPS: 40,
     }
 
 
+def eval_row(best: float, step: int) -> dict:
+    loss = best + (40 - step) / 20
+    return {VAL_LOSS: loss, VAL_PPL: math.exp(loss), VAL_BPC: loss / math.log(2), TRAIN_EVAL_LOSS: loss - 0.02}
+
+
 def summary(best: float) -> dict:
-    return {"best/val_loss": best, "best/val_ppl": math.exp(best), "best/step": 40, "final/val_loss": best + 0.01,
-            "final/train_loss": best - 0.02, "tokens_seen": 10_240, "wall_time": 100.0}
+    """What Loop.summary() writes: best, final (the last evaluation) and counters."""
+    return {BEST_VAL_LOSS: best, BEST_VAL_PPL: math.exp(best), BEST_STEP: 40, TOKENS_SEEN: 10_240, STEPS: 40,
+            WALL_TIME: 100.0, **{final(k): v for k, v in eval_row(best, 40).items()}}
 
 
-def metrics(best: float) -> list[dict]:
-    """Train rows at 10..40 and eval rows (separate objects) at 20 and 40, as the runner logs them."""
-    train = [{"step": s, "train/loss": 3.0 - s / 40, "train/lr": 1e-3, "perf/tokens_per_sec": 5000.0}
-             for s in (10, 20, 30, 40)]
-    evals = [{"step": s, "val/loss": best + (40 - s) / 20, "val/ppl": math.exp(best), "val/bpc": best / math.log(2),
-              "train/eval_loss": best - 0.02} for s in (20, 40)]
+def metrics(best: float) -> list[tuple[int, dict]]:
+    """(step, metrics) as the runner logs them: train rows at 10..40, eval rows at 20 and 40 as separate rows."""
+    train = [(s, {TRAIN_LOSS: 3.0 - s / 40, TRAIN_LR: 1e-3, TRAIN_GRAD_NORM: 0.5, TOKENS_PER_SEC: 5000.0,
+                  STEP_MS: 10.0, MFU: 0.01}) for s in (10, 20, 30, 40)]
+    evals = [(s, eval_row(best, s)) for s in (20, 40)]
     return train[:2] + evals[:1] + train[2:] + evals[1:]
 
 
 def write_run(root: Path, run_id: str, activation: str = "gelu", best: float = 1.5, seed: int = 1,
-              status: str = "finished", group: str | None = "activation", name: str = "act") -> Path:
-    folder = root / name / run_id
-    folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump(config(name, seed, activation, group), sort_keys=False))
-    (folder / "meta.json").write_text(json.dumps(meta(run_id, name, group, status, activation)))
-    if status == "finished":
-        (folder / "summary.json").write_text(json.dumps(summary(best)))
-    (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in metrics(best)))
+              status: str = FINISHED, group: str | None = "activation", name: str = "act") -> RunFolder:
+    """A run folder through RunFolder's writers; every status has a summary (the runner writes it in `finally`)."""
+    folder = RunStore(root).new(name, run_id)
+    folder.write_config(dump_spec(spec(name, seed, activation, group)))
+    folder.write_meta(meta(run_id, name, group, status, activation))
+    folder.write_summary(summary(best))
+    with folder.open_metrics() as f:
+        for step, row in metrics(best):
+            f.write(RunFolder.metrics_line(row, step))
     return folder
 
 
 def write_ablation(root: Path) -> None:
-    """gelu and relu x 3 seeds, finished, plus a failed relu run and a pruned gelu run."""
+    """gelu and relu x 3 seeds, finished, plus a failed relu run and a pruned gelu run with tempting losses."""
     for activation, losses in (("gelu", GELU), ("relu", RELU)):
         for seed, best in enumerate(losses):
             write_run(root, f"{activation}-{seed}", activation, best, seed)
-    write_run(root, "relu-failed", "relu", 0.1, 9, status="failed")
-    write_run(root, "gelu-pruned", "gelu", 0.1, 9, status="pruned")
+    write_run(root, "relu-failed", "relu", 0.1, 9, status=FAILED)
+    write_run(root, "gelu-pruned", "gelu", 0.1, 9, status=PRUNED)
 
 
 def welch_by_hand(a: list[float], b: list[float], confidence: float = 0.95) -> tuple[float, float, float, float]:
@@ -99,26 +116,25 @@ def test_load_runs_one_row_per_run_with_dotted_config(tmp_path):
     sweep.mkdir(parents=True)
     (sweep / "trials.csv").write_text("number,value\n0,1.5\n")
     (sweep / "best.yaml").write_text("train: {lr: 0.001}\n")
-    broken = tmp_path / "act" / "broken"
-    broken.mkdir()
-    (broken / "config.yaml").write_text("name: act\n")
-    (broken / "meta.json").write_text("{not json")
+    broken = RunStore(tmp_path).new("act", "broken")
+    broken.write_config("name: act\n")
+    broken.meta_path.write_text("{not json")  # a meta.json no writer would leave: read, warned about, skipped
 
     with pytest.warns(UserWarning, match="broken"):
         runs = load_runs(tmp_path)
 
     assert len(runs) == 9 and runs["run_id"].is_unique
-    assert list(runs.columns[:len(analysis.BASE_COLUMNS)]) == analysis.BASE_COLUMNS
+    assert list(runs.columns[:len(BASE_COLUMNS)]) == BASE_COLUMNS
     row = runs.set_index("run_id").loc["relu-1"]
     assert row["model.activation"] == "relu" and row["train.lr"] == 1e-3 and row["model.n_layer"] == 2
     assert row["tracking.wandb.project"] == "nanolab"
     assert row["tracking.tags"] == ["ablation", "relu"]
-    assert row["best/val_loss"] == RELU[1] and row["tokens_seen"] == 10_240 and row["params"] == 26_000
-    assert row["status"] == "finished" and row["group"] == "activation" and row["wall_time"] == 100.0
+    assert row[BEST_VAL_LOSS] == RELU[1] and row[TOKENS_SEEN] == 10_240 and row["params"] == 26_000
+    assert row[final(VAL_LOSS)] == RELU[1]
+    assert row["status"] == FINISHED and row["group"] == "activation" and row[WALL_TIME] == 100.0
     assert pd.api.types.is_datetime64_any_dtype(runs["start_time"])
     assert row["end_time"] - row["start_time"] == pd.Timedelta(seconds=100)
     assert Path(row["path"]) == (tmp_path / "act" / "relu-1").resolve()
-    assert pd.isna(runs.set_index("run_id").loc["relu-failed", "best/val_loss"])  # no summary: NaN
 
 
 def test_load_runs_group_filter_and_narrower_paths(tmp_path):
@@ -134,18 +150,15 @@ def test_load_runs_group_filter_and_narrower_paths(tmp_path):
 
 def test_group_falls_back_to_tracking_group(tmp_path):
     folder = write_run(tmp_path, "r1", group="lr")
-    meta_file = folder / "meta.json"
-    meta_file.write_text(json.dumps({k: v for k, v in json.loads(meta_file.read_text()).items() if k != "group"}))
+    folder.write_meta({k: v for k, v in folder.read_meta().items() if k != "group"})
     assert list(load_runs(tmp_path, group="lr")["run_id"]) == ["r1"]
 
 
 def test_missing_path_warns_and_gives_empty_frame_with_base_columns(tmp_path):
     with pytest.warns(UserWarning, match="no such"):
         runs = load_runs(tmp_path / "absent")
-    assert runs.empty and set(analysis.BASE_COLUMNS) <= set(runs.columns)
-    folder = tmp_path / "half" / "r"
-    folder.mkdir(parents=True)
-    (folder / "meta.json").write_text("{}")
+    assert runs.empty and set(BASE_COLUMNS) <= set(runs.columns)
+    RunFolder(tmp_path / "half" / "r").write_meta({"run_id": "r"})
     with pytest.warns(UserWarning, match="without config.yaml"):
         assert load_runs(tmp_path).empty
 
@@ -156,29 +169,79 @@ def test_load_history_is_long_with_train_and_eval_rows_merged(tmp_path):
     assert load_history(tmp_path, group="activation")["run_id"].nunique() == 2
     assert load_history(tmp_path, group="other").empty
     with (tmp_path / "act" / "r0" / "metrics.jsonl").open("a") as f:
-        f.write('{"step": 50, "train/lo')  # a run killed mid-write
-    with pytest.warns(UserWarning, match="unparsable"):
-        history = load_history(tmp_path)
+        f.write('{"step": 50, "train/lo')  # a run killed mid-write: the torn line is left out
+    history = load_history(tmp_path)
     assert list(history.columns[:4]) == ["run_id", "name", "group", "step"]
-    assert {"train/loss", "val/loss", "val/bpc", "perf/tokens_per_sec"} <= set(history.columns)
+    assert {TRAIN_LOSS, VAL_LOSS, VAL_BPC, TOKENS_PER_SEC} <= set(history.columns)
     g0 = history[history["run_id"] == "g0"].set_index("step")
     assert list(g0.index) == [10, 20, 30, 40]
-    assert g0.loc[20, "train/loss"] == 2.5 and g0.loc[20, "val/loss"] == 2.5
-    assert pd.isna(g0.loc[10, "val/loss"])
+    assert g0.loc[20, TRAIN_LOSS] == 2.5 and g0.loc[20, VAL_LOSS] == 2.5
+    assert pd.isna(g0.loc[10, VAL_LOSS])
     assert list(history[history["run_id"] == "r0"]["step"]) == [10, 20, 30, 40]
+
+
+def test_load_history_takes_the_frame_load_runs_returns_and_run_folders(tmp_path):
+    write_ablation(tmp_path)
+    runs = load_runs(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the old loader read the frame's column names as paths: a warning each
+        history = load_history(runs)
+    pd.testing.assert_frame_equal(history, load_history(tmp_path))
+    assert history["run_id"].nunique() == 8
+    finished = runs[runs["status"] == FINISHED]
+    assert set(load_history(finished)["run_id"]) == set(finished["run_id"])
+    assert load_history(runs.iloc[:0]).empty
+    gelu0 = RunFolder(tmp_path / "act" / "gelu-0")
+    assert set(load_history(gelu0)["run_id"]) == {"gelu-0"}
+    assert set(load_history([gelu0, RunFolder(tmp_path / "act" / "relu-0")])["run_id"]) == {"gelu-0", "relu-0"}
+    with pytest.raises(NanolabError, match="path"):
+        load_history(runs.drop(columns="path"))
+
+
+SET_ASIDE = [("lr", "trial-0", "trial-0.old-20261127-101500"), ("x", "x-s1", "x-s1.attempt1")]
+
+
+@pytest.mark.parametrize("group, run_id, copy", SET_ASIDE)
+def test_set_aside_folders_are_never_runs_of_the_group(tmp_path, group, run_id, copy):
+    folder = write_run(tmp_path, run_id, group=group, name=group)
+    shutil.copytree(folder.path, folder.path.with_name(copy))  # meta still says run_id: the old code counted it
+    runs = load_runs(tmp_path, group=group)
+    assert list(runs["run_id"]) == [run_id] and Path(runs.loc[0, "path"]).name == run_id
+    assert len(load_history(tmp_path, group=group)) == 4  # steps 10..40 once, not twice
+    text = compare_command(tmp_path, group=group, by="model.activation")
+    assert ": 1 runs, 1 finished" in text
+
+
+def test_a_real_run_loads(tmp_path, monkeypatch):
+    """A tiny run by the runner itself, so these loaders cannot drift from what it writes."""
+    monkeypatch.setenv("NANOLAB_RUNS", str(tmp_path))
+    cfg = spec_from_dict({"name": "tiny", "seed": 7, "data": {"block_size": 16},
+                          "model": {"n_layer": 1, "n_head": 2, "n_embd": 16},
+                          "train": {"batch_size": 4, "max_iters": 10, "warmup_iters": 2, "eval_interval": 5,
+                                    "eval_iters": 2, "log_interval": 5, "sample_tokens": 0},
+                          "tracking": {"wandb": {"mode": "disabled"}, "group": "g"}})
+    result = run(cfg, run_id="x-s1", show_progress=False)
+    shutil.copytree(result.run_dir, result.run_dir.with_name("x-s1.attempt1"))
+    runs = load_runs(tmp_path)
+    assert list(runs["run_id"]) == ["x-s1"] and runs.loc[0, "status"] == FINISHED and runs.loc[0, "group"] == "g"
+    assert runs.loc[0, BEST_VAL_LOSS] == result.summary[BEST_VAL_LOSS]
+    assert {final(m) for m in EVAL_METRICS} | {BEST_VAL_PPL, BEST_STEP, TOKENS_SEEN, STEPS} <= set(runs.columns)
+    history = load_history(runs)
+    assert list(history["step"]) == [5, 10]
+    assert {TRAIN_LOSS, TRAIN_LR, TRAIN_GRAD_NORM, TOKENS_PER_SEC, *EVAL_METRICS} <= set(history.columns)
 
 
 # ----------------------------------------------------------------------------- comparison
 
 
 def ablation_frame() -> pd.DataFrame:
-    rows = [{"run_id": f"g{i}", "model.activation": "gelu", "status": "finished", "best/val_loss": v}
+    rows = [{"run_id": f"g{i}", "model.activation": "gelu", "status": FINISHED, BEST_VAL_LOSS: v}
             for i, v in enumerate(GELU)]
-    rows += [{"run_id": f"r{i}", "model.activation": "relu", "status": "finished", "best/val_loss": v}
+    rows += [{"run_id": f"r{i}", "model.activation": "relu", "status": FINISHED, BEST_VAL_LOSS: v}
              for i, v in enumerate(RELU)]
-    rows += [{"run_id": "rf", "model.activation": "relu", "status": "failed", "best/val_loss": 0.1},
-             {"run_id": "gp", "model.activation": "gelu", "status": "pruned", "best/val_loss": 0.1},
-             {"run_id": "gd", "model.activation": "gelu", "status": "diverged", "best/val_loss": np.nan}]
+    rows += [{"run_id": "rf", "model.activation": "relu", "status": FAILED, BEST_VAL_LOSS: 0.1},
+             {"run_id": "gp", "model.activation": "gelu", "status": PRUNED, BEST_VAL_LOSS: 0.1},
+             {"run_id": "gd", "model.activation": "gelu", "status": RunStatus.DIVERGED.value, BEST_VAL_LOSS: np.nan}]
     return pd.DataFrame(rows)
 
 
@@ -203,6 +266,17 @@ def test_compare_matches_hand_computed_welch():
     assert (gelu["n_failed"], gelu["n_pruned"], gelu["n_diverged"]) == (0, 1, 1)
 
 
+@pytest.mark.parametrize("status", [s.value for s in UNFINISHED])
+def test_only_finished_runs_enter_the_statistics(tmp_path, status):
+    write_ablation(tmp_path)
+    write_run(tmp_path, "relu-odd", "relu", 0.01, 8, status=status)  # its summary would win every figure
+    table = compare(load_runs(tmp_path), "model.activation").set_index("model.activation")
+    assert set(COUNTED.values()) == {f"n_{s.value}" for s in UNFINISHED} <= set(table.columns)
+    assert table.loc["relu", "n"] == 3 and table.loc["relu", "min"] == min(RELU)
+    assert table.loc["relu", "mean"] == pytest.approx(np.mean(RELU))
+    assert table.loc["relu", f"n_{status}"] == 1 + (status == FAILED)
+
+
 def test_compare_named_baseline_confidence_and_direction():
     df = ablation_frame()
     for baseline in ("relu", ("relu",), {"model.activation": "relu"}):
@@ -218,17 +292,17 @@ def test_compare_named_baseline_confidence_and_direction():
 
 def test_compare_default_baseline_is_the_variant_with_most_runs():
     df = pd.concat([ablation_frame(), pd.DataFrame([{"run_id": "r3", "model.activation": "relu",
-                                                     "status": "finished", "best/val_loss": 1.46}])])
+                                                     "status": FINISHED, BEST_VAL_LOSS: 1.46}])])
     table = compare(df, "model.activation").set_index("model.activation")
     assert table.loc["relu", "baseline"] and table.attrs["baseline"] == "model.activation=relu"
 
 
 def test_compare_small_samples_give_nan_not_errors():
     df = pd.DataFrame([
-        {"model.activation": "gelu", "train.lr": 1e-3, "status": "finished", "best/val_loss": 1.5},
-        {"model.activation": "gelu", "train.lr": 1e-3, "status": "finished", "best/val_loss": 1.6},
-        {"model.activation": "relu", "train.lr": 1e-3, "status": "finished", "best/val_loss": 1.4},
-        {"model.activation": "swiglu", "train.lr": 1e-3, "status": "failed", "best/val_loss": np.nan},
+        {"model.activation": "gelu", "train.lr": 1e-3, "status": FINISHED, BEST_VAL_LOSS: 1.5},
+        {"model.activation": "gelu", "train.lr": 1e-3, "status": FINISHED, BEST_VAL_LOSS: 1.6},
+        {"model.activation": "relu", "train.lr": 1e-3, "status": FINISHED, BEST_VAL_LOSS: 1.4},
+        {"model.activation": "swiglu", "train.lr": 1e-3, "status": FAILED, BEST_VAL_LOSS: np.nan},
     ])
     table = compare(df, ["model.activation", "train.lr"]).set_index("model.activation")
     assert list(table.index) == ["relu", "gelu", "swiglu"]  # no runs: last
@@ -278,7 +352,8 @@ def test_compare_command_writes_csv_markdown_and_png(tmp_path):
     out = tmp_path / "out"
     text = compare_command(tmp_path / "runs", group="activation", csv=str(out / "cmp.csv"),
                            markdown=str(out / "cmp.md"), plot=str(out / "val.png"))
-    assert "best/val_loss by model.activation" in text and "relu" in text and "*" in text
+    assert "best/val_loss by model.activation" in text and ": 8 runs, 6 finished" in text
+    assert "relu" in text and "*" in text
 
     csv = pd.read_csv(out / "cmp.csv").set_index("model.activation")
     diff, low, high, p = welch_by_hand(RELU, GELU)
@@ -299,14 +374,15 @@ def test_compare_command_writes_csv_markdown_and_png(tmp_path):
 def test_compare_command_explicit_by_baseline_and_metric(tmp_path):
     write_ablation(tmp_path)
     text = compare_command([tmp_path], group="activation", by="model.activation,train.lr",
-                           metric="final/val_loss", baseline="model.activation=relu,train.lr=1e-3")
+                           metric=final(VAL_LOSS), baseline="model.activation=relu,train.lr=1e-3")
     assert "final/val_loss by model.activation, train.lr" in text
     assert "baseline model.activation=relu, train.lr=0.001" in text
 
 
 def test_compare_command_errors_name_the_value(tmp_path, monkeypatch):
     write_ablation(tmp_path)
-    with pytest.raises(NanolabError, match=r"no runs of group 'activaton'.*did you mean 'activation'.*groups: activation"):
+    with pytest.raises(NanolabError,
+                       match=r"no runs of group 'activaton'.*did you mean 'activation'.*groups: activation"):
         compare_command(tmp_path, group="activaton")
     with pytest.raises(NanolabError, match=r"did you mean 'model.activation'"):
         compare_command(tmp_path, group="activation", by="model.activaton")
@@ -331,32 +407,36 @@ class FakeWandbRun(SimpleNamespace):
         return self.history_frame
 
 
-def fake_wandb_run(folder: Path) -> FakeWandbRun:
-    """The W&B twin of a local run folder as nanolab's tracker writes it: W&B names the run by the run id;
-    config holds the spec plus meta's figures; summary.json, the status, the last step metrics (losses as
-    min/last) and W&B's own keys in the summary; the samples table in the history."""
-    local_meta = json.loads((folder / "meta.json").read_text())
-    local_summary = json.loads((folder / "summary.json").read_text())
-    history = pd.DataFrame(metrics(local_summary["best/val_loss"]))
+def fake_wandb_run(folder: RunFolder, named_by_id: bool = False) -> FakeWandbRun:
+    """The W&B twin of a local run folder as nanolab's tracker writes it: named `<name>/<run-id>` with the run's
+    keys in the config (or, `named_by_id`, as before: named by the run id alone); config holds the spec plus
+    meta's figures; summary.json, the status, the last step metrics (losses as min/last) and W&B's own keys in
+    the summary; the samples table in the history."""
+    local_meta, local_summary = folder.read_meta(), folder.read_summary()
+    history = pd.DataFrame([{"step": step, **row} for step, row in metrics(local_summary[BEST_VAL_LOSS])])
     history = history.rename(columns={"step": "_step"}).assign(_runtime=1.0, _timestamp=1.7e9)
     history["samples"] = [None] * (len(history) - 1) + [{"_type": "table-file", "path": "media/t.json"}]
+    run_keys = {"run_id": local_meta["run_id"], "ablation": local_meta["group"], "variant": local_meta["variant"],
+                "sweep": None, "trial": None, "swept_keys": None}
     return FakeWandbRun(
-        id="k3j9x0qa", name=local_meta["run_id"], group=local_meta["group"], job_type="ablate",
-        state="finished", path=["me", "nanolab", "k3j9x0qa"], created_at="2025-03-01T10:00:00Z",
-        config={**yaml.safe_load((folder / "config.yaml").read_text()), "_wandb": {"cli_version": "0.31.0"},
-                "params": 26_000, "non_embedding_params": 24_000, "flops_per_token": 150_000, "device": "cpu",
-                "run_dir": str(folder)},
-        summary={**local_summary, "status": "finished", "train/loss": {"min": 2.0, "last": 2.0},
-                 "train/lr": 1e-3, "perf/tokens_per_sec": 5000.0, "_runtime": 100.0, "_step": 40,
+        id="k3j9x0qa", name=local_meta["run_id"] if named_by_id else f"{local_meta['name']}/{local_meta['run_id']}",
+        group=local_meta["group"], job_type="ablate", state="finished", path=["me", "nanolab", "k3j9x0qa"],
+        created_at="2025-03-01T10:00:00Z",
+        config={**folder.read_config(), "_wandb": {"cli_version": "0.31.0"}, "params": 26_000,
+                "non_embedding_params": 24_000, "flops_per_token": 150_000, "device": "cpu",
+                "run_dir": str(folder.path), **({} if named_by_id else run_keys)},
+        summary={**local_summary, "status": FINISHED, TRAIN_LOSS: {"min": 2.0, "last": 2.0},
+                 TRAIN_LR: 1e-3, TOKENS_PER_SEC: 5000.0, "_runtime": 100.0, "_step": 40,
                  "samples": {"_type": "table-file"}},
         history_frame=history,
     )
 
 
-def test_wandb_run_maps_to_the_same_columns_as_a_local_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("named_by_id", [False, True])
+def test_wandb_run_maps_to_the_same_columns_as_a_local_run(tmp_path, monkeypatch, named_by_id):
     folder = write_run(tmp_path, "g0", "gelu", 1.5)
     local = load_runs(tmp_path)
-    fake = fake_wandb_run(folder)
+    fake = fake_wandb_run(folder, named_by_id)
     calls = []
 
     class FakeApi:
@@ -370,7 +450,7 @@ def test_wandb_run_maps_to_the_same_columns_as_a_local_run(tmp_path, monkeypatch
     assert list(remote.columns) == list(local.columns)
     same = [c for c in local.columns if c != "path"]
     pd.testing.assert_frame_equal(remote[same], local[same], check_dtype=False)
-    assert remote.loc[0, "path"] == "me/nanolab/k3j9x0qa"
+    assert remote.loc[0, "run_id"] == "g0" and remote.loc[0, "path"] == "me/nanolab/k3j9x0qa"
 
     history = wandb_run_history(fake)
     local_history = load_history(tmp_path)
@@ -379,10 +459,10 @@ def test_wandb_run_maps_to_the_same_columns_as_a_local_run(tmp_path, monkeypatch
 
 
 def test_wandb_states_map_to_nanolab_statuses():
-    fake = dict(id="k3j9x0qa", name="x", group="g", job_type="run", path=["e", "p", "x"], created_at="2025-03-01T10:00:00",
-                config={"name": "exp"}, history_frame=pd.DataFrame())
-    assert wandb_run_row(FakeWandbRun(state="crashed", summary={}, **fake))["status"] == "failed"
-    assert wandb_run_row(FakeWandbRun(state="killed", summary={}, **fake))["status"] == "interrupted"
+    fake = dict(id="k3j9x0qa", name="x", group="g", job_type="run", path=["e", "p", "x"],
+                created_at="2025-03-01T10:00:00", config={"name": "exp"}, history_frame=pd.DataFrame())
+    assert wandb_run_row(FakeWandbRun(state="crashed", summary={}, **fake))["status"] == FAILED
+    assert wandb_run_row(FakeWandbRun(state="killed", summary={}, **fake))["status"] == RunStatus.INTERRUPTED.value
     row = wandb_run_row(FakeWandbRun(state="finished", summary={"status": "diverged", "_runtime": 5}, **fake))
-    assert row["status"] == "diverged" and row["name"] == "exp" and row["run_id"] == "x" and row["wall_time"] == 5
+    assert row["status"] == "diverged" and row["name"] == "exp" and row["run_id"] == "x" and row[WALL_TIME] == 5
     assert wandb_run_history(FakeWandbRun(state="running", summary={}, **fake)).empty

@@ -4,6 +4,7 @@ that saves it, resumes with it and samples with it without the corpus."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -12,9 +13,10 @@ import torch
 
 from nanolab import load_spec, run
 from nanolab.config import DataConfig
-from nanolab.data import BPETokenizer, load_data, tokenizer_from_dict
+from nanolab.data import TRAIN_FRACTION, BPETokenizer, load_data, tokenizer_from_dict
 from nanolab.runner import Stop, load_trained
 from nanolab.spec import SpecError
+from nanolab.vocab import VAL_BPC, VAL_LOSS
 
 from conftest import shared_shakespeare
 
@@ -85,6 +87,20 @@ def test_to_dict_is_json_and_holds_the_whole_tokenizer(bpe, corpus):
     assert loaded.to_dict() == bpe.to_dict()
 
 
+def check_bits_per_character(folder, tokenizer, text):
+    """val/bpc = val/loss x tokens / characters of the val split / ln 2, from counts made here: the split's
+    first token's character offset in the text (the tokenizer's own offsets), not nanolab.data's count."""
+    encoding = tokenizer.tokenizer.encode(text)
+    n_train = int(TRAIN_FRACTION * len(encoding.ids))
+    val_tokens = len(encoding.ids) - n_train
+    val_chars = len(text) - encoding.offsets[n_train][0]
+    assert val_chars / val_tokens > 1.3  # more than one character per token (300 tokens: 44 merges)
+    evals = [row for row in folder.metrics() if VAL_BPC in row]
+    assert [row["step"] for row in evals] == [5, 10]
+    for row in evals:
+        assert row[VAL_BPC] == pytest.approx(row[VAL_LOSS] * val_tokens / val_chars / math.log(2), rel=1e-9)
+
+
 def test_a_run_saves_resumes_and_samples_with_its_tokenizer(tmp_path, monkeypatch, corpus):
     (tmp_path / "excerpt.txt").write_text(corpus[:100_000], encoding="utf-8")
     spec = tmp_path / "tiny_bpe.yaml"
@@ -103,6 +119,7 @@ def test_a_run_saves_resumes_and_samples_with_its_tokenizer(tmp_path, monkeypatc
     assert tokenizer.decode(tokenizer.encode(corpus[:3000])) == corpus[:3000]
     # resuming retrains the tokenizer on the corpus and refuses a result other than the saved one
     assert run(cfg, resume_dir=stopped.run_dir, show_progress=False).status == "finished"
+    check_bits_per_character(stopped.folder, tokenizer, corpus[:100_000])
 
     (tmp_path / "excerpt.txt").unlink()
     empty = tmp_path / "empty"

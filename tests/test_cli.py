@@ -41,7 +41,7 @@ def test_every_verb_documents_its_flags(verb, flags):
     (["sample", "nowhere"], "not a run folder"),
     (["run", "experiments/baseline.yaml", "--set", "train.lr=fast"], "train.lr = 'fast': expected a number"),
     (["compare", "nowhere", "--group", "x"], "nowhere: no such run folder or directory"),
-    (["sync", "nowhere"], "nowhere"),
+    (["sync", "nowhere"], "nowhere: no such run folder"),
 ])
 def test_user_errors_are_one_line_and_exit_2(args, fragment):
     proc = nanolab(*args)

@@ -13,6 +13,7 @@ from nanolab import registry
 from nanolab.components.attention import causal_mask
 from nanolab.components.positions import alibi_slopes
 from nanolab.config import ModelConfig
+from nanolab.errors import NanolabError
 from nanolab.model import build, build_model, component_args
 
 ARGS = component_args(ModelConfig(n_layer=1, n_head=4, n_embd=16, block_size=8))
@@ -225,6 +226,50 @@ def test_unknown_name_lists_the_choices():
     assert "naive" in str(err.value) and "sdpa" in str(err.value) and "did you mean 'sdpa'" in str(err.value)
 
 
+def test_the_static_table_of_builtin_names_is_what_the_builtins_register():
+    """Configs are validated against registry.BUILTIN_NAMES, without importing the components (and torch)."""
+    registered = {kind: sorted(name for name, entry in registry._entries[kind].items()
+                               if entry.obj.__module__.startswith("nanolab."))
+                  for kind in registry.kinds()}
+    assert {kind: names for kind, names in registered.items() if names} == {
+        kind: sorted(names) for kind, names in registry.BUILTIN_NAMES.items()}
+    assert set(registry.names("attention")) == set(registry.available("attention"))
+
+
+class TypoNorm(torch.nn.Module):
+    def __init__(self, n_embd: int, n_embed_ratio: float = 1.0):  # n_embed_ratio: no component argument
+        super().__init__()
+        self.scale = n_embed_ratio
+
+
+def test_a_constructor_parameter_that_matches_no_argument_is_an_error(monkeypatch):
+    registry.kinds()  # the built-ins in the real registry before the copy below
+    monkeypatch.setitem(registry._entries, "norm", dict(registry._entries["norm"]))
+    registry.register("norm", "typo_norm")(TypoNorm)
+    with pytest.raises(NanolabError, match=r"norm 'typo_norm' .*n_embed_ratio match no component argument.*n_embd"):
+        make("norm", "typo_norm")
+    with pytest.raises(NanolabError, match="n_embed_ratio"):
+        build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16, norm="typo_norm"), vocab_size=11, block_size=8)
+
+
+def test_a_component_receives_only_its_own_arguments():
+    seen = {}
+
+    class Spy(torch.nn.Module):
+        def __init__(self, n_embd: int, dropout: float):
+            super().__init__()
+            seen.update(n_embd=n_embd, dropout=dropout)
+
+    registry.kinds()
+    entries = dict(registry._entries.get("norm", {}))
+    try:
+        registry.register("norm", "spy_norm")(Spy)
+        registry.construct("norm", "spy_norm", {**ARGS, "dropout": 0.25})
+    finally:
+        registry._entries["norm"] = entries
+    assert seen == {"n_embd": 16, "dropout": 0.25}
+
+
 PLUGIN = '''
 import torch
 from nanolab import registry
@@ -248,10 +293,12 @@ def test_entry_point_plugin_component_is_usable_by_name(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setitem(registry._entries, "activation", dict(registry._entries["activation"]))  # restored after
     monkeypatch.setattr(registry, "_loaded", False)
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
     try:
+        assert "testplug_tanh" in registry.names("activation")  # a config's check loads the plugins alone
         assert "testplug_tanh" in registry.available("activation")
-        cfg = ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, activation="testplug_tanh")
-        model = build_model(cfg, vocab_size=11)
+        cfg = ModelConfig(n_layer=1, n_head=2, n_embd=16, activation="testplug_tanh")
+        model = build_model(cfg, vocab_size=11, block_size=8)
         assert type(model.blocks[0].mlp).__name__ == "TanhMLP"
         assert model(torch.zeros(1, 4, dtype=torch.long)).shape == (1, 4, 11)
     finally:

@@ -148,6 +148,9 @@ def test_shakespeare_split_and_vocabulary(shakespeare):
     text = shared_shakespeare().read_text(encoding="utf-8")
     assert shakespeare.tokenizer.decode(shakespeare.val.tolist()) == text[1_003_854:]
     assert "shakespeare_char" in shakespeare.description
+    # one token per character: val/bpc is val/loss / ln 2 exactly
+    assert shakespeare.chars == {"train": 1_003_854, "val": 111_540}
+    assert shakespeare.chars_per_token("train") == shakespeare.chars_per_token("val") == 1.0
 
 
 def test_char_tokenizer_round_trips(shakespeare):

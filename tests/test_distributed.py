@@ -87,10 +87,10 @@ def test_a_two_process_run_resumes_an_interrupted_one(tmp_path):
 FAIL_ON_RANK_1 = """
 import os
 if os.environ.get("RANK") == "1":
-    import nanolab.runner
+    import nanolab.train_loop
     def broken(self, *args, **kwargs):
         raise RuntimeError("rank 1 lost its data")
-    nanolab.runner.Loop.evaluate = broken
+    nanolab.train_loop.Loop.evaluate = broken
 """
 
 

@@ -26,6 +26,11 @@ def one_thread():
 TINY = ModelConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, attention="naive")
 
 
+def make_model(cfg: ModelConfig, vocab_size: int = VOCAB):
+    """build_model with the context `cfg.block_size` that these tests write into their model configs."""
+    return build_model(cfg, vocab_size=vocab_size, block_size=cfg.block_size)
+
+
 def tiny(**changes) -> ModelConfig:
     return replace(TINY, **changes)
 
@@ -42,8 +47,8 @@ def randomise(model, std=0.5):
 def naive_and_sdpa(cfg):
     """The same weights behind both attention kernels."""
     torch.manual_seed(0)
-    naive = randomise(build_model(replace(cfg, attention="naive"), VOCAB))
-    sdpa = build_model(replace(cfg, attention="sdpa"), VOCAB).eval()
+    naive = randomise(make_model(replace(cfg, attention="naive"), VOCAB))
+    sdpa = make_model(replace(cfg, attention="sdpa"), VOCAB).eval()
     sdpa.load_state_dict(naive.state_dict())
     return naive, sdpa
 
@@ -122,7 +127,7 @@ def test_relative_schemes_are_shift_invariant(position):
 def test_parameter_count_by_hand():
     cfg = ModelConfig(n_layer=2, n_embd=32, n_head=4, block_size=16, position="learned", activation="gelu",
                       norm="layernorm", bias=False, tie_weights=True)
-    model = build_model(cfg, vocab_size=65)
+    model = make_model(cfg, vocab_size=65)
     wte = 65 * 32  # 2080, shared with the LM head
     wpe = 16 * 32  # 512
     attn = 32 * 3 * 32 + 32 * 32  # c_attn 3072 + c_proj 1024
@@ -133,15 +138,15 @@ def test_parameter_count_by_hand():
     assert model.num_params(non_embedding=True) == total - wte - wpe == 24736
     # 6 * (non-embedding + tied LM head) + 12 * L * H * Q * T
     assert model.flops_per_token() == 6 * (24736 + 2080) + 12 * 2 * 4 * 8 * 16 == 173184
-    untied = build_model(replace(cfg, tie_weights=False), vocab_size=65)
+    untied = make_model(replace(cfg, tie_weights=False), vocab_size=65)
     assert untied.num_params() == total + 65 * 32
     assert untied.flops_per_token() == model.flops_per_token()
-    assert build_model(replace(cfg, norm_placement="post"), vocab_size=65).num_params() == total - 32  # no final norm
+    assert make_model(replace(cfg, norm_placement="post"), vocab_size=65).num_params() == total - 32  # no final norm
 
 
 def test_parameter_names_and_init():
     cfg = tiny(position="learned", bias=True, tie_weights=False, n_layer=4)
-    model = build_model(cfg, VOCAB)
+    model = make_model(cfg, VOCAB)
     names = dict(model.named_parameters())
     assert {"wte.weight", "position.wpe.weight", "lm_head.weight", "norm_f.weight"} <= set(names)
     assert all("norm" in name for name, p in names.items() if p.ndim == 1 and name.endswith("weight"))
@@ -152,12 +157,12 @@ def test_parameter_names_and_init():
                              for b in model.blocks])
     assert abs(projections.std().item() - 0.02 / (2 * 4) ** 0.5) < 0.001  # GPT-2's scaled residual init
     assert abs(model.blocks[0].attn.c_attn.weight.std().item() - 0.02) < 0.002
-    tied = build_model(tiny(), VOCAB)
+    tied = make_model(tiny(), VOCAB)
     assert tied.lm_head.weight is tied.wte.weight
 
 
 def test_zero_init_proj_makes_blocks_identities():
-    model = build_model(tiny(position="learned", zero_init_proj=True), VOCAB).eval()
+    model = make_model(tiny(position="learned", zero_init_proj=True), VOCAB).eval()
     for block in model.blocks:
         assert not block.attn.c_proj.weight.any() and not block.mlp.c_proj.weight.any()
     idx = torch.randint(0, VOCAB, (2, 5), generator=torch.Generator().manual_seed(0))
@@ -167,18 +172,18 @@ def test_zero_init_proj_makes_blocks_identities():
 
 def test_dropout_acts_only_in_training():
     torch.manual_seed(0)
-    model = build_model(tiny(dropout=0.3), VOCAB)
+    model = make_model(tiny(dropout=0.3), VOCAB)
     idx = torch.randint(0, VOCAB, (2, 8))
     model.train()
     assert not torch.equal(model(idx), model(idx))
     model.eval()
     assert torch.equal(model(idx), model(idx))
-    no_dropout = build_model(tiny(), VOCAB).train()
+    no_dropout = make_model(tiny(), VOCAB).train()
     assert torch.equal(no_dropout(idx), no_dropout(idx))
 
 
 def test_loss_is_mean_cross_entropy():
-    model = build_model(tiny(), VOCAB)
+    model = make_model(tiny(), VOCAB)
     idx = torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(0))
     targets = torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(1))
     logits, loss = model(idx, targets)
@@ -191,7 +196,7 @@ def test_loss_is_mean_cross_entropy():
 
 
 def test_sampling_is_reproducible_with_a_generator():
-    model = build_model(tiny(position="rotary"), VOCAB).eval()
+    model = make_model(tiny(position="rotary"), VOCAB).eval()
     prompt = torch.zeros(1, 1, dtype=torch.long)
 
     def run(seed, **kwargs):
@@ -222,7 +227,7 @@ def test_top_k_and_top_p_restrict_the_support():
 
 def test_tiny_model_overfits_one_batch():
     torch.manual_seed(0)
-    model = build_model(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, position="rotary"), VOCAB)
+    model = make_model(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, position="rotary"), VOCAB)
     x = torch.randint(0, VOCAB, (4, 16))
     y = torch.roll(x, -1, dims=1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -240,7 +245,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
     """Recomputing the blocks in backward (same RNG for dropout) changes memory, not the maths."""
     cfgs = [ModelConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, dropout=0.1, checkpoint_activations=flag)
             for flag in (False, True)]
-    plain, ckpt = (build_model(cfg, 11) for cfg in cfgs)
+    plain, ckpt = (make_model(cfg, 11) for cfg in cfgs)
     ckpt.load_state_dict(plain.state_dict())
     idx = torch.randint(0, 11, (3, 8), generator=torch.Generator().manual_seed(0))
     for model in (plain, ckpt):
@@ -248,3 +253,13 @@ def test_activation_checkpointing_gives_the_same_gradients():
         model(idx, idx)[1].backward()
     for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=0, atol=1e-7, msg=name)
+
+
+def test_build_model_takes_the_context_from_its_caller():
+    """The model config need not know the data: block_size comes with build_model, as vocab_size does."""
+    model = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16, position="learned"), vocab_size=VOCAB,
+                        block_size=24)
+    assert model.cfg.block_size == 24 and model.position.wpe.weight.shape == (24, 16)
+    assert model.flops_per_token() > build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16, position="learned"),
+                                                 vocab_size=VOCAB, block_size=8).flops_per_token()
+    assert model.generate(torch.zeros(1, 30, dtype=torch.long), 2).shape == (1, 32)  # cropped to 24 inside

@@ -119,3 +119,24 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "model.activation" in lines[0] and "'gelu2'" in lines[0], proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+NO_TORCH = f"""
+import sys
+from nanolab import SpecError, load_spec
+cfg = load_spec({str(BASELINE)!r}, overrides=["model.activation=swiglu", "model.position=rotary",
+                                               "data.tokenizer=bpe", "train.optimizer=muon"])
+assert cfg.model.activation == "swiglu"
+try:
+    load_spec({str(BASELINE)!r}, overrides=["model.attention=sdpaa"])
+except SpecError as exc:
+    assert "did you mean 'sdpa'" in str(exc), exc
+else:
+    raise AssertionError("an unknown component name passed")
+assert "torch" not in sys.modules, "checking component names imported torch"
+"""
+
+
+def test_checking_component_names_does_not_import_torch():
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr

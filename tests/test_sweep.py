@@ -14,8 +14,11 @@ import pytest
 
 from nanolab import load_spec, run
 from nanolab.cli import main
-from nanolab.runner import runs_root
-from nanolab.sweep import load_sweep, metric_value, open_storage, open_study
+from nanolab.runfolder import runs_root
+from nanolab.vocab import objective_value
+from nanolab.runfolder import RunStore
+from nanolab.sweep import SweepStudy, load_sweep
+from nanolab.sweep.storage import open_storage
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
@@ -118,7 +121,7 @@ space: {train.lr: {choice: [1.0e+6, 3.0e-3]}}
 sampler: grid
 trials: 2
 """)
-    assert main(["sweep", str(path)]) == 0
+    assert main(["sweep", str(path)]) == 0  # a diverged trial is a result, not a failed job
     rows = {float(r["params_train.lr"]): r for r in trial_rows("diverge")}
     assert rows[1e6]["state"] == "FAIL" and rows[1e6]["user_attrs_fail_reason"].startswith("diverged: step ")
     assert rows[3e-3]["state"] == "COMPLETE"
@@ -126,25 +129,27 @@ trials: 2
     assert "failed: diverged" in capsys.readouterr().out
 
 
-def test_infinite_objective_fails_the_trial(tmp_path, monkeypatch):
-    monkeypatch.setattr("nanolab.sweep.metric_value", lambda *args: float("inf"))  # Optuna would take it as COMPLETE
+def test_infinite_objective_fails_the_trial_and_no_best_trial_exits_1(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("nanolab.sweep.trial.objective_value", lambda *args: float("inf"))  # Optuna: COMPLETE
     path = sweep_file(tmp_path, "inf", "space: {train.lr: {choice: [3.0e-3]}}\ntrials: 1\n")
-    assert main(["sweep", str(path)]) == 0
+    assert main(["sweep", str(path)]) == 1
     (row,) = trial_rows("inf")
     assert row["state"] == "FAIL" and row["user_attrs_fail_reason"] == "objective val/loss is inf"
+    out = capsys.readouterr().out
+    assert "no best trial" in out and "best.yaml" not in out.splitlines()[-2]
+    assert not (runs_root() / "sweeps" / "inf" / "best.yaml").exists()
 
 
-def test_metric_rule(tmp_path):
+def test_objective_rule():
     rows = [{"step": 5, "val/loss": 3.0, "perf/step_ms": 9.0, "train/loss": 3.5}, {"step": 10, "perf/step_ms": 1.0},
             {"step": 15, "val/loss": 3.2, "val/bpc": 4.6, "perf/step_ms": 2.0, "train/loss": 3.1}]
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = {"best/val_loss": 3.0, "tokens_seen": 960}
-    assert metric_value("val/loss", tmp_path, summary) == 3.0  # the best evaluation, from the summary
-    assert metric_value("tokens_seen", tmp_path, summary) == 960
-    assert metric_value("perf/step_ms", tmp_path, summary) == 2.0  # the median of the logged rows
-    assert metric_value("train/loss", tmp_path, summary) == 3.1  # the last logged value
-    assert metric_value("val/bpc", tmp_path, summary) == 4.6
-    assert metric_value("perf/mfu", tmp_path, summary) is None
+    assert objective_value("val/loss", summary, rows) == 3.0  # the best evaluation, from the summary
+    assert objective_value("tokens_seen", summary, rows) == 960
+    assert objective_value("perf/step_ms", summary, rows) == 2.0  # the median of the logged rows
+    assert objective_value("train/loss", summary, rows) == 3.1  # the last logged value
+    assert objective_value("val/bpc", summary, rows) == 4.6
+    assert objective_value("perf/mfu", summary, rows) is None
 
 
 def test_pareto_front_of_two_objectives(tmp_path, capsys):
@@ -160,19 +165,24 @@ trials: 2
     assert load_spec(runs_root() / "sweeps" / "pareto" / "best.yaml").model.n_embd in (8, 16)
 
 
-def test_trial_of_a_dead_worker_is_failed_and_retried_once(tmp_path):
+def test_trial_of_a_dead_worker_is_failed_with_its_run_folder_and_retried_once(tmp_path):
     path = sweep_file(tmp_path, "dead", "space: {train.lr: {float: [1.0e-3, 1.0e-2]}}\ntrials: 1\n")
     sweep = load_sweep(path)
-    trial = open_study(sweep, create=True).ask()
-    lr = sweep.space[0].suggest(trial)
+    study = SweepStudy.create(sweep)
+    ticket = study.ask()
     gone = subprocess.Popen(["true"])
     gone.wait()  # a pid that no process holds any more
-    trial.set_user_attr("worker", f"{socket.gethostname()}:{gone.pid}")
+    study.set_attrs(ticket.number, worker=f"{socket.gethostname()}:{gone.pid}")
+    RunStore().new("dead", "trial-0").write_meta({"run_id": "trial-0", "status": "running"})
     assert main(["sweep", str(path), "--trials", "1"]) == 0
     first, retry, new = trial_rows("dead")  # a dead worker's trial is replaced, not counted: 1 new trial too
-    assert first["state"] == "FAIL" and first["user_attrs_fail_reason"] == f"worker process {gone.pid} died"
-    assert retry["state"] == "COMPLETE" and float(retry["params_train.lr"]) == lr
-    assert float(retry["system_attrs_failed_trial"]) == 0 and new["state"] == "COMPLETE"
+    reason = f"worker process {gone.pid} died"
+    assert first["state"] == "FAIL" and first["user_attrs_fail_reason"] == reason
+    assert retry["state"] == "COMPLETE" and float(retry["params_train.lr"]) == ticket.params["train.lr"]
+    assert int(float(retry["user_attrs_resumes"])) == 0 and new["state"] == "COMPLETE"
+    aside = RunStore().folder("dead", "trial-0.attempt1").read_meta()  # the dead trial's folder says so
+    assert (aside["status"], aside["reason"]) == ("failed", reason)
+    assert RunStore().folder("dead", "trial-0").read_meta()["status"] == "finished"
 
 
 def run_workers(path: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -12,10 +12,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 
 from nanolab.errors import NanolabError
+from nanolab.runfolder import RunFolder
 from nanolab.spec import spec_from_dict
 from nanolab.tracking import (LocalTracker, WandbTracker, find_offline_runs, open_trackers, resolve_mode,
                               sync_runs)
@@ -49,6 +51,13 @@ def wb(tmp_path, monkeypatch):
     wandb.teardown()  # wandb caches the environment of its first use in the process
     yield
     wandb.teardown()
+
+
+def open_all(cfg, run_dir: Path, meta: dict, resume_step: int | None = None):
+    """open_trackers as the runner calls it: meta read-only to the trackers, their fields merged into it after."""
+    trackers, fields = open_trackers(cfg, RunFolder(run_dir), MappingProxyType(dict(meta)), resume_step)
+    meta.update(fields)
+    return trackers
 
 
 def log_all(trackers, step_rows=TRAIN + VAL):
@@ -86,8 +95,8 @@ def test_local_files_exact_and_disabled_writes_no_wandb_files(tmp_path, monkeypa
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wbdir"))
     run_dir = tmp_path / "run"
-    trackers = open_trackers(config("disabled"), run_dir, meta := {"run_id": "r"}, None)
-    assert [type(t) for t in trackers] == [LocalTracker]
+    trackers, fields = open_trackers(config("disabled"), RunFolder(run_dir), {"run_id": "r"}, None)
+    assert [type(t) for t in trackers] == [LocalTracker] and fields == {}
     log_all(trackers)
     for t in trackers:
         t.log_samples(10, "ROMEO:\nhello")
@@ -103,14 +112,14 @@ def test_local_files_exact_and_disabled_writes_no_wandb_files(tmp_path, monkeypa
     assert json.loads((run_dir / "summary.json").read_text()) == {
         "best/val_loss": 2.75, "best/val_ppl": 15.64, "best/step": 20, "tokens_seen": 640}
     assert not list(tmp_path.rglob("wandb")) and not (tmp_path / "wbdir").exists()
-    assert "wandb_id" not in meta and capsys.readouterr().err == ""
+    assert capsys.readouterr().err == ""
 
 
 def test_disabled_does_not_import_wandb(tmp_path):
     code = ("import sys; from pathlib import Path; from nanolab.config import Config, TrackingConfig, WandbConfig;"
             "from nanolab.tracking import open_trackers;"
             "cfg = Config(tracking=TrackingConfig(wandb=WandbConfig(mode='disabled')));"
-            f"ts = open_trackers(cfg, Path({str(tmp_path)!r}), {{}}, None); ts[0].log({{'train/loss': 1.0}}, 1);"
+            f"ts, _ = open_trackers(cfg, Path({str(tmp_path)!r}), {{}}, None); ts[0].log({{'train/loss': 1.0}}, 1);"
             "ts[0].close('finished'); assert 'wandb' not in sys.modules, 'wandb imported'")
     env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
@@ -134,7 +143,7 @@ def test_auto_mode_is_online_only_with_an_api_key(wb, monkeypatch):
 
 def test_resume_drops_rows_past_the_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
-    first = LocalTracker(run_dir)
+    first = LocalTracker(RunFolder(run_dir))
     for step in range(10, 60, 10):
         first.log({"train/loss": 1.0 / step}, step)
         first.log_samples(step, f"sample {step}")
@@ -144,8 +153,9 @@ def test_resume_drops_rows_past_the_checkpoint(tmp_path):
         f.write('{"step": 60, "train/lo')  # a hard kill mid-write
     kept = b"".join(before.splitlines(keepends=True)[:3])  # steps 10, 20, 30
 
-    second = LocalTracker(run_dir, resume_step=30)
+    second = LocalTracker(RunFolder(run_dir), resume_step=30)
     assert second.last_step_before_resume == 50
+    assert [row["step"] for row in second.kept_rows] == [10, 20, 30]
     assert (run_dir / "metrics.jsonl").read_bytes() == kept
     assert second.samples == [(10, "sample 10"), (20, "sample 20"), (30, "sample 30")]
     second.log({"train/loss": 0.5}, 40)
@@ -163,8 +173,8 @@ def test_resume_drops_rows_past_the_checkpoint(tmp_path):
 
 def test_wandb_offline_run_reads_back(wb, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    meta = {"run_id": "20240101-000000-abcd", "params": 1234, "flops_per_token": 5678}
-    trackers = open_trackers(config("offline", group="activation", job_type="ablate"), run_dir, meta, None)
+    meta = {"run_id": "20240101-000000-abcd", "name": "tiny", "params": 1234, "flops_per_token": 5678}
+    trackers = open_all(config("offline", group="activation", job_type="ablate"), run_dir, meta)
     assert [type(t) for t in trackers] == [LocalTracker, WandbTracker]
     log_all(trackers)
     ckpt = run_dir / "ckpt" / "best.pt"
@@ -181,7 +191,8 @@ def test_wandb_offline_run_reads_back(wb, tmp_path, capsys):
     (wandb_run,) = offline_runs(run_dir)
     assert wandb_run.name.endswith("-" + meta["wandb_id"]) and meta["wandb_mode"] == "offline"
     s = inspect(wandb_run)
-    assert s["run_id"] == meta["wandb_id"] and s["name"] == meta["run_id"] and s["state"] == "finished"
+    assert s["run_id"] == meta["wandb_id"] and s["state"] == "finished"
+    assert s["name"] == "tiny/20240101-000000-abcd" and s["config"]["run_id"] == "20240101-000000-abcd"
     assert s["config"]["model"]["activation"] == "relu" and s["config"]["model"]["n_layer"] == 1
     assert s["config"]["params"] == 1234 and s["config"]["flops_per_token"] == 5678
     assert s["config"]["run_dir"] == str(run_dir) and s["tags"] == ["t"]
@@ -192,7 +203,7 @@ def test_wandb_offline_run_reads_back(wb, tmp_path, capsys):
     for step, metrics in TRAIN + VAL:
         for name, value in metrics.items():
             assert rows[step][name] == pytest.approx(value), (step, name)
-    assert rows[20]["samples._type"] == "table-file" and rows[20]["samples.nrows"] == 2
+    assert rows[20]["samples._type"] == "table-file" and rows[20]["samples.nrows"] == 1
     records = inspect(wandb_run, summary=False)
     (run_record,) = [r["run"] for r in records if r["type"] == "run"]
     assert run_record["run_group"] == "activation" and run_record["job_type"] == "ablate"
@@ -200,16 +211,50 @@ def test_wandb_offline_run_reads_back(wb, tmp_path, capsys):
     assert len(artifacts) == 1 and "best" in artifacts[0]["aliases"]
 
 
+def test_each_evaluation_sample_is_logged_once(wb, tmp_path):
+    """k evaluations upload k sample rows, not 1 + 2 + ... + k (a table of every sample so far at each)."""
+    run_dir = tmp_path / "run"
+    trackers = open_all(config(), run_dir, {"run_id": "r"})
+    steps = [10, 20, 30, 40]
+    for step in steps:
+        for t in trackers:
+            t.log({"val/loss": 1.0 / step}, step)
+            t.log_samples(step, f"sample {step}")
+    for t in trackers:
+        t.close("finished")
+    (wandb_run,) = offline_runs(run_dir)
+    rows = history(wandb_run)
+    assert sum(row.get("samples.nrows", 0) for row in rows.values()) == len(steps)
+    tables = {step: json.loads((wandb_run / "files" / rows[step]["samples.path"]).read_text()) for step in steps}
+    assert {step: table["data"] for step, table in tables.items()} == {s: [[s, f"sample {s}"]] for s in steps}
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ({"sweep": "lr", "trial": 3, "trial_params": {"train.lr": 1e-3, "model.activation": "gelu"}},
+     {"sweep": "lr", "trial": 3, "swept_keys": ["train.lr", "model.activation"]}),
+    ({"ablation": "activation", "variant": {"model.activation": "relu", "model.norm": "rmsnorm"}},
+     {"ablation": "activation", "variant": {"model.activation": "relu", "model.norm": "rmsnorm"}}),
+])
+def test_wandb_run_names_its_study_trial_or_ablation_variant(wb, tmp_path, extra, expected):
+    run_dir = tmp_path / "lr" / "trial-3"
+    for t in open_all(config(), run_dir, {"run_id": "trial-3", "name": "lr", **extra}):
+        t.close("finished")
+    s = inspect(offline_runs(run_dir)[0])
+    assert s["name"] == "lr/trial-3" and s["config"]["run_id"] == "trial-3"  # run ids repeat across sweeps
+    assert {key: s["config"].get(key) for key in ("sweep", "trial", "swept_keys", "ablation", "variant")} == {
+        **dict.fromkeys(("sweep", "trial", "swept_keys", "ablation", "variant")), **expected}
+
+
 def test_resumed_run_keeps_wandb_id_and_skips_steps_wandb_holds(wb, tmp_path, capsys):
     run_dir = tmp_path / "run"
     meta = {"run_id": "r"}
-    first = open_trackers(config(), run_dir, meta, None)
+    first = open_all(config(), run_dir, meta)
     log_all(first, [(s, {"train/loss": 1.0 / s}) for s in range(10, 60, 10)])  # killed at 50, checkpoint at 30
     for t in first:
         t.close("interrupted")
     wandb_id = meta["wandb_id"]
 
-    second = open_trackers(config(), run_dir, meta, resume_step=30)
+    second = open_all(config(), run_dir, meta, resume_step=30)
     assert meta["wandb_id"] == wandb_id
     log_all(second, [(s, {"train/loss": 0.5 / s}) for s in range(40, 80, 10)])
     for t in second:
@@ -230,14 +275,16 @@ KILLED_SESSION = """
 import json, os, signal, sys
 from pathlib import Path
 from nanolab.spec import spec_from_dict
+from nanolab.runfolder import RunFolder
 from nanolab.tracking import open_trackers
-run_dir = Path(sys.argv[1])
+folder = RunFolder(sys.argv[1])
 meta = {"run_id": "r"}
-trackers = open_trackers(spec_from_dict({"tracking": {"wandb": {"mode": "offline"}}}), run_dir, meta, None)
-(run_dir / "meta.json").write_text(json.dumps(meta))
+trackers, fields = open_trackers(spec_from_dict({"tracking": {"wandb": {"mode": "offline"}}}), folder, meta, None)
+folder.write_meta({**meta, **fields})
 for step in range(10, 60, 10):
     for t in trackers:
         t.log({"train/loss": 1.0 / step}, step)
+        t.log_samples(step, f"sample {step}")
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
@@ -248,10 +295,14 @@ def test_resume_after_hard_kill_gives_wandb_the_history_it_lost(wb, tmp_path, ca
     assert killed.returncode == -9
     meta = json.loads((run_dir / "meta.json").read_text())
     (first,) = offline_runs(run_dir)
-    saved = sorted(history(first))  # W&B writes its file in blocks: the killed session saved little, if any
+    first_rows = history(first)
+    saved = sorted(first_rows)  # W&B writes its file in blocks: the killed session saved little, if any
 
-    trackers = open_trackers(config(), run_dir, meta, resume_step=30)
-    log_all(trackers, [(s, {"train/loss": 0.5 / s}) for s in range(40, 80, 10)])
+    trackers = open_all(config(), run_dir, meta, resume_step=30)
+    for step in range(40, 80, 10):
+        for t in trackers:
+            t.log({"train/loss": 0.5 / step}, step)
+            t.log_samples(step, f"sample {step}")
     for t in trackers:
         t.close("finished")
     second = offline_runs(run_dir)[1]
@@ -259,15 +310,16 @@ def test_resume_after_hard_kill_gives_wandb_the_history_it_lost(wb, tmp_path, ca
     rows = history(second)
     # what `wandb sync` uploads, session after session: every step once, in order
     assert saved + sorted(rows) == [10, 20, 30, 40, 50, 60, 70]
-    if 10 in rows:  # re-logged from metrics.jsonl: the values of the first session
-        assert rows[10]["train/loss"] == pytest.approx(1.0 / 10)
-    assert rows[70]["train/loss"] == pytest.approx(0.5 / 70)
+    # up to the checkpoint re-logged from metrics.jsonl (the first session's values), then this session's
+    assert {step: row["train/loss"] for step, row in rows.items()} == pytest.approx(
+        {step: (1.0 if step <= 30 else 0.5) / step for step in range(10, 80, 10) if step not in saved})
+    assert [row.get("samples.nrows") for row in [*first_rows.values(), *rows.values()]] == [1] * 7  # each once
     assert len(nanolab_lines(capsys.readouterr().err)) == 1  # "logged them from metrics.jsonl" or "already holds"
 
 
 def test_wandb_raising_in_log_warns_once_and_local_goes_on(wb, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    local, tracker = open_trackers(config(), run_dir, {"run_id": "r"}, None)
+    local, tracker = open_all(config(), run_dir, {"run_id": "r"})
     finished = []
     real_finish = tracker.run.finish
 
@@ -302,7 +354,7 @@ def test_online_without_api_key_fails_fast(wb, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
     run_dir = tmp_path / "run"
     start = time.monotonic()
-    trackers = open_trackers(config("auto"), run_dir, meta := {"run_id": "r"}, None)
+    trackers = open_all(config("auto"), run_dir, meta := {"run_id": "r"})
     log_all(trackers)
     for t in trackers:
         t.summary({"best/val_loss": 2.75})
@@ -321,7 +373,7 @@ def test_online_unreachable_server_fails_within_init_timeout(wb, tmp_path, monke
     monkeypatch.setenv("WANDB_INIT_TIMEOUT", "3")
     run_dir = tmp_path / "run"
     start = time.monotonic()
-    trackers = open_trackers(config(), run_dir, {"run_id": "r"}, None)
+    trackers = open_all(config(), run_dir, {"run_id": "r"})
     log_all(trackers)
     for t in trackers:
         t.close("finished")
@@ -337,7 +389,7 @@ def test_auto_mode_falls_back_to_offline_when_the_server_is_unreachable(wb, tmp_
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
     monkeypatch.setenv("WANDB_INIT_TIMEOUT", "2")
     run_dir = tmp_path / "run"
-    trackers = open_trackers(config("auto"), run_dir, meta := {"run_id": "r"}, None)
+    trackers = open_all(config("auto"), run_dir, meta := {"run_id": "r"})
     assert [type(t) for t in trackers] == [LocalTracker, WandbTracker] and meta["wandb_mode"] == "offline"
     log_all(trackers)
     for t in trackers:
@@ -364,7 +416,7 @@ def test_sync_finds_offline_runs_and_refuses_folders_without_one(tmp_path, monke
         (run_dir / "wandb" / d).mkdir(parents=True)
     (elsewhere / "wandb/offline-run-20240103_000000-abc").mkdir(parents=True)
     (elsewhere / "wandb/offline-run-20240103_000000-other").mkdir(parents=True)  # another run's
-    (run_dir / "meta.json").write_text(json.dumps({"wandb_id": "abc", "wandb_dir": str(elsewhere)}))
+    RunFolder(run_dir).write_meta({"run_id": "run", "wandb_id": "abc", "wandb_dir": str(elsewhere)})
     found = find_offline_runs(run_dir)
     assert [p.name for p in found] == ["offline-run-20240101_000000-abc", "offline-run-20240102_000000-abc",
                                        "offline-run-20240103_000000-abc"]
@@ -380,6 +432,36 @@ def test_sync_finds_offline_runs_and_refuses_folders_without_one(tmp_path, monke
     assert calls[0][1:4] == ["-m", "wandb", "sync"] and calls[0][4:] == [str(p) for p in found]
     with pytest.raises(NanolabError, match="wandb sync failed"):
         sync_runs([run_dir])
+
+
+def test_sync_lists_each_offline_run_once_from_a_relative_path(tmp_path, monkeypatch):
+    folder = RunFolder(tmp_path / "runs" / "tiny" / "r")
+    names = ["offline-run-20240101_000000-abc", "offline-run-20240102_000000-abc"]
+    for name in names:
+        (folder.path / "wandb" / name).mkdir(parents=True)
+    folder.write_meta({"run_id": "r", "wandb_id": "abc", "wandb_dir": str(folder.path)})  # absolute, as recorded
+    monkeypatch.chdir(tmp_path)
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    sync_runs([Path("runs/tiny/r"), Path("runs/tiny/r/")])
+    (cmd,) = calls
+    assert cmd[4:] == [str((folder.path / "wandb" / name).resolve()) for name in names]
+
+
+def test_sync_gives_up_after_its_timeout_when_the_server_is_unreachable(wb, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    for t in open_all(config(), run_dir, {"run_id": "r"}):
+        t.close("finished")
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)  # a key, but no server behind the URL: wandb sync waits forever
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("NANOLAB_SYNC_TIMEOUT", "soon")
+    with pytest.raises(NanolabError, match="NANOLAB_SYNC_TIMEOUT='soon'"):
+        sync_runs([run_dir])
+    monkeypatch.setenv("NANOLAB_SYNC_TIMEOUT", "3")
+    began = time.monotonic()
+    with pytest.raises(NanolabError, match=r"did not finish within 3 s \(NANOLAB_SYNC_TIMEOUT\)"):
+        sync_runs([run_dir])
+    assert time.monotonic() - began < 30
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -1,0 +1,81 @@
+"""The `nanolab compare` verb: load the runs, compare them, render the table (and files, and a plot)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+import yaml
+
+from nanolab.analysis.load import PathsLike, load_history, load_runs
+from nanolab.analysis.render import caption, format_table, plot_history, write_tables
+from nanolab.analysis.stats import as_list, compare, did_you_mean, is_finished, varying_keys
+from nanolab.analysis.wandb_runs import load_wandb_history, load_wandb_runs
+from nanolab.errors import NanolabError
+from nanolab.registry import closest
+from nanolab.runfolder import runs_root
+from nanolab.vocab import BEST_VAL_LOSS, VAL_LOSS
+
+
+def compare_command(paths: PathsLike | None = None, group: str | None = None,
+                    by: str | Sequence[str] | None = None, metric: str = BEST_VAL_LOSS,
+                    csv: str | None = None, markdown: str | None = None, plot: str | None = None,
+                    wandb_path: str | None = None, baseline: str | None = None,
+                    direction: str = "minimize", plot_metric: str = VAL_LOSS) -> str:
+    """Load the runs (local folders, default $NANOLAB_RUNS or ./runs; or W&B "ENTITY/PROJECT"), compare
+    them by `by` (default: the config keys that vary), write the requested files; return the text to print.
+
+    `baseline` is "value" (one key) or "key=value,key=value"; values parse as YAML scalars.
+    """
+    runs, where = _load(paths, group, wandb_path)
+    by = as_list(by) if by else varying_keys(runs)
+    if not by:
+        raise NanolabError(f"the {len(runs)} runs in {where} share every data/model/train key; name one with --by")
+    table = compare(runs, by, metric, baseline=_parse_baseline(baseline), direction=direction)
+    finished = runs[is_finished(runs)]
+    title = caption(table, len(runs), len(finished), where)
+    write_tables(table, title, csv=csv, markdown=markdown)
+    if plot:
+        history = load_wandb_history(wandb_path, group) if wandb_path else load_history(finished)
+        variants = finished[["run_id", *by]]
+        plot_history(history.drop(columns=[c for c in by if c in history]).merge(variants, on="run_id"),
+                     by, plot, plot_metric)
+    return title + "\n" + format_table(table)
+
+
+def _load(paths: PathsLike | None, group: str | None, wandb_path: str | None) -> tuple[pd.DataFrame, str]:
+    """The runs and a phrase naming where they came from; a NanolabError when there are none."""
+    if wandb_path:
+        runs, where = load_wandb_runs(wandb_path, group), f"W&B {wandb_path}"
+    else:
+        paths = paths or runs_root()
+        listed = [paths] if isinstance(paths, (str, os.PathLike)) else paths
+        for path in listed:
+            if not Path(path).exists():
+                raise NanolabError(f"{path}: no such run folder or directory")
+        runs = load_runs(listed)
+        where = ", ".join(map(str, listed))
+        if group is not None and not runs.empty:
+            groups = sorted(runs["group"].dropna().unique())
+            runs = runs[runs["group"] == group].reset_index(drop=True)
+            if runs.empty:
+                raise NanolabError(f"no runs of group {group!r} in {where}{did_you_mean(closest(group, groups))}; "
+                                   f"groups: {', '.join(groups) or 'none'}")
+    if runs.empty:
+        raise NanolabError(f"no runs found in {where}" + (f" for group {group!r}" if group else ""))
+    return runs, where + (f" (group {group})" if group else "")
+
+
+def _parse_baseline(text: Any) -> Any:
+    """'gelu' -> 'gelu'; 'model.activation=gelu,train.lr=1e-3' -> {'model.activation': 'gelu', 'train.lr': ...}.
+
+    Anything but text (an ablation's baseline, already a value or a dict) is returned as it is.
+    """
+    if not isinstance(text, str):
+        return text
+    if "=" not in text:
+        return yaml.safe_load(text)
+    pairs = (part.split("=", 1) for part in text.split(","))
+    return {key.strip(): yaml.safe_load(value) for key, value in pairs}

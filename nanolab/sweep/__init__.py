@@ -1,0 +1,91 @@
+"""`nanolab sweep FILE`: an Optuna study in which every trial is a full nanolab run.
+
+The sweeper proposes, the launcher runs (Hydra's split): this process asks the study for a trial whenever a
+worker is free and hands it to the launcher; the trial tells the study how it ended.
+
+- schema.py   the sweep file, checked whole before trial 0
+- study.py    Optuna: storage, sampler (seeded per trial), pruner, fingerprint, failing and retrying trials
+- trial.py    one trial as a run (resumed from its checkpoint after Ctrl-C or a dead worker)
+- results.py  trials.csv, best.yaml, table.txt
+"""
+
+from __future__ import annotations
+
+import time
+
+from nanolab.errors import NanolabError
+from nanolab.launcher import Board, LocalLauncher, Outcome, Task
+from nanolab.sweep.results import format_table, write_results
+from nanolab.sweep.schema import Sweep, load_sweep
+from nanolab.sweep.storage import safe
+from nanolab.sweep.study import SweepStudy
+from nanolab.sweep.trial import run_trial
+from nanolab.vocab import EXIT_FAILED, EXIT_OK, EXIT_SIGINT, RunStatus
+
+__all__ = ["Sweep", "SweepStudy", "load_sweep", "optimize", "status", "sweep_command"]
+
+
+def optimize(sweep: Sweep, study: SweepStudy, trials: int, workers: int = 1,
+             timeout: float | None = None) -> tuple[bool, list[Outcome]]:
+    """Run `trials` new trials (and any waiting to resume) over `workers`; returns (not interrupted, outcomes)."""
+    deadline = time.time() + timeout if timeout else None
+    board = Board(trials, sweep.objectives[0].metric, sweep.objectives[0].direction)
+    claimed, outcomes = 0, []
+
+    def next_task() -> Task | None:
+        nonlocal claimed
+        for line in study.recover():
+            board.say(line)
+        if (deadline and time.time() > deadline) or study.exhausted():
+            return None
+        if not study.waiting() and claimed >= trials:
+            return None
+        ticket = study.ask()
+        claimed += ticket.origin == ticket.number  # a resumed or retried trial is not a new one
+        params = ", ".join(f"{k}={_short(v)}" for k, v in ticket.params.items())
+        resumes = f" (continues trial-{ticket.origin})" if ticket.origin != ticket.number else ""
+        return Task(f"trial {ticket.number} [{params}]{resumes}", sweep.run_folder(ticket.origin).path, run_trial,
+                    (sweep, ticket.number, ticket.trial_id, ticket.origin))
+
+    def on_end(task: Task, outcome: Outcome) -> None:
+        outcomes.append(outcome)
+        if outcome.status is RunStatus.FAILED and (line := study.fail_dead(task.args[1], outcome.text)):
+            board.say(line)  # the worker died before it could tell the study
+            write_results(sweep, study)
+
+    completed = LocalLauncher(workers).run(next_task, on_end, board)
+    return completed, outcomes
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def status(sweep: Sweep) -> str:
+    """The table of the study as it stands; nothing runs."""
+    study = SweepStudy.load(sweep)
+    if study is None:
+        return f"sweep {sweep.name}: no trial yet in {safe(sweep.storage)}"
+    return format_table(sweep, study)
+
+
+def sweep_command(args) -> int:
+    sweep = load_sweep(args.sweep_file, tuple(args.set), args.storage)
+    if args.status:
+        print(status(sweep))
+        return EXIT_OK
+    if args.workers < 1 or (args.trials is not None and args.trials < 1):
+        raise NanolabError("--workers and --trials must be >= 1")
+    trials = args.trials or sweep.trials
+    study = SweepStudy.create(sweep)
+    print(f"sweep {sweep.name}: {trials} trials on {args.workers} worker(s), storage {safe(sweep.storage)}", flush=True)
+    completed, outcomes = optimize(sweep, study, trials, args.workers, args.timeout)
+    has_best = write_results(sweep, study)
+    print(format_table(sweep, study))
+    print(f"results: {sweep.folder} (trials.csv, {'best.yaml, ' if has_best else ''}table.txt)")
+    if not completed:
+        return EXIT_SIGINT
+    if not has_best:
+        print(f"nanolab: sweep {sweep.name}: no best trial: no trial completed, so no best.yaml was written")
+        return EXIT_FAILED
+    return EXIT_FAILED if any(o.status is RunStatus.FAILED for o in outcomes) else EXIT_OK

@@ -1,0 +1,246 @@
+"""The sweep file: its keys, their checks, and the validated `Sweep` every worker receives.
+
+    # sweeps/lr.yaml
+    name: lr                                    # default: the file's stem; the study, W&B group and runs' folder
+    experiment: ../experiments/baseline.yaml    # relative to this file
+    overrides: {train.max_iters: 300}           # for every trial (a list of KEY=VALUE, or a mapping)
+    objective: {metric: val/loss, direction: minimize}   # or a list of them: a Pareto front
+    space:
+      train.lr: {float: [1.0e-4, 3.0e-2], log: true}     # also `step`
+      train.warmup_iters: {int: [0, 100], step: 10}      # also `log`
+      model.activation: {choice: [gelu, swiglu]}         # every choice is built into a Config before trial 0
+    sampler: {name: tpe, seed: 0}               # tpe | random | grid | cmaes | qmc, plus the sampler's options
+    pruner: {name: median, n_warmup_steps: 50}  # median | hyperband | successive_halving | none, plus options
+    trials: 12                                  # per call; `--trials` wins
+    storage: postgresql://host/db               # absent: a journal file in the sweep folder
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nanolab.config import Config, ConfigError
+from nanolab.errors import SpecError
+from nanolab.plan import Plan, load_plan
+from nanolab.registry import closest
+from nanolab.runfolder import RunFolder, RunStore, runs_root
+from nanolab.spec import check_key, format_override, from_dict, parse_override, to_dict
+from nanolab.sweep import study as optuna_study
+from nanolab.vocab import OBJECTIVE_METRICS, PRUNED_ON_VAL_LOSS
+
+DIRECTIONS = ("minimize", "maximize")
+DISTRIBUTIONS = {"float": ("log", "step"), "int": ("log", "step"), "choice": ()}
+DEFAULTS = {"sampler": "tpe", "pruner": "median"}
+
+
+def accepted(value: Any, choices: list[str], what: str) -> str:
+    hint = closest(str(value), choices)
+    suffix = f" (did you mean {hint!r}?)" if hint else ""
+    return f"unknown {what}; accepted: {', '.join(choices) or '(none)'}{suffix}"
+
+
+@dataclass(frozen=True)
+class SweepFile:
+    """The keys of a sweep file as written; `load_sweep` turns the free-form ones into the types below."""
+
+    experiment: str = ""
+    space: dict = field(default_factory=dict)
+    name: str | None = None
+    overrides: Any = None
+    objective: Any = None
+    sampler: Any = DEFAULTS["sampler"]
+    pruner: Any = DEFAULTS["pruner"]
+    trials: int = 20
+    storage: str | None = None
+
+    def __post_init__(self):
+        if not self.experiment:
+            raise ConfigError("experiment", None, "required: the spec every trial starts from, relative to this file")
+        if not self.space:
+            raise ConfigError("space", self.space, "expected at least one dotted key with a distribution")
+        if self.trials < 1:
+            raise ConfigError("trials", self.trials, "must be >= 1")
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str = "val/loss"
+    direction: str = "minimize"
+
+    def __post_init__(self):
+        if self.metric not in OBJECTIVE_METRICS:
+            raise ConfigError("metric", self.metric, accepted(self.metric, list(OBJECTIVE_METRICS), "metric"))
+        if self.direction not in DIRECTIONS:
+            raise ConfigError("direction", self.direction, accepted(self.direction, list(DIRECTIONS), "direction"))
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One `space:` entry: a dotted config key and the values a trial may give it."""
+
+    key: str
+    kind: str  # float | int | choice
+    low: float = 0
+    high: float = 0
+    log: bool = False
+    step: float | None = None
+    choices: tuple = ()
+
+    def values(self) -> list:
+        """The values checked against the experiment before any trial: every choice, or both ends of the range."""
+        return list(self.choices) if self.kind == "choice" else [self.low, self.high]
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """A sampler or pruner: its name and its constructor's options (a sampler's `seed` among them)."""
+
+    name: str
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A validated sweep: everything a worker process needs to run trials (picklable)."""
+
+    plan: Plan
+    objectives: tuple[Objective, ...]
+    space: tuple[Dimension, ...]
+    sampler: Algorithm
+    pruner: Algorithm
+    trials: int
+    storage: str  # an Optuna RDB URL, or the path of a journal file
+
+    @property
+    def name(self) -> str:
+        return self.plan.name
+
+    @property
+    def path(self) -> Path:
+        return self.plan.path
+
+    @property
+    def folder(self) -> Path:
+        """$NANOLAB_RUNS/sweeps/<name>: trials.csv, best.yaml, table.txt (and the default journal)."""
+        return runs_root() / "sweeps" / self.name
+
+    @property
+    def prunable(self) -> bool:
+        return len(self.objectives) == 1 and self.objectives[0].metric in PRUNED_ON_VAL_LOSS
+
+    def run_folder(self, origin: int) -> RunFolder:
+        """A trial's run folder, named by the first trial of its parameters (a resumed trial continues it)."""
+        return RunStore().folder(self.name, f"trial-{origin}")
+
+    def config(self, params: dict, job_type: str | None = None) -> Config:
+        """The experiment with the overrides, `params`, and the study's name, W&B group and tags applied."""
+        extra = [f"name={self.name}", f"tracking.group={self.name}", format_override("tracking.tags", [self.name])]
+        if job_type:
+            extra.append(f"tracking.job_type={job_type}")
+        return self.plan.config((*extra, *(format_override(key, value) for key, value in params.items())))
+
+    def resolved(self) -> dict:
+        """What makes two calls the same study: the experiment with its overrides, the space, the objectives."""
+        return {"experiment": to_dict(self.plan.config()), "space": [vars(d) for d in self.space],
+                "objectives": [vars(o) for o in self.objectives]}
+
+
+def load_sweep(path: str | Path, overrides: tuple[str, ...] = (), storage: str | None = None) -> Sweep:
+    """Read a sweep file and check everything (every choice built into a Config) before any trial runs."""
+    plan, raw = load_plan(path, SweepFile, tuple(overrides))
+    source = str(plan.path)
+    space = tuple(_dimension(key, spec, source) for key, spec in raw.space.items())
+    for text in overrides:
+        key = parse_override(text, Config, "--set")[0]
+        if key in raw.space:
+            raise SpecError(f"--set {text}: {key} is swept by `space:` in {source}; set it in one place "
+                            "(remove it from --set, or from space)")
+    sweep = Sweep(plan, _objectives(raw.objective, source), space,
+                  _algorithm(raw.sampler, "sampler", source), _algorithm(raw.pruner, "pruner", source), raw.trials,
+                  _storage_url(storage, raw.storage, plan.path, plan.name))
+    for dim in sweep.space:
+        for value in dim.values():
+            if problem := plan.problem((format_override(dim.key, value),)):
+                where = "space" if problem.startswith(f"{dim.key} = ") else f"space.{dim.key} = {value!r}"
+                raise SpecError(f"{source}: {where}: {problem}")
+    for kind in ("sampler", "pruner"):
+        if problem := optuna_study.algorithm_problem(sweep, kind):
+            raise SpecError(f"{source}: {kind}: {problem}")
+    return sweep
+
+
+def _objectives(raw: Any, source: str) -> tuple[Objective, ...]:
+    items = raw if isinstance(raw, list) else [raw]
+    if not items:
+        raise SpecError(f"{source}: objective = []: expected {{metric: ..., direction: ...}} or a list of them")
+    out = []
+    for i, item in enumerate(items):
+        prefix = f"objective[{i}]." if isinstance(raw, list) else "objective."
+        out.append(from_dict(Objective, {"metric": item} if isinstance(item, str) else item or {}, source, prefix))
+    return tuple(out)
+
+
+def _dimension(key: str, spec: Any, source: str) -> Dimension:
+    check_key(Config, key, f"{source}: space")
+    where = f"{source}: space.{key}"
+    kinds = [k for k in DISTRIBUTIONS if isinstance(spec, dict) and k in spec]
+    if len(kinds) != 1:
+        raise SpecError(f"{where} = {spec!r}: expected one of {{float: [low, high], log: true}}, "
+                        "{int: [low, high], step: n}, {choice: [a, b, ...]}")
+    kind = kinds[0]
+    for option in spec:
+        if option not in (kind, *DISTRIBUTIONS[kind]):
+            raise SpecError(f"{where}.{option}: {accepted(option, [kind, *DISTRIBUTIONS[kind]], 'option')}")
+    if kind == "choice":
+        choices = spec["choice"]
+        if not isinstance(choices, list) or not choices or not all(
+                c is None or isinstance(c, (str, int, float, bool)) for c in choices):
+            raise SpecError(f"{where}.choice = {choices!r}: expected a non-empty list of plain values "
+                            "(strings, numbers, true/false, null)")
+        return Dimension(key, kind, choices=tuple(choices))
+    bounds = [_number(b, kind) for b in spec[kind]] if isinstance(spec[kind], list) else []
+    if len(bounds) != 2 or None in bounds or bounds[0] >= bounds[1]:
+        raise SpecError(f"{where}.{kind} = {spec[kind]!r}: expected [low, high], {kind}s with low < high")
+    log, step = spec.get("log", False), spec.get("step")
+    if not isinstance(log, bool) or (log and bounds[0] <= 0):
+        raise SpecError(f"{where}.log = {log!r}: expected true or false; true needs low > 0")
+    number = None if step is None else _number(step, kind)
+    if step is not None and (number is None or number <= 0 or (log and (kind == "float" or number != 1))):
+        raise SpecError(f"{where}.step = {step!r}: expected a {kind} > 0, and no step with log: true")
+    return Dimension(key, kind, bounds[0], bounds[1], log, number)
+
+
+def _number(value: Any, kind: str) -> float | int | None:
+    """A bound or step as an int (kind int) or float, or None; YAML 1.1 reads `1e-3` as a string."""
+    if kind == "int":
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+    try:
+        return None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _algorithm(raw: Any, kind: str, source: str) -> Algorithm:
+    """`name` or `{name: ..., option: value, ...}` (name defaults to tpe / median); unknown options are refused."""
+    options = dict(raw) if isinstance(raw, dict) else {"name": raw}
+    name = options.pop("name", DEFAULTS[kind])
+    names = optuna_study.algorithm_names(kind)
+    if name not in names:
+        key = f"{kind}.name" if isinstance(raw, dict) else kind
+        raise SpecError(f"{source}: {key} = {name!r}: {accepted(name, names, kind)}")
+    allowed = optuna_study.algorithm_options(kind, name)
+    for option in options:
+        if option not in allowed:
+            raise SpecError(f"{source}: {kind}.{option}: {accepted(option, allowed, f'option of the {name} {kind}')}")
+    return Algorithm(name, options)
+
+
+def _storage_url(cli: str | None, in_file: str | None, path: Path, name: str) -> str:
+    """--storage wins over the file's `storage:`; a plain path (relative to cwd or the file) is a journal file."""
+    if cli:
+        return cli if "://" in cli else str(Path(cli).resolve())
+    if in_file:
+        return in_file if "://" in in_file else str((path.parent / in_file).resolve())
+    return str((runs_root() / "sweeps" / name / "journal.log").resolve())

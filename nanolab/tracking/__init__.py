@@ -1,0 +1,75 @@
+"""Trackers: where a run's records go. The run folder always; Weights & Biases unless disabled.
+
+The runner hands every metric, sample, checkpoint and summary to each tracker and never imports wandb: this
+package is the only part of nanolab that does (analysis's W&B reader aside), lazily, so `mode: disabled`
+costs nothing. W&B never stops a run: when it cannot start or raises, one note, and the run folder goes on.
+
+    local.py   the run folder, through RunFolder
+    wandb.py   the W&B run: modes, resume, failure isolation
+    sync.py    `nanolab sync`: upload offline W&B runs
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Mapping
+
+from nanolab.config import Config
+from nanolab.runfolder import RunFolder
+
+
+def note(message: str) -> None:
+    """One line on stderr, the way nanolab reports what does not stop a run."""
+    print(f"nanolab: {message}", file=sys.stderr, flush=True)
+
+
+class Tracker:
+    """Where a run's records go. Only `log` and `close` must be implemented; the rest default to no-ops."""
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        raise NotImplementedError
+
+    def log_samples(self, step: int, text: str) -> None:
+        """A generated sample, at each evaluation."""
+
+    def log_checkpoint(self, path: Path, kind: str, step: int) -> None:
+        """`kind` is "best" or "last"; called after the file is written."""
+
+    def summary(self, values: dict) -> None:
+        """Final and best figures (best/val_loss, best/val_ppl, best/step, wall_time, tokens_seen, ...)."""
+
+    def close(self, status: str) -> None:
+        raise NotImplementedError
+
+
+# the trackers subclass Tracker and call note(), defined above
+from nanolab.tracking.local import LocalTracker  # noqa: E402
+from nanolab.tracking.sync import find_offline_runs, sync_runs  # noqa: E402
+from nanolab.tracking.wandb import WandbTracker, open_wandb, resolve_mode  # noqa: E402
+
+
+def open_trackers(cfg: Config, folder: RunFolder | os.PathLike, meta: Mapping,
+                  resume_step: int | None) -> tuple[list[Tracker], dict]:
+    """The run folder tracker, then W&B unless its mode resolves to disabled.
+
+    `meta` (run_id, name, group, job_type, params, ..., sweep/trial/trial_params, ablation/variant, and on
+    resume the wandb_* fields an earlier session recorded) is read, never changed. Returns the trackers and
+    the fields the caller must merge into meta.json (wandb_id, wandb_mode, wandb_dir, wandb_project and, online,
+    wandb_url); empty when W&B is off. `resume_step`: None for a fresh run, else the checkpoint's step.
+    """
+    folder = folder if isinstance(folder, RunFolder) else RunFolder(folder)
+    local = LocalTracker(folder, resume_step)
+    trackers: list[Tracker] = [local]
+    mode, auto_offline = resolve_mode(cfg)
+    if mode == "disabled":
+        return trackers, {}
+    wb, fields = open_wandb(cfg, folder, meta, resume_step, mode, auto_offline, local)
+    if wb is not None:
+        trackers.append(wb)
+    return trackers, fields
+
+
+__all__ = ["Tracker", "LocalTracker", "WandbTracker", "open_trackers", "resolve_mode", "find_offline_runs",
+           "sync_runs", "note"]

@@ -1,0 +1,262 @@
+"""The training loop: `train_step` (one optimizer step) and `Loop` (steps, logging, evaluation, checkpoints).
+
+    result = train_step(model, optimizer, lambda: data.get_batch("train", 12, 64, gen), grad_clip=1.0)
+    Loop(ctx).train(flag, bar)          # from ctx.state.step to train.max_iters
+
+`nanolab.runner` prepares a run, builds a `LoopContext` and finishes the run; this module trains. Checkpoints
+carry the `TrainState` and every RNG state, so a resumed run continues bit-identically (CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass, field, fields
+from typing import Callable, Mapping
+
+import torch
+
+from nanolab import device as dev
+from nanolab import vocab as v
+from nanolab.components.optim import lr_factor
+from nanolab.config import Config
+from nanolab.distributed import World
+from nanolab.runfolder import RunFolder
+from nanolab.spec import to_dict
+
+LN2 = math.log(2)
+
+
+class Diverged(Exception):
+    """A NaN or infinite loss or gradient norm: the step is not applied."""
+
+
+@dataclass
+class TrainState:
+    """Everything the loop carries from step to step; saved in every checkpoint as `vars(state)`."""
+
+    step: int = 0  # optimizer steps done
+    tokens_seen: int = 0
+    best_val_loss: float = math.inf
+    best_step: int = -1
+    wall_time: float = 0.0  # seconds of training over all sessions of this run
+    # sums over the steps since the last train/* log, so that train/loss is their mean, also across a resume
+    loss_sum: float = 0.0
+    grad_norm_sum: float = 0.0
+    steps_since_log: int = 0
+
+    @classmethod
+    def from_dict(cls, saved: Mapping) -> TrainState:
+        """The state a checkpoint saved; also from checkpoints before 0.3, whose `accum` was a list."""
+        saved = dict(saved)
+        if "accum" in saved:
+            saved["loss_sum"], saved["grad_norm_sum"], saved["steps_since_log"] = saved.pop("accum")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: value for k, value in saved.items() if k in known})
+
+    def add(self, mean_loss: float, grad_norm: float, tokens: int) -> None:
+        """Count one optimizer step."""
+        self.step += 1
+        self.tokens_seen += tokens
+        self.loss_sum += mean_loss
+        self.grad_norm_sum += grad_norm
+        self.steps_since_log += 1
+
+    def reset_window(self) -> None:
+        self.loss_sum, self.grad_norm_sum, self.steps_since_log = 0.0, 0.0, 0
+
+
+@dataclass(frozen=True)
+class StepResult:
+    loss: float  # this rank's loss, the mean over the micro-batches
+    mean_loss: float  # the same, averaged over the ranks
+    grad_norm: float  # before clipping
+
+
+def train_step(model: torch.nn.Module, optimizer, next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]], *,
+               lr_factor: float = 1.0, grad_accum: int = 1, grad_clip: float = 0.0, params: list | None = None,
+               amp: torch.dtype | None = None, world: World = World(), step: int = 0) -> StepResult:
+    """One optimizer step: `grad_accum` micro-batches from `next_batch()` (forward, backward), the gradient
+    clipped to `grad_clip` (0: not clipped), then the step's one host sync, which checks the loss and the norm:
+    a NaN or inf raises `Diverged` (naming `step`) before anything reaches the weights. Else the optimizer
+    (a `nanolab.components.optim.Optimizers`) steps at `lr_factor` times its peak rate and zeroes the gradients.
+
+    `model` is what runs forward (the module, or its DDP / compiled wrapper); `params` (default: the trainable
+    parameters of `model`) are clipped. Under DDP the gradients are all-reduced on the last micro-batch only.
+    """
+    optimizer.set_lr_factor(lr_factor)
+    params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
+    loss = None
+    for micro in range(grad_accum):
+        x, y = next_batch()
+        sync = micro == grad_accum - 1 or not world.distributed
+        with contextlib.nullcontext() if sync else model.no_sync(), dev.autocast(x.device, amp):
+            _, micro_loss = model(x, y)
+            (micro_loss / grad_accum).backward()
+        part = micro_loss.detach() / grad_accum
+        loss = part if loss is None else loss + part
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
+    # the one host sync of a step, one transfer: nothing bad reaches the weights
+    loss_f, norm_f, mean_loss = torch.stack((loss, norm, world.mean(loss))).tolist()
+    if not (math.isfinite(loss_f) and math.isfinite(norm_f)):
+        raise Diverged(f"step {step}: loss {loss_f}, grad norm {norm_f}")
+    optimizer.step()
+    optimizer.zero_grad()
+    return StepResult(loss_f, mean_loss, norm_f)
+
+
+@dataclass
+class LoopContext:
+    """What the loop works with: the run's config, where it runs, what it trains, where it records."""
+
+    cfg: Config
+    world: World
+    device: torch.device
+    amp: torch.dtype | None  # the autocast dtype, None for fp32
+    data: object  # nanolab.data.Data
+    model: torch.nn.Module  # the GPT: checkpoints, evaluation samples
+    trained: torch.nn.Module  # what runs forward: the model, or its DDP / compiled wrapper
+    optimizer: object  # nanolab.components.optim.Optimizers
+    gen: torch.Generator  # draws the (global) training batches
+    state: TrainState
+    folder: RunFolder
+    meta: dict  # run_id, wandb_id, flops_per_token, ...
+    trackers: list = field(default_factory=list)
+    on_eval: Callable[[int, dict], None] | None = None
+
+
+class Loop:
+    """The training loop of one session of a run; `train` runs from `ctx.state.step` to `max_iters`."""
+
+    def __init__(self, ctx: LoopContext):
+        self.ctx, self.t = ctx, ctx.cfg.train
+        self.tokens_per_step = self.t.batch_size * self.t.grad_accum * ctx.cfg.data.block_size
+        self.last_eval: dict = {}
+
+    def log(self, metrics: dict, step: int) -> None:
+        for tracker in self.ctx.trackers:
+            tracker.log(metrics, step)
+
+    def train(self, flag, bar) -> None:
+        """Steps until max_iters, or until `flag.signum` is set on some rank (then saves and returns)."""
+        ctx, state, t = self.ctx, self.ctx.state, self.t
+        params = [p for p in ctx.model.parameters() if p.requires_grad]
+        peak = dev.peak_flops(ctx.device) * ctx.world.size  # tokens/s count the global batch, over every rank
+        tick, stop = time.perf_counter(), False
+        while state.step < t.max_iters and not stop:
+            factor = lr_factor(state.step, t)
+            result = train_step(ctx.trained, ctx.optimizer, lambda: self.batch("train", ctx.gen), lr_factor=factor,
+                                grad_accum=t.grad_accum, grad_clip=t.grad_clip, params=params, amp=ctx.amp,
+                                world=ctx.world, step=state.step + 1)
+            state.add(result.mean_loss, result.grad_norm, self.tokens_per_step)
+            last = state.step == t.max_iters
+            if state.step % t.log_interval == 0 or last:
+                logged = self.log_train(t.lr * factor, time.perf_counter() - tick, peak)
+                bar.update(state.step, logged[v.TRAIN_LOSS], self.last_eval.get(v.VAL_LOSS),
+                           logged[v.TOKENS_PER_SEC])
+                tick = time.perf_counter()
+            if state.step % t.eval_interval == 0 or last:
+                self.evaluate()
+                tick = time.perf_counter()  # perf/* time training steps, not evaluations, samples or checkpoints
+            stop = ctx.world.any(flag.signum is not None, ctx.device)  # every rank stops at the same step
+            if state.step % t.save_interval == 0 or last or stop:
+                self.save("last")
+                tick = time.perf_counter()
+
+    def log_train(self, lr: float, elapsed: float, peak: float) -> dict:
+        state = self.ctx.state
+        n = state.steps_since_log
+        tokens_per_sec = self.tokens_per_step * n / elapsed
+        metrics = {v.TRAIN_LOSS: state.loss_sum / n, v.TRAIN_LR: lr, v.TRAIN_GRAD_NORM: state.grad_norm_sum / n,
+                   v.TOKENS_PER_SEC: tokens_per_sec, v.STEP_MS: 1000 * elapsed / n,
+                   v.MFU: self.ctx.meta["flops_per_token"] * tokens_per_sec / peak}
+        self.log(metrics, state.step)
+        state.reset_window()
+        return metrics
+
+    @torch.inference_mode()
+    def estimate_loss(self, split: str) -> float:
+        ctx = self.ctx
+        gen = torch.Generator().manual_seed(ctx.cfg.seed + 1)  # the same eval batches at every evaluation
+        losses = torch.zeros(self.t.eval_iters, device=ctx.device)  # on the device: no host sync per batch
+        for i in range(self.t.eval_iters):
+            x, y = self.batch(split, gen)
+            with dev.autocast(ctx.device, ctx.amp):
+                _, loss = ctx.trained(x, y)
+            losses[i] = loss.float()
+        return ctx.world.mean(losses.mean()).item()
+
+    def evaluate(self) -> None:
+        ctx, state = self.ctx, self.ctx.state
+        ctx.model.eval()
+        val, train = self.estimate_loss("val"), self.estimate_loss("train")
+        bpc = val / ctx.data.chars_per_token("val") / LN2  # nats per token -> bits per character
+        metrics = {v.VAL_LOSS: val, v.VAL_PPL: math.exp(val), v.VAL_BPC: bpc, v.TRAIN_EVAL_LOSS: train}
+        sample = self.sample()
+        ctx.model.train()
+        self.last_eval = metrics
+        self.log(metrics, state.step)
+        for tracker in ctx.trackers:
+            tracker.log_samples(state.step, sample)
+        if val < state.best_val_loss:
+            state.best_val_loss, state.best_step = val, state.step
+            self.save("best")
+        if ctx.on_eval is not None:
+            ctx.on_eval(state.step, metrics)
+
+    def batch(self, split: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's slice of the global batch that `gen` draws: (B / world, T) inputs and targets."""
+        ctx = self.ctx
+        x, y = ctx.data.get_batch(split, self.t.batch_size, ctx.cfg.data.block_size, gen, ctx.device)
+        return ctx.world.shard(x), ctx.world.shard(y)
+
+    def sample(self) -> str:
+        ctx = self.ctx
+        if self.t.sample_tokens == 0 or not ctx.world.main:
+            return ""
+        tok = ctx.data.tokenizer
+        idx = torch.tensor([tok.encode("\n") or [0]], dtype=torch.long, device=ctx.device)
+        gen = torch.Generator(device=ctx.device).manual_seed(ctx.cfg.seed + ctx.state.step)
+        out = ctx.model.generate(idx, self.t.sample_tokens, temperature=1.0, top_k=None, generator=gen)
+        return tok.decode(out[0].tolist())
+
+    def save(self, kind: str) -> None:
+        ctx = self.ctx
+        if not ctx.world.main:
+            return
+        path = ctx.folder.save_checkpoint(kind, {
+            "model": ctx.model.state_dict(), "optimizer": ctx.optimizer.state_dict(),
+            "state": vars(ctx.state).copy(), "rng": rng_state(ctx.gen),
+            "config": to_dict(ctx.cfg), "run_id": ctx.meta["run_id"], "wandb_id": ctx.meta.get("wandb_id"),
+        })
+        for tracker in ctx.trackers:
+            tracker.log_checkpoint(path, kind, ctx.state.step)
+
+    def summary(self) -> dict:
+        s = self.ctx.state
+        out = {v.BEST_VAL_LOSS: s.best_val_loss, v.BEST_VAL_PPL: math.exp(s.best_val_loss), v.BEST_STEP: s.best_step,
+               v.TOKENS_SEEN: s.tokens_seen, v.STEPS: s.step, v.WALL_TIME: s.wall_time}
+        out.update({v.final(name): value for name, value in self.last_eval.items()})
+        return {k: value for k, value in out.items() if not (isinstance(value, float) and math.isinf(value))}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state(gen: torch.Generator) -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(), "batches": gen.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict, gen: torch.Generator) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    gen.set_state(state["batches"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,170 @@
+"""Sweeps on PostgreSQL: several processes starting the same study at once on a fresh database (issue #11).
+
+Needs a server: `NANOLAB_TEST_POSTGRES=postgresql://postgres@127.0.0.1:5432/test` (any database the user may
+connect to; each test creates, and drops, fresh databases beside it). Skipped when unset.
+
+The race test runs as a script too, to compare with plain Optuna (the defect: one process dies with
+`IntegrityError ... pg_type_typname_nsp_index`):
+
+    NANOLAB_TEST_POSTGRES=postgresql://... python tests/test_sweep_postgres.py plain 20   # or: nanolab 20
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+URL = os.environ.get("NANOLAB_TEST_POSTGRES")
+ROOT = Path(__file__).resolve().parents[1]
+PROCESSES, ROUNDS = 4, 5
+
+pytestmark = pytest.mark.skipif(not URL, reason="NANOLAB_TEST_POSTGRES (a PostgreSQL URL) is not set")
+
+# One long-lived child per simulated machine, so that the slow imports happen once, not once per round. Round r:
+# wait for the file go_r (the fresh database's URL), then open the study at the same instant as the others and
+# run one trial; write result_r_<index>: "ok" or the error's last line.
+CHILD = r"""
+import importlib.util, os, sys, time, warnings
+import optuna
+work, mode, rounds, index = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+warnings.simplefilter("ignore")  # the heartbeat's "supposed to be used with Study.optimize" on ask()
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+# the file by its path: `import nanolab.sweep.storage` would run nanolab/sweep/__init__.py, and import torch
+spec = importlib.util.spec_from_file_location("storage", os.path.join("nanolab", "sweep", "storage.py"))
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+create_or_load_study = module.create_or_load_study
+open(os.path.join(work, f"ready_{index}"), "w").close()
+for r in range(rounds):
+    go = os.path.join(work, f"go_{r}")
+    while not os.path.exists(go):
+        time.sleep(0.001)
+    url = open(go).read()
+    try:
+        if mode == "plain":
+            study = optuna.create_study(storage=optuna.storages.RDBStorage(url), study_name="s",
+                                        directions=["minimize"], load_if_exists=True)
+        else:
+            study = create_or_load_study(url, "s", ["minimize"])
+        trial = study.ask()
+        study.tell(trial, trial.suggest_float("x", 0, 1))
+        result = "ok"
+    except Exception as exc:
+        result = (type(exc).__name__ + ": " + (str(exc).strip().splitlines() or [""])[0])[:300]
+    with open(os.path.join(work, f"result_{r}_{index}.tmp"), "w") as f:
+        f.write(result)
+    os.replace(os.path.join(work, f"result_{r}_{index}.tmp"), os.path.join(work, f"result_{r}_{index}"))
+"""
+
+
+def _admin_url(url: str) -> str:
+    """The URL as libpq takes it: no SQLAlchemy `+driver`."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@contextmanager
+def fresh_database(url: str):
+    """A new, empty database on the server of `url` (SQLAlchemy URL of it yielded), dropped afterwards."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    name = f"nanolab_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(_admin_url(url), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(_admin_url(url), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _wait_for(paths: list[Path], procs: list[subprocess.Popen], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(p.exists() for p in paths):
+        dead = [p for p in procs if p.poll() not in (None, 0)]
+        if dead or time.monotonic() > deadline:
+            out = "\n".join(p.communicate(timeout=5)[1] if p.poll() is not None else "(running)" for p in procs)
+            raise AssertionError(f"children stalled or died before writing {[str(p) for p in paths]}:\n{out}")
+        time.sleep(0.005)
+
+
+def simultaneous_starts(url: str, work: Path, mode: str = "nanolab", processes: int = PROCESSES,
+                        rounds: int = ROUNDS) -> list[str]:
+    """`rounds` times, on a fresh database each: `processes` processes open study "s" at the same instant and run
+    one trial each. Returns one line per failed round (a child's error, or trials missing); [] when all passed."""
+    import optuna
+
+    procs = [subprocess.Popen([sys.executable, "-c", CHILD, str(work), mode, str(rounds), str(i)], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for i in range(processes)]
+    failures = []
+    try:
+        _wait_for([work / f"ready_{i}" for i in range(processes)], procs)  # every child imported and polling
+        for r in range(rounds):
+            with fresh_database(url) as db:
+                (work / f"go_{r}.tmp").write_text(db)
+                os.replace(work / f"go_{r}.tmp", work / f"go_{r}")  # the barrier: all children start now
+                results = [work / f"result_{r}_{i}" for i in range(processes)]
+                _wait_for(results, procs)
+                errors = sorted({p.read_text() for p in results} - {"ok"})
+                if not errors:
+                    storage = optuna.storages.RDBStorage(db)
+                    trials = optuna.load_study(study_name="s", storage=storage).get_trials(deepcopy=False)
+                    storage.engine.dispose()
+                    complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+                    if complete != processes:
+                        errors = [f"{complete} of {processes} trials complete"]
+                failures += [f"round {r}: {e}" for e in errors]
+        codes = [p.wait(timeout=30) for p in procs]
+        assert codes == [0] * processes, f"exit codes {codes}: {[p.stderr.read() for p in procs]}"
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stderr.close()
+    return failures
+
+
+def test_simultaneous_start_on_fresh_database(tmp_path):
+    """4 processes x 5 fresh databases; one failed start in 5 is a failure (plain Optuna failed every round)."""
+    failures = simultaneous_starts(URL, tmp_path)
+    assert failures == [], "\n".join(failures)
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_open_errors_and_reopen():
+    from nanolab.errors import NanolabError
+    from nanolab.sweep import storage
+
+    with pytest.raises(NanolabError, match=r"^storage postgresql://nobody:\*\*\*@127\.0\.0\.1:1/x: cannot open"):
+        storage.open_storage("postgresql://nobody:secret@127.0.0.1:1/x")
+    with fresh_database(URL) as db:  # a second open finds the tables, and the study, the first one made
+        study = storage.create_or_load_study(db, "s", ["maximize"])
+        study.tell(study.ask(), 1.0)
+        again = storage.create_or_load_study(db, "s", ["maximize"])
+        assert (again.study_name, again.direction.name, len(again.trials)) == ("s", "MAXIMIZE", 1)
+
+
+if __name__ == "__main__":  # python tests/test_sweep_postgres.py plain|nanolab ROUNDS
+    import tempfile
+
+    if not URL:
+        sys.exit("set NANOLAB_TEST_POSTGRES")
+    mode, rounds = sys.argv[1], int(sys.argv[2])
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        failed = simultaneous_starts(URL, Path(tmp), mode, rounds=rounds)
+    print("\n".join(failed))
+    bad = len({f.split(":")[0] for f in failed})
+    print(f"{mode}: {rounds - bad}/{rounds} rounds of {PROCESSES} simultaneous starts passed "
+          f"({time.monotonic() - start:.1f} s)")
