@@ -21,8 +21,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from nanolab.runner import runs_root
-from nanolab.sweep import Algorithm, load_sweep, open_study, optimize
+from nanolab.runfolder import runs_root
+from sweep_machines import data_cache
+from nanolab.sweep import SweepStudy, load_sweep, optimize
+from nanolab.sweep.schema import Algorithm
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,16 +35,18 @@ def run_variant(args, label: str, root: Path) -> dict:
     sweep = load_sweep(args.sweep, tuple(args.set))
     if label == "none":
         sweep = replace(sweep, pruner=Algorithm("none"))
+    study = SweepStudy.create(sweep)
     started, cpu = time.perf_counter(), time.process_time()
-    code = optimize(sweep, args.trials)
-    if code:
-        sys.exit(code)
-    study = open_study(sweep)
-    states = [t.state.name for t in study.trials]
+    completed, outcomes = optimize(sweep, study, args.trials, args.workers)
+    if not completed:
+        sys.exit(f"{label}: interrupted")
+    states = [t.state.name for t in study.trials()]
+    if "COMPLETE" not in states:
+        sys.exit(f"{label}: no trial completed ({', '.join(o.text for o in outcomes if o.text)[:300]})")
     steps = sum(json.loads(meta.read_text())["steps"] for meta in (runs_root() / sweep.name).glob("trial-*/meta.json"))
     return {"variant": f"{sweep.pruner.name} pruner" if label == "file" else "no pruning", "pruner": sweep.pruner.name,
             "trials": len(states), "complete": states.count("COMPLETE"), "pruned": states.count("PRUNED"),
-            "failed": states.count("FAIL"), "steps_trained": steps, "best": study.best_value,
+            "failed": states.count("FAIL"), "steps_trained": steps, "best": study.study.best_value,
             "wall_s": round(time.perf_counter() - started, 1), "cpu_s": round(time.process_time() - cpu, 1)}
 
 
@@ -64,12 +68,15 @@ def main() -> None:
     parser.add_argument("--sweep", default=str(REPO / "sweeps" / "lr.yaml"), help="the sweep file (default lr.yaml)")
     parser.add_argument("--trials", type=int, default=None, help="trials per variant (default: the file's)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="experiment overrides")
+    parser.add_argument("--workers", type=int, default=1, help="trials at once (1: the same trial order, so the "
+                        "same samples, in both variants)")
     parser.add_argument("--runs", help="where the two studies go (default: a temporary folder)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args()
     args.set = [*args.set, "tracking.wandb.mode=disabled"]
     args.trials = args.trials or load_sweep(args.sweep, tuple(args.set)).trials
     root = Path(args.runs or tempfile.mkdtemp(prefix="nanolab-pruning-"))
+    os.environ.update(data_cache(root))  # Tiny Shakespeare from the cache, else the local copy: never downloaded
     rows = [run_variant(args, label, root) for label in ("file", "none")]
     metric = load_sweep(args.sweep, tuple(args.set)).objectives[0].metric
     print(table(rows, metric))

@@ -37,5 +37,5 @@ def test_the_component_example_works(monkeypatch):
     registry.kinds()  # load the built-ins into the real registry before the example registers into a copy
     monkeypatch.setattr(registry, "_entries", {k: dict(v) for k, v in registry._entries.items()})
     exec(example, {})
-    model = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, activation="silu"), 11)
+    model = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16, activation="silu"), vocab_size=11, block_size=8)
     assert model(torch.zeros(1, 8, dtype=torch.long)).shape == (1, 8, 11)

@@ -143,8 +143,10 @@ class Sweep:
 
     def resolved(self) -> dict:
         """What makes two calls the same study: the experiment with its overrides, the space, the objectives."""
-        return {"experiment": to_dict(self.plan.config()), "space": [vars(d) for d in self.space],
-                "objectives": [vars(o) for o in self.objectives]}
+        experiment = {k: v for k, v in to_dict(self.plan.config()).items() if k not in ("name", "tracking")}
+        return {"experiment": experiment,
+                "space": {d.key: {k: v for k, v in vars(d).items() if k != "key"} for d in self.space},
+                "objectives": {o.metric: o.direction for o in self.objectives}}
 
 
 def load_sweep(path: str | Path, overrides: tuple[str, ...] = (), storage: str | None = None) -> Sweep:

@@ -36,10 +36,10 @@ def run_trial(sweep: Sweep, number: int, trial_id: int, origin: int, *, progress
         study.fail(number, reason)
         write_results(sweep, study)
         return Outcome(RunStatus.FAILED, reason)
-    outcome = _tell(sweep, study, number, result, folder.metrics())
     wandb = {k: v for k, v in folder.read_meta().items() if k in ("wandb_id", "wandb_url")}
-    if wandb:
+    if wandb:  # before the trial is told: a finished trial takes no more attributes
         study.set_attrs(number, **wandb)
+    outcome = _tell(sweep, study, number, result, folder.metrics())
     write_results(sweep, study)
     return outcome
 

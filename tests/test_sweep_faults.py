@@ -1,0 +1,190 @@
+"""Sweeps when things go wrong: dead workers, a killed sweep process, Ctrl-C, a changed sweep file, a second
+storage, --set on a swept key, two sweeps started together; and what reaches W&B and Optuna about each trial."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_sweep import sweep_file, trial_rows
+
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+
+from nanolab.analysis import compare_command
+from nanolab.cli import main
+from nanolab.runfolder import RunStore, runs_root
+from nanolab.sweep import SweepStudy, load_sweep
+
+STEPS = 8000  # ~1.5 ms a step: long enough to stop a trial midway, short enough to finish it again
+LONG = f"overrides: {{train.max_iters: {STEPS}, train.eval_interval: 1000, train.checkpoint_interval: 20}}\n"
+LR = "space: {train.lr: {float: [1.0e-3, 1.0e-2], log: true}}\nsampler: {name: random, seed: 0}\n"
+
+
+def start(path: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "nanolab", "sweep", str(path), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+
+
+def wait_for(condition, timeout: float = 120, what: str = "") -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def checkpointed(name: str, *run_ids: str) -> bool:
+    return all(RunStore().folder(name, r).ckpt("last").is_file() for r in run_ids)
+
+
+def worker_pid(path: Path, number: int) -> int:
+    return int(SweepStudy.load(load_sweep(path)).trials()[number].user_attrs["worker"].rpartition(":")[2])
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.is_file() and stat.read_text().split()[2] == "Z")
+
+
+def test_a_killed_worker_is_replaced_its_trial_failed_and_retried(tmp_path):
+    path = sweep_file(tmp_path, "kill9", LONG + LR + "trials: 3\n")
+    sweep = start(path, "--workers", "2")
+    wait_for(lambda: checkpointed("kill9", "trial-0", "trial-1"), what="two trials to checkpoint")
+    victim = worker_pid(path, 0)
+    os.kill(victim, signal.SIGKILL)
+    out, err = sweep.communicate(timeout=300)
+    assert sweep.returncode == 1, err  # a job failed (and was retried)
+    rows = {int(r["number"]): r for r in trial_rows("kill9")}
+    reason = f"worker process {victim} died (signal SIGKILL)"
+    assert rows[0]["state"] == "FAIL" and rows[0]["user_attrs_fail_reason"] == reason
+    (retry,) = [r for r in rows.values() if r["user_attrs_resumes"] and int(float(r["user_attrs_resumes"])) == 0]
+    assert retry["state"] == "COMPLETE" and retry["params_train.lr"] == rows[0]["params_train.lr"]
+    assert sorted(r["state"] for r in rows.values()) == ["COMPLETE"] * 3 + ["FAIL"]  # 3 trials + the retry
+    aside = RunStore().folder("kill9", "trial-0.attempt1").read_meta()
+    assert (aside["status"], aside["reason"]) == ("failed", reason)
+    workers = {r["user_attrs_worker"].rpartition(":")[2] for r in rows.values()}
+    assert len(workers) >= 3  # the survivor, the dead one and its replacement
+    assert f"trial 0 [train.lr={float(rows[0]['params_train.lr']):.4g}]: failed, {reason}" in out
+
+
+def test_killing_the_sweep_stops_its_workers_which_record_their_trials(tmp_path):
+    path = sweep_file(tmp_path, "orphans", LONG + LR + "trials: 2\n")
+    sweep = start(path, "--workers", "2")
+    wait_for(lambda: checkpointed("orphans", "trial-0", "trial-1"), what="two trials to checkpoint")
+    workers = [worker_pid(path, 0), worker_pid(path, 1)]
+    sweep.kill()
+    sweep.wait()
+    wait_for(lambda: not any(alive(p) for p in workers), timeout=30, what="the workers to stop")
+    rows = trial_rows("orphans")  # written by the workers: the sweep process was gone
+    assert [(r["state"], r["user_attrs_fail_reason"]) for r in rows[:2]] == [("FAIL", "interrupted: SIGTERM")] * 2
+    assert [r["state"] for r in rows[2:]] == ["WAITING"] * 2
+    for run_id in ("trial-0", "trial-1"):
+        assert RunStore().folder("orphans", run_id).read_meta()["status"] == "interrupted"
+    assert main(["sweep", str(path), "--trials", "1"]) == 0  # the next call continues both, then one new trial
+    rows = trial_rows("orphans")
+    assert [r["state"] for r in rows] == ["FAIL", "FAIL", "COMPLETE", "COMPLETE", "COMPLETE"]
+    for run_id in ("trial-0", "trial-1"):
+        folder = RunStore().folder("orphans", run_id)
+        steps = [row["step"] for row in folder.metrics()]
+        assert folder.read_meta()["status"] == "finished" and steps == sorted(steps) and steps[-1] == STEPS
+
+
+def test_ctrl_c_then_the_next_call_resumes_the_trial_with_its_parameters(tmp_path):
+    path = sweep_file(tmp_path, "ctrlc", LONG + LR + "trials: 1\n")
+    sweep = start(path)
+    wait_for(lambda: checkpointed("ctrlc", "trial-0"), what="the trial to checkpoint")
+    sweep.send_signal(signal.SIGINT)
+    out, err = sweep.communicate(timeout=60)
+    assert sweep.returncode == 130, err
+    (row, waiting) = trial_rows("ctrlc")
+    assert (row["state"], row["user_attrs_fail_reason"], waiting["state"]) == ("FAIL", "interrupted: SIGINT", "WAITING")
+    stopped_at = RunStore().folder("ctrlc", "trial-0").read_meta()["steps"]
+    assert 0 < stopped_at < STEPS
+    assert main(["sweep", str(path), "--trials", "1"]) == 0
+    first, resumed, new = trial_rows("ctrlc")
+    assert resumed["state"] == "COMPLETE" and resumed["params_train.lr"] == first["params_train.lr"]
+    assert int(float(resumed["user_attrs_resumes"])) == 0 and new["state"] == "COMPLETE"
+    folder = RunStore().folder("ctrlc", "trial-0")
+    meta = folder.read_meta()
+    assert meta["status"] == "finished" and meta["resumed_at"] and meta["steps"] == STEPS
+    assert sorted(p.name for p in (runs_root() / "ctrlc").iterdir()) == ["trial-0", "trial-2"]  # nothing set aside
+
+
+def test_an_edited_sweep_file_does_not_continue_the_study(tmp_path, capsys):
+    path = sweep_file(tmp_path, "edited", LR + "trials: 1\n")
+    assert main(["sweep", str(path)]) == 0
+    path.write_text(path.read_text().replace("1.0e-2", "3.0e-2"))
+    capsys.readouterr()
+    assert main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "space.train.lr.high: 0.01 -> 0.03" in err and "another `name:`" in err
+    path.write_text(path.read_text().replace("3.0e-2", "1.0e-2") + "overrides: {train.max_iters: 30}\n")
+    assert main(["sweep", str(path)]) == 2
+    assert "experiment.train.max_iters: 20 -> 30" in capsys.readouterr().err
+    assert main(["sweep", str(path), "--set", "train.max_iters=25"]) == 2  # --set counts too
+    assert "experiment.train.max_iters: 20 -> 25" in capsys.readouterr().err
+    assert len(trial_rows("edited")) == 1
+    # what counts is the resolved experiment: the same values by another route continue the study
+    assert main(["sweep", str(path), "--set", "train.max_iters=20", "--trials", "1"]) == 0
+    assert len(trial_rows("edited")) == 2
+
+
+def test_set_on_a_swept_key_is_an_error(tmp_path, capsys):
+    path = sweep_file(tmp_path, "conflict", LR)
+    assert main(["sweep", str(path), "--set", "train.lr=0.1"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"nanolab: error: --set train.lr=0.1: train.lr is swept by `space:` in {path}; set it in one place "
+        "(remove it from --set, or from space)")
+
+
+def test_every_trial_failing_means_no_best_trial_and_exit_1(tmp_path, capsys):
+    path = sweep_file(tmp_path, "allfail", "overrides: [train.grad_clip=0]\nspace: {train.lr: {choice: [1.0e+6]}}\n"
+                                           "trials: 2\n")
+    assert main(["sweep", str(path)]) == 1
+    assert "no best trial" in capsys.readouterr().out
+    assert not (runs_root() / "sweeps" / "allfail" / "best.yaml").exists()
+    assert {r["state"] for r in trial_rows("allfail")} == {"FAIL"}
+
+
+def test_a_second_storage_sets_the_first_studys_runs_aside_and_compare_counts_one_study(tmp_path):
+    path = sweep_file(tmp_path, "twostores", LR + "trials: 2\n")
+    assert main(["sweep", str(path)]) == 0
+    assert main(["sweep", str(path), "--storage", str(tmp_path / "other.log")]) == 0
+    names = sorted(p.name for p in (runs_root() / "twostores").iterdir())
+    assert names == ["trial-0", "trial-0.attempt1", "trial-1", "trial-1.attempt1"]
+    text = compare_command([runs_root() / "twostores"], group="twostores", by=["train.lr"])
+    assert "2 runs, 2 finished" in text
+
+
+def test_trials_have_the_sweeps_tags_and_optuna_knows_the_wandb_run(tmp_path):
+    path = sweep_file(tmp_path, "wb", LR + "overrides: {tracking.wandb.mode: offline, tracking.tags: [baseline]}\n"
+                                          "trials: 1\n")
+    assert main(["sweep", str(path)]) == 0
+    folder = RunStore().folder("wb", "trial-0")
+    meta = folder.read_meta()
+    assert meta["tags"] == ["wb"] and meta["swept_keys"] == ["train.lr"] and meta["trial"] == 0
+    (row,) = trial_rows("wb")
+    assert row["user_attrs_wandb_id"] == meta["wandb_id"]
+
+
+def test_two_sweeps_started_together_propose_different_parameters_and_reruns_repeat_them(tmp_path):
+    path = sweep_file(tmp_path, "together", LR + "trials: 3\n")
+    journal = tmp_path / "shared.log"
+    machines = [start(path, "--storage", str(journal), env={"NANOLAB_RUNS": str(tmp_path / f"m{i}")})
+                for i in range(2)]
+    for machine in machines:
+        assert machine.wait(timeout=300) == 0, machine.stderr.read()
+    trials = SweepStudy.load(load_sweep(path, storage=str(journal))).trials()
+    params = [t.params["train.lr"] for t in trials]
+    assert len(params) == 6 and len(set(params)) == 6
+    assert main(["sweep", str(path), "--storage", str(tmp_path / "rerun.log"), "--trials", "6"]) == 0
+    rerun = SweepStudy.load(load_sweep(path, storage=str(tmp_path / "rerun.log"))).trials()
+    assert [t.params["train.lr"] for t in rerun] == params  # random: trial N's parameters follow from seed + N
