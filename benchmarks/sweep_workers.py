@@ -21,6 +21,9 @@ from the sweep's output (each line time-stamped as it arrives) and the run folde
   tail      the last trial's end -> the process's exit (results, workers joined)
   cpu       CPU seconds of the sweep and its workers; "others used" is the rest of the machine's busy time
             (/proc/stat) over the measurement, as a share of all cores: above 5% the run was not quiet
+A measurement waits for a quiet machine first (--wait-quiet), and is stopped and taken again when other
+processes take over a quarter of the cores for 10 s (--abort-above): torch's spinning OpenMP threads collapse
+under contention (NOTES.md, Threads: a 35 ms step becomes 170-450 ms), which would say nothing about workers.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -76,6 +80,50 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def tree_cpu_s(root: int) -> float:
+    """CPU seconds of process `root` and its live descendants (and the children they reaped), from /proc."""
+    procs = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            procs[int(entry)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))  # ppid; u+s time, own+reaped
+    tree, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        tree.add(pid)
+        todo += [child for child, (ppid, _) in procs.items() if ppid == pid and child not in tree]
+    return sum(procs[pid][1] for pid in tree if pid in procs) / os.sysconf("SC_CLK_TCK")
+
+
+class Watch:
+    """Stops the measurement (SIGTERM to the sweep) when other processes take more than `limit` of the cores
+    over the last `window` seconds: a contended run says nothing about a quiet machine (see QUIET)."""
+
+    def __init__(self, proc: subprocess.Popen, limit: float, window: float = 10.0, every: float = 2.0):
+        self.proc, self.limit, self.window, self.every = proc, limit, window, every
+        self.contended: str | None = None
+        self.stop = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        samples = []  # (time, machine busy s, the sweep's tree s)
+        cores = os.cpu_count() or 1
+        while not self.stop.wait(self.every):
+            samples.append((time.perf_counter(), busy_cpu_s(), tree_cpu_s(self.proc.pid)))
+            old = next((x for x in samples if samples[-1][0] - x[0] <= self.window), samples[0])
+            span = samples[-1][0] - old[0]
+            if span >= self.window * 0.8:
+                share = ((samples[-1][1] - old[1]) - (samples[-1][2] - old[2])) / (span * cores)
+                if share > self.limit and self.proc.poll() is None:
+                    self.contended = f"others took {share:.0%} of the cores over {span:.0f} s"
+                    self.proc.terminate()
+                    return
+
+
 def wait_quiet(max_wait: float, window: float = 3.0) -> float:
     """Wait (up to max_wait s) until other processes use < QUIET of the cores over `window` s; the seconds waited."""
     start = time.perf_counter()
@@ -88,8 +136,10 @@ def wait_quiet(max_wait: float, window: float = 3.0) -> float:
             return waited
 
 
-def measure(args, work: Path, sweep_file: Path, workers: int, index: int, env: dict) -> dict:
+def measure(args, work: Path, sweep_file: Path, workers: int, index: int, env: dict) -> dict | None:
+    """One sweep process, timed; None when it was stopped because other processes took the cores."""
     runs = work / f"w{workers}-{index}"
+    shutil.rmtree(runs, ignore_errors=True)  # an attempt stopped for contention leaves its folder
     command = [sys.executable, "-m", "nanolab", "sweep", str(sweep_file), "--trials", str(args.trials),
                "--workers", str(workers), *(["--set", *args.set] if args.set else [])]
     waited = wait_quiet(args.wait_quiet) if args.wait_quiet else 0.0
@@ -97,9 +147,16 @@ def measure(args, work: Path, sweep_file: Path, workers: int, index: int, env: d
     started = time.perf_counter()
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, **env, "NANOLAB_RUNS": str(runs), "PYTHONUNBUFFERED": "1"})
+    watch = Watch(proc, args.abort_above) if args.abort_above else None
     lines = [(time.perf_counter() - started, line.rstrip("\n")) for line in proc.stdout]
     code = proc.wait()
     wall = time.perf_counter() - started
+    if watch:
+        watch.stop.set()
+        if watch.contended:
+            print(f"  --workers {workers} #{index}: stopped after {wall:.0f} s, {watch.contended}; again when quiet",
+                  flush=True)
+            return None
     mine, machine = children_cpu_s() - mine_before, busy_cpu_s() - machine_before
     (work / f"w{workers}-{index}.log").write_text("\n".join(f"{t:8.2f}  {line}" for t, line in lines) + "\n")
     if code:
@@ -138,6 +195,10 @@ def main() -> None:
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="more overrides for every trial")
     p.add_argument("--wait-quiet", type=float, default=180, metavar="S",
                    help="before each measurement, wait up to S s for the other processes to leave the cores idle")
+    p.add_argument("--abort-above", type=float, default=0.25, metavar="SHARE",
+                   help="stop a measurement (and take it again) when other processes use more than SHARE of the "
+                        "cores over 10 s; 0: never")
+    p.add_argument("--attempts", type=int, default=4, help="tries of each measurement (see --abort-above)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (time-stamped logs, run folders)")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = p.parse_args()
@@ -153,7 +214,12 @@ def main() -> None:
     rows = []
     for i in range(args.pairs):
         for workers in (1, args.workers):
-            row = measure(args, work, sweep_file, workers, i, env)
+            for _ in range(args.attempts):
+                row = measure(args, work, sweep_file, workers, i, env)
+                if row is not None:
+                    break
+            else:
+                sys.exit(f"--workers {workers} #{i}: no quiet measurement in {args.attempts} attempts; try later")
             rows.append(row)
             print(f"  --workers {workers} #{i}: {row['wall_s']:6.1f} s  (startup {row['startup_s']} s, trial "
                   f"{row['trial_s_mean']} s, train {row['train_s_mean']} s, step {row['step_ms_median']} ms, "

@@ -155,6 +155,40 @@ def test_open_errors_and_reopen():
         assert (again.study_name, again.direction.name, len(again.trials)) == ("s", "MAXIMIZE", 1)
 
 
+TINY_SWEEP = """\
+experiment: tiny.yaml
+space: {train.lr: {float: [1.0e-3, 1.0e-2], log: true}}
+sampler: {name: tpe, seed: 0}
+pruner: none
+trials: 2
+"""
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_two_machines_start_the_same_sweep_at_once(tmp_path):
+    """README's instruction, 5 times on a fresh database: two `nanolab sweep` commands with their own run folders
+    and the same --storage, started together. Both finish, and no two trials share parameters."""
+    import optuna
+    from test_sweep import TINY
+
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    (tmp_path / "pgsweep.yaml").write_text(TINY_SWEEP)
+    for r in range(ROUNDS):
+        with fresh_database(URL) as db:
+            machines = [subprocess.Popen(
+                [sys.executable, "-m", "nanolab", "sweep", str(tmp_path / "pgsweep.yaml"), "--storage", db],
+                env={**os.environ, "NANOLAB_RUNS": str(tmp_path / f"round{r}-machine{i}")}, cwd=tmp_path,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
+            errors = [m.communicate(timeout=300)[1] for m in machines]
+            assert [m.returncode for m in machines] == [0, 0], f"round {r}: {errors}"
+            storage = optuna.storages.RDBStorage(db)
+            trials = optuna.load_study(study_name="pgsweep", storage=storage).get_trials()
+            storage.engine.dispose()
+            assert sorted(t.number for t in trials) == [0, 1, 2, 3], f"round {r}"
+            assert {t.state.name for t in trials} == {"COMPLETE"}, f"round {r}"
+            assert len({t.params["train.lr"] for t in trials}) == 4, f"round {r}: duplicate parameters"
+
+
 if __name__ == "__main__":  # python tests/test_sweep_postgres.py plain|nanolab ROUNDS
     import tempfile
 
