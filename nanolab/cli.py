@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 from nanolab.errors import NanolabError
+from nanolab.vocab import BEST_VAL_LOSS, EXIT_SIGINT, EXIT_USAGE
 
 EPILOG = """examples:
   nanolab run experiments/baseline.yaml
@@ -138,11 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run (or continue: the same command again adds trials) an Optuna study in which "
                        "every trial is a full run in $NANOLAB_RUNS/<name>/trial-<number>. Results go to "
                        "$NANOLAB_RUNS/sweeps/<name>/: trials.csv, best.yaml (`nanolab run` it), table.txt, and "
-                       "journal.log, the default storage (`optuna-dashboard journal.log` shows it).")
+                       "journal.log, the default storage (`optuna-dashboard journal.log` shows it). Exit 0; 1 when a trial's run "
+                       "crashed or its worker died, or no trial completed; 130 after Ctrl-C (the interrupted trials "
+                       "resume on the next call); 2 for a bad sweep file or one edited since the study began.")
     p.add_argument("sweep_file", metavar="SWEEP")
     p.add_argument("--trials", type=int, help="trials to run in this call, over all workers (default: the file's)")
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
-    p.add_argument("--workers", type=int, default=1, help="trial processes on this machine (one GPU each)")
+    p.add_argument("--workers", type=int, default=1, help="trial processes on this machine (cores/N threads and, "
+                   "where several GPUs are visible, one GPU each)")
     p.add_argument("--storage", help="an Optuna storage URL (e.g. postgresql://...) that workers on many machines "
                    "share, or a journal file path")
     p.add_argument("--status", action="store_true", help="print the table of trials and run nothing")
@@ -151,10 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ablate", help="run a grid of component swaps x seeds",
                        description="Run every grid cell x seed of an ablation file; finished runs are skipped, "
-                       "so repeating the command continues an interrupted ablation.")
+                       "so repeating the command continues an interrupted ablation. Exit 1 when a run crashed or its worker died "
+                       "(the others still run), 130 after Ctrl-C.")
     p.add_argument("ablation_file", metavar="FILE")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the file's `seeds`)")
-    p.add_argument("--workers", type=int, default=1, help="runs at once on this machine")
+    p.add_argument("--workers", type=int, default=1, help="runs at once on this machine (as for sweep)")
     p.add_argument("--set", **sets)
     p.set_defaults(func=cmd_ablate)
 
@@ -164,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUNS", help="run folders or roots of run folders")
     p.add_argument("--group", help="only runs of this group (an ablation's or sweep's name)")
     p.add_argument("--by", nargs="+", help="config keys that define a variant (default: the keys that vary)")
-    p.add_argument("--metric", default="best/val_loss")
+    p.add_argument("--metric", default=BEST_VAL_LOSS)
     p.add_argument("--csv", metavar="F")
     p.add_argument("--markdown", metavar="F")
     p.add_argument("--plot", metavar="F.png", help="val/loss against step per variant, band = seed spread")
@@ -174,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("sync", help="upload offline W&B runs", description="Upload the offline W&B runs of these "
-                       "run folders (wraps `wandb sync`), for runs trained without network.")
+                       "run folders (wraps `wandb sync`), for runs trained without network; gives up with one line after "
+                       "$NANOLAB_SYNC_TIMEOUT seconds (default 300).")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_FOLDER")
     p.set_defaults(func=cmd_sync)
     return parser
@@ -191,9 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except NanolabError as exc:
         print(f"nanolab: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_SIGINT
 
 
 if __name__ == "__main__":

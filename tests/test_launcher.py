@@ -128,9 +128,9 @@ def test_workers_die_with_their_parent(tmp_path):
         parent.kill()
         parent.wait()
         deadline = time.time() + 15
-        while time.time() < deadline and any(_alive(p) for p in workers):
+        while time.time() < deadline and any(alive(p) for p in workers):
             time.sleep(0.2)
-        assert not any(_alive(p) for p in workers)
+        assert not any(alive(p) for p in workers)
     finally:
         parent.kill()
 
@@ -145,7 +145,7 @@ def _lines(path: Path) -> list[str]:
     return path.read_text().split() if path.is_file() else []
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

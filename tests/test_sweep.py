@@ -14,11 +14,10 @@ import pytest
 
 from nanolab import load_spec, run
 from nanolab.cli import main
-from nanolab.runfolder import runs_root
-from nanolab.vocab import objective_value
-from nanolab.runfolder import RunStore
+from nanolab.runfolder import RunStore, runs_root
 from nanolab.sweep import SweepStudy, load_sweep
 from nanolab.sweep.storage import open_storage
+from nanolab.vocab import objective_value
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
@@ -92,11 +91,12 @@ def test_status_prints_the_table_and_runs_nothing(lr_study, capsys):
     assert len(trial_rows("lr-e2e")) == 3
 
 
-def test_second_call_continues_the_study(lr_study):
-    assert main(["sweep", str(lr_study), "--trials", "2"]) == 0
-    rows = trial_rows("lr-e2e")
-    assert [r["number"] for r in rows] == ["0", "1", "2", "3", "4"]
-    assert (runs_root() / "lr-e2e" / "trial-4" / "meta.json").is_file()
+def test_second_call_continues_the_study(tmp_path):
+    path = sweep_file(tmp_path, "lr-more", "space: {train.lr: {float: [1.0e-3, 1.0e-2], log: true}}\ntrials: 2\n")
+    assert main(["sweep", str(path)]) == 0
+    assert main(["sweep", str(path), "--trials", "1"]) == 0
+    assert [r["number"] for r in trial_rows("lr-more")] == ["0", "1", "2"]
+    assert (runs_root() / "lr-more" / "trial-2" / "meta.json").is_file()
 
 
 def test_median_pruner_prunes_a_bad_trial(tmp_path):

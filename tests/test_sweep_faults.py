@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_launcher import alive
 from test_sweep import sweep_file, trial_rows
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -43,15 +44,6 @@ def checkpointed(name: str, *run_ids: str) -> bool:
 
 def worker_pid(path: Path, number: int) -> int:
     return int(SweepStudy.load(load_sweep(path)).trials()[number].user_attrs["worker"].rpartition(":")[2])
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.is_file() and stat.read_text().split()[2] == "Z")
 
 
 def test_a_killed_worker_is_replaced_its_trial_failed_and_retried(tmp_path):

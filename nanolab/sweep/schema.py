@@ -28,7 +28,7 @@ from nanolab.registry import closest
 from nanolab.runfolder import RunFolder, RunStore, runs_root
 from nanolab.spec import check_key, format_override, from_dict, parse_override, to_dict
 from nanolab.sweep import study as optuna_study
-from nanolab.vocab import OBJECTIVE_METRICS, PRUNED_ON_VAL_LOSS
+from nanolab.vocab import OBJECTIVE_METRICS, PRUNED_ON_VAL_LOSS, VAL_LOSS
 
 DIRECTIONS = ("minimize", "maximize")
 DISTRIBUTIONS = {"float": ("log", "step"), "int": ("log", "step"), "choice": ()}
@@ -66,7 +66,7 @@ class SweepFile:
 
 @dataclass(frozen=True)
 class Objective:
-    metric: str = "val/loss"
+    metric: str = VAL_LOSS
     direction: str = "minimize"
 
     def __post_init__(self):
