@@ -120,8 +120,8 @@ def _sample_block(step: int, text: str) -> str:
     return f"--- step {step} ---\n{text}" + ("" if text.endswith("\n") else "\n")
 
 
-def _plain(value: Any) -> Any:
-    """A metric value as a plain JSON value (tensors and numpy scalars included)."""
+def plain(value: Any) -> Any:
+    """A metric value as a plain JSON value (tensors and numpy scalars included), as every tracker records it."""
     if isinstance(value, (bool, int, float, str)) or value is None:
         return value
     if hasattr(value, "item"):
@@ -216,7 +216,7 @@ class RunFolder:
         return read_json(self.summary_path) if self.summary_path.is_file() else {}
 
     def write_summary(self, summary: dict) -> None:
-        write_json(self.summary_path, {k: _plain(v) for k, v in summary.items()})
+        write_json(self.summary_path, {k: plain(v) for k, v in summary.items()})
 
     def read_tokenizer(self) -> dict:
         return read_json(self.tokenizer_path)
@@ -239,7 +239,7 @@ class RunFolder:
 
     @staticmethod
     def metrics_line(metrics: dict, step: int) -> str:
-        return json.dumps({"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}) + "\n"
+        return json.dumps({"step": int(step), **{k: plain(v) for k, v in metrics.items()}}) + "\n"
 
     def samples(self) -> list[tuple[int, str]]:
         """samples.txt as [(step, text)]."""

@@ -41,7 +41,10 @@ def optimize(sweep: Sweep, study: SweepStudy, trials: int, workers: int = 1,
         if not study.waiting() and claimed >= trials:
             return None
         ticket = study.ask()
-        claimed += ticket.origin == ticket.number  # a resumed or retried trial is not a new one
+        if ticket.origin == ticket.number:
+            claimed += 1
+        else:  # a resumed or retried trial is not one of the `trials` new ones
+            board.total += 1
         params = ", ".join(f"{k}={_short(v)}" for k, v in ticket.params.items())
         resumes = f" (continues trial-{ticket.origin})" if ticket.origin != ticket.number else ""
         return Task(f"trial {ticket.number} [{params}]{resumes}", sweep.run_folder(ticket.origin).path, run_trial,

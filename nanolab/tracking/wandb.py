@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from nanolab.config import Config
 from nanolab.errors import NanolabError
-from nanolab.runfolder import RunFolder
+from nanolab.runfolder import RunFolder, plain
 from nanolab.spec import to_dict
 from nanolab.tracking import Tracker, note
 from nanolab.tracking.local import LocalTracker
@@ -335,9 +335,7 @@ def _exit_code(status: str) -> int:
 
 
 def _plain(values: Mapping) -> dict:
-    """Plain JSON values (tensors, numpy scalars), converted the way metrics.jsonl's writer does."""
-    row = json.loads(RunFolder.metrics_line(dict(values), 0))
-    return {k: row[k] for k in values}
+    return {k: plain(v) for k, v in values.items()}
 
 
 def _env_or(name: str, value: Any) -> Any:
