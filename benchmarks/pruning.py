@@ -6,7 +6,8 @@
 
 Compute is the sum of optimizer steps trained over all trials (a pruned trial stops at the evaluation that
 pruned it); the best is the study's best objective. Wall and CPU seconds are printed too, but on a machine
-shared with other work only the steps compare fairly. Each variant is a fresh study in its own NANOLAB_RUNS
+shared with other work only the steps compare fairly (and with --workers > 1 the CPU seconds are the sweep
+process's only, not its workers'). Each variant is a fresh study in its own NANOLAB_RUNS
 (under --runs, default a temporary folder), so both start from the same seed and history.
 """
 

@@ -250,7 +250,8 @@ def main() -> None:
     print(f"distinct parameters:   {figures['distinct_parameter_sets']} sets for {figures['trials']} trials")
     print(f"trials per machine:    {figures['trials_per_machine']} "
           f"(worker processes {figures['worker_processes_per_machine']})")
-    print(f"numbers 0..{expected - 1}:         {'all present, none beyond' if figures['numbers_0_to_n_minus_1'] else 'NO'}")
+    numbers = "all present, none beyond" if figures["numbers_0_to_n_minus_1"] else "NO"
+    print(f"numbers 0..{expected - 1}:         {numbers}")
     print(f"run folders finished:  {figures['run_folders_finished']}/{figures['trials']}")
     print(f"wall time:             {wall:.1f} s (load {load_before} before, {figures['load_after']} after)")
     for m in machines:

@@ -180,7 +180,8 @@ def measure(args, work: Path, sweep_file: Path, workers: int, index: int, env: d
             "threads": sorted({m.get("threads") for m in metas}),
             "step_ms_median": round(statistics.median(steps_ms), 1),
             "tail_s": round(wall - max(t for t, _ in ended), 2),
-            "waited_for_quiet_s": round(waited), "cpu_s": round(mine, 1), "others_cpu_s": round(max(0.0, machine - mine), 1),
+            "waited_for_quiet_s": round(waited), "cpu_s": round(mine, 1),
+            "others_cpu_s": round(max(0.0, machine - mine), 1),
             "others_share": round(max(0.0, machine - mine) / (wall * (os.cpu_count() or 1)), 3),
             "load_before": load_before, "load_after": load_average()}
 
@@ -223,8 +224,9 @@ def main() -> None:
             rows.append(row)
             print(f"  --workers {workers} #{i}: {row['wall_s']:6.1f} s  (startup {row['startup_s']} s, trial "
                   f"{row['trial_s_mean']} s, train {row['train_s_mean']} s, step {row['step_ms_median']} ms, "
-                  f"tail {row['tail_s']} s, threads {row['threads']}; cpu {row['cpu_s']} s; waited {row['waited_for_quiet_s']} s, others used "
-                  f"{row['others_share']:.0%} of the cores, load {row['load_before']} -> {row['load_after']})",
+                  f"tail {row['tail_s']} s, threads {row['threads']}; cpu {row['cpu_s']} s; waited "
+                  f"{row['waited_for_quiet_s']} s, others used {row['others_share']:.0%} of the cores, "
+                  f"load {row['load_before']} -> {row['load_after']})",
                   flush=True)
 
     def med(workers: int, key: str) -> float:
