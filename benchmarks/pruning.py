@@ -24,6 +24,7 @@ from pathlib import Path
 
 from nanolab.runfolder import runs_root
 from sweep_machines import data_cache
+from nanolab.launcher import LocalLauncher
 from nanolab.sweep import SweepStudy, load_sweep, optimize
 from nanolab.sweep.schema import Algorithm
 
@@ -38,7 +39,7 @@ def run_variant(args, label: str, root: Path) -> dict:
         sweep = replace(sweep, pruner=Algorithm("none"))
     study = SweepStudy.create(sweep)
     started, cpu = time.perf_counter(), time.process_time()
-    completed, outcomes = optimize(sweep, study, args.trials, args.workers)
+    completed, outcomes = optimize(sweep, study, args.trials, LocalLauncher(args.workers))
     if not completed:
         sys.exit(f"{label}: interrupted")
     states = [t.state.name for t in study.trials()]

@@ -32,7 +32,6 @@ torch.compile starts from an empty inductor cache (TORCHINDUCTOR_CACHE_DIR in a 
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import subprocess
 import sys

@@ -4,13 +4,19 @@
 """
 
 from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
 
 from nanolab import registry
 from nanolab.config import Config
 from nanolab.errors import NanolabError, SpecError
 from nanolab.spec import load_spec
 
-__all__ = ["registry", "Config", "NanolabError", "SpecError", "load_spec", "build_model", "run"]
+try:
+    __version__ = version("nanolab")
+except PackageNotFoundError:  # a source checkout on sys.path that pip never installed
+    __version__ = "0+unknown"
+
+__all__ = ["__version__", "registry", "Config", "NanolabError", "SpecError", "load_spec", "build_model", "run"]
 _LAZY = {"build_model": "nanolab.model", "run": "nanolab.runner"}
 
 

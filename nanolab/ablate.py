@@ -110,7 +110,7 @@ def run_cell(ablation: Ablation, cell: Cell, *, progress: bool) -> Outcome:
 def ablate(path, seeds: list[int] | None = None, workers: int = 1,
            overrides: tuple[str, ...] = ()) -> tuple[Ablation, dict[str, RunStatus]]:
     """Run every cell not yet done; returns the ablation and run id -> status of the cells run in this call."""
-    ablation = load_ablation(path, seeds, tuple(overrides))
+    ablation, launcher = load_ablation(path, seeds, tuple(overrides)), LocalLauncher(workers)
     todo = [c for c in ablation.cells if not ended(ablation.folder(c))]
     print(f"ablation {ablation.name}: {len(ablation.cells)} runs, {len(ablation.cells) - len(todo)} already done, "
           f"{len(todo)} to run with {workers} worker(s)", flush=True)
@@ -120,7 +120,7 @@ def ablate(path, seeds: list[int] | None = None, workers: int = 1,
     def on_end(task: Task, outcome: Outcome) -> None:
         results[task.label] = outcome.status
 
-    LocalLauncher(workers).run(lambda: next(tasks, None), on_end, Board(len(todo), BEST_VAL_LOSS))
+    launcher.run(lambda: next(tasks, None), on_end, Board(len(todo), BEST_VAL_LOSS))
     return ablation, results
 
 

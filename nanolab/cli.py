@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import warnings
 from pathlib import Path
 
+import yaml
+
+from nanolab import __version__
 from nanolab.errors import NanolabError
-from nanolab.vocab import BEST_VAL_LOSS, EXIT_SIGINT, EXIT_USAGE
+from nanolab.vocab import BEST_VAL_LOSS, EXIT_OK, EXIT_SIGINT, EXIT_USAGE
 
 EPILOG = """examples:
   nanolab run experiments/baseline.yaml
   nanolab run experiments/baseline.yaml --set model.position=rotary train.lr=3e-3
+  nanolab run --set train.max_iters=100 experiments/baseline.yaml --print-config
   nanolab run --resume runs/baseline/20261127-101500-ab12
   nanolab run experiments/baseline.yaml --nproc 2      (= torchrun --nproc-per-node 2 -m nanolab run ...)
   nanolab sample runs/baseline/20261127-101500-ab12 --prompt "ROMEO:" --tokens 300
@@ -25,24 +30,27 @@ EPILOG = """examples:
 
 
 def cmd_run(args) -> int:
-    from nanolab.runner import resume_config, run
-    from nanolab.spec import load_spec
-
-    if args.nproc > 1:
+    if args.resume:
+        if args.spec or args.set:
+            raise NanolabError("--resume takes a run folder alone: the run continues with its saved config")
+    else:
+        the_file(args, "spec", "a SPEC file (or --resume RUN_FOLDER)")
+    if args.nproc < 1:
+        raise NanolabError(f"--nproc {args.nproc}: expected a number of processes >= 1")
+    if args.nproc > 1 and not args.print_config:
         from nanolab.distributed import launch
 
         argv = ["run", *([args.spec] if args.spec else []), *(["--resume", args.resume] if args.resume else []),
                 *(["--set", *args.set] if args.set else [])]
         return launch(args.nproc, argv)
-    if args.resume:
-        if args.spec or args.set:
-            raise NanolabError("--resume takes a run folder alone: the run continues with its saved config")
-        cfg = resume_config(Path(args.resume))
-        result = run(cfg, resume_dir=args.resume)
-    else:
-        if not args.spec:
-            raise NanolabError("nanolab run needs a SPEC file (or --resume RUN_FOLDER); see nanolab run --help")
-        result = run(load_spec(args.spec, args.set))
+    from nanolab.runner import resume_config, run
+    from nanolab.spec import load_spec
+
+    cfg = resume_config(Path(args.resume)) if args.resume else load_spec(args.spec, args.set)
+    if args.print_config:
+        print_config(cfg)
+        return EXIT_OK
+    result = run(cfg, resume_dir=args.resume)
     figures = ", ".join(f"{k} {v:.4f}" for k, v in result.summary.items() if k.startswith("best/val_"))
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the job
         print(f"{result.status}: {result.run_dir} ({figures or 'no evaluation'})")
@@ -50,6 +58,10 @@ def cmd_run(args) -> int:
 
 
 def cmd_sample(args) -> int:
+    for dest, (accepted, ok) in SAMPLE_RANGES.items():  # before anything is loaded
+        value = getattr(args, dest)
+        if value is not None and not ok(value):
+            raise NanolabError(f"--{dest.replace('_', '-')} {value}: expected {accepted}")
     from nanolab.runner import load_trained
 
     model, tokenizer, device = load_trained(Path(args.run_dir), args.checkpoint)
@@ -74,21 +86,66 @@ def cmd_components(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from nanolab.sweep import sweep_command
+    from nanolab.sweep import load_sweep, sweep_command
+    from nanolab.sweep.storage import safe
 
-    return sweep_command(args)
+    the_file(args, "sweep_file", "a SWEEP file")
+    if not args.print_config:
+        return sweep_command(args)
+    sweep = load_sweep(args.sweep_file, tuple(args.set), args.storage)
+    print_config(sweep.plan.config(), {
+        "sweep": sweep.name,
+        "objectives": [{"metric": o.metric, "direction": o.direction} for o in sweep.objectives],
+        "space": {d.key: distribution(d) for d in sweep.space},
+        "sampler": {"name": sweep.sampler.name, **sweep.sampler.options},
+        "pruner": {"name": sweep.pruner.name, **sweep.pruner.options},
+        "trials": args.trials or sweep.trials,
+        "storage": safe(sweep.storage)})
+    return EXIT_OK
+
+
+def distribution(dim) -> dict:
+    """A sweep dimension as the sweep file writes it: {float: [low, high], log: true}, {choice: [...]}."""
+    if dim.kind == "choice":
+        return {"choice": list(dim.choices)}
+    return {dim.kind: [dim.low, dim.high], **({"log": True} if dim.log else {}),
+            **({"step": dim.step} if dim.step is not None else {})}
 
 
 def cmd_ablate(args) -> int:
-    from nanolab.ablate import ablate_command
+    from nanolab.ablate import ablate_command, load_ablation
 
-    return ablate_command(args)
+    the_file(args, "ablation_file", "an ablation FILE")
+    if not args.print_config:
+        return ablate_command(args)
+    ablation = load_ablation(args.ablation_file, args.seeds, tuple(args.set))
+    print_config(ablation.plan.config(), {"ablation": ablation.name, "runs": {
+        cell.run_id: {**cell.variant, "seed": cell.seed} for cell in ablation.cells}})
+    return EXIT_OK
+
+
+def the_file(args, dest: str, what: str) -> None:
+    """The verb's file: its positional, or the last word after --set (which takes every word it can) without '='."""
+    if getattr(args, dest) is None and args.set and "=" not in args.set[-1]:
+        setattr(args, dest, args.set.pop())
+    if getattr(args, dest) is None:
+        raise NanolabError(f"nanolab {args.command} needs {what}; see nanolab {args.command} --help")
+
+
+def print_config(config, variants: dict | None = None) -> None:
+    """The resolved config as YAML (`nanolab run` reads it back); then, for a plan, what its runs vary."""
+    from nanolab.spec import dump_spec
+
+    print(dump_spec(config), end="")
+    if variants:
+        print("---")
+        print(yaml.safe_dump(variants, sort_keys=False, default_flow_style=None, width=1000), end="")
 
 
 def cmd_compare(args) -> int:
     from nanolab.analysis import compare_command
 
-    print(compare_command(args.runs, group=args.group, by=args.by, metric=args.metric, csv=args.csv,
+    print(compare_command(args.runs or None, group=args.group, by=args.by, metric=args.metric, csv=args.csv,
                           markdown=args.markdown, plot=args.plot, wandb_path=args.wandb,
                           baseline=args.baseline))
     return 0
@@ -101,18 +158,31 @@ def cmd_sync(args) -> int:
     return 0
 
 
+SAMPLE_RANGES = {  # nanolab sample's numbers: dest -> (what is accepted, the check)
+    "tokens": ("an integer >= 0", lambda v: v >= 0),
+    "temperature": ("a finite number >= 0", lambda v: math.isfinite(v) and v >= 0),
+    "top_k": ("an integer >= 1", lambda v: v >= 1),
+    "top_p": ("a number in (0, 1]", lambda v: 0 < v <= 1),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nanolab", description="Ablations of small GPT models.", epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print nanolab's version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sets = dict(nargs="+", default=[], metavar="KEY=VALUE", action="extend",
-                help="override spec keys, e.g. --set model.position=rotary train.lr=3e-3 (values parse as YAML)")
+                help="override spec keys, e.g. --set model.position=rotary train.lr=3e-3 (values parse as YAML); "
+                "before or after the file")
 
     p = sub.add_parser("run", help="train one model from a spec", description="Train one model from a spec file "
                        "into a new run folder $NANOLAB_RUNS/<name>/<run-id> (default ./runs). Exit 130/143 after "
                        "SIGINT/SIGTERM (the run is saved; continue it with --resume), 1 when the loss diverges.")
-    p.add_argument("spec", nargs="?", help="a spec YAML file (a run folder's config.yaml repeats that run)")
+    p.add_argument("spec", nargs="?", metavar="SPEC", help="a spec YAML file (a run folder's config.yaml repeats that run)")
     p.add_argument("--set", **sets)
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config as YAML and exit: nothing runs, nothing is written")
     p.add_argument("--resume", metavar="RUN_FOLDER", help="continue an interrupted run in its own folder")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="data-parallel over N processes on this machine (starts torchrun; one GPU each on CUDA)")
@@ -120,14 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="generate text from a trained run", description="Generate text from a run "
                        "folder's checkpoint with the KV cache; the run's saved tokenizer means no corpus is needed.")
-    p.add_argument("run_dir", metavar="RUN_FOLDER")
+    p.add_argument("run_dir", metavar="RUN_FOLDER", help="a run folder (its checkpoint and tokenizer.json)")
     p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
-    p.add_argument("--tokens", type=int, default=500, help="new tokens to generate (default 500)")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default 0.8)")
-    p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: the smallest set with mass p")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--tokens", type=int, default=500, help="new tokens to generate, >= 0 (default 500)")
+    p.add_argument("--temperature", type=float, default=0.8, help=">= 0; 0 is greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=None, help="sample from the k >= 1 most likely tokens")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="nucleus sampling: the smallest set with mass p, 0 < p <= 1")
+    p.add_argument("--seed", type=int, default=1337, help="seed of the sampling generator (default 1337)")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best",
+                   help="which checkpoint: best (default; last when there is no best) or last")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context at every token")
     p.set_defaults(func=cmd_sample)
 
@@ -139,10 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run (or continue: the same command again adds trials) an Optuna study in which "
                        "every trial is a full run in $NANOLAB_RUNS/<name>/trial-<number>. Results go to "
                        "$NANOLAB_RUNS/sweeps/<name>/: trials.csv, best.yaml (`nanolab run` it), table.txt, and "
-                       "journal.log, the default storage (`optuna-dashboard journal.log` shows it). Exit 0; 1 when a trial's run "
-                       "crashed or its worker died, or no trial completed; 130 after Ctrl-C (the interrupted trials "
-                       "resume on the next call); 2 for a bad sweep file or one edited since the study began.")
-    p.add_argument("sweep_file", metavar="SWEEP")
+                       "journal.log, the default storage (`optuna-dashboard journal.log` shows it). Exit 0; 1 when a "
+                       "trial's run crashed or its worker died, or no trial completed; 130 after Ctrl-C (the "
+                       "interrupted trials resume on the next call); 2 for a bad sweep file or one edited since the "
+                       "study began.")
+    p.add_argument("sweep_file", nargs="?", metavar="SWEEP", help="a sweep YAML file (see sweeps/)")
     p.add_argument("--trials", type=int, help="trials to run in this call, over all workers (default: the file's)")
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     p.add_argument("--workers", type=int, default=1, help="trial processes on this machine (cores/N threads and, "
@@ -151,37 +224,45 @@ def build_parser() -> argparse.ArgumentParser:
                    "share, or a journal file path")
     p.add_argument("--status", action="store_true", help="print the table of trials and run nothing")
     p.add_argument("--set", **sets)
+    p.add_argument("--print-config", action="store_true", help="print the experiment's resolved config, then the "
+                   "objectives, space, sampler, pruner, trials and storage, as YAML; runs and writes nothing")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("ablate", help="run a grid of component swaps x seeds",
                        description="Run every grid cell x seed of an ablation file; finished runs are skipped, "
-                       "so repeating the command continues an interrupted ablation. Exit 1 when a run crashed or its worker died "
-                       "(the others still run), 130 after Ctrl-C.")
-    p.add_argument("ablation_file", metavar="FILE")
+                       "so repeating the command continues an interrupted ablation. Exit 1 when a run crashed or its "
+                       "worker died (the others still run), 130 after Ctrl-C.")
+    p.add_argument("ablation_file", nargs="?", metavar="FILE",
+                   help="an ablation YAML file (see experiments/ablations/)")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the file's `seeds`)")
     p.add_argument("--workers", type=int, default=1, help="runs at once on this machine (as for sweep)")
     p.add_argument("--set", **sets)
+    p.add_argument("--print-config", action="store_true", help="print the experiment's resolved config, then every "
+                   "run's id and overrides, as YAML; runs and writes nothing")
     p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("compare", help="compare runs in a table (and a plot)",
                        description="Load run folders into pandas and compare variants across seeds: mean, std, "
-                       "difference to a baseline with a 95%% confidence interval and Welch's t-test.")
-    p.add_argument("runs", nargs="+", metavar="RUNS", help="run folders or roots of run folders")
+                       "difference to a baseline with a 95% confidence interval and Welch's t-test.")
+    p.add_argument("runs", nargs="*", metavar="RUNS",
+                   help="run folders or roots of run folders (default: $NANOLAB_RUNS, else ./runs; none with --wandb)")
     p.add_argument("--group", help="only runs of this group (an ablation's or sweep's name)")
     p.add_argument("--by", nargs="+", help="config keys that define a variant (default: the keys that vary)")
-    p.add_argument("--metric", default=BEST_VAL_LOSS)
-    p.add_argument("--csv", metavar="F")
-    p.add_argument("--markdown", metavar="F")
-    p.add_argument("--plot", metavar="F.png", help="val/loss against step per variant, band = seed spread")
+    p.add_argument("--metric", default=BEST_VAL_LOSS,
+                   help=f"a summary key or logged metric to compare (default {BEST_VAL_LOSS})")
+    p.add_argument("--csv", metavar="F", help="also write the table, every figure unrounded, as CSV")
+    p.add_argument("--markdown", metavar="F", help="also write the table and its caption as Markdown")
+    p.add_argument("--plot", metavar="F.png", help="val/loss against step per variant, band = seed spread "
+                   "(.png, .pdf, .svg or any format matplotlib writes)")
     p.add_argument("--baseline", metavar="VALUE", help="the variant the others are compared with, e.g. gelu or "
                    "model.norm=rmsnorm,model.norm_placement=pre (default: the one with the most finished runs)")
-    p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs from W&B instead of run folders")
+    p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from W&B instead of run folders")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("sync", help="upload offline W&B runs", description="Upload the offline W&B runs of these "
-                       "run folders (wraps `wandb sync`), for runs trained without network; gives up with one line after "
-                       "$NANOLAB_SYNC_TIMEOUT seconds (default 300).")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_FOLDER")
+                       "run folders (wraps `wandb sync`), for runs trained without network; gives up with one line "
+                       "after $NANOLAB_SYNC_TIMEOUT seconds (default 300).")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_FOLDER", help="run folders with offline W&B runs")
     p.set_defaults(func=cmd_sync)
     return parser
 

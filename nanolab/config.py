@@ -2,11 +2,13 @@
 
 Cross-field checks and derived values live in `__post_init__`; they raise `ConfigError(key, value, accepted)`
 with the key relative to the section, and `nanolab.spec` adds the file and the section to the message.
-Fields whose metadata names a registry `kind` must hold a registered name of that kind.
+Every float field must be finite, and fields whose metadata names a registry `kind` must hold a registered name
+of that kind.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, fields, replace
 
@@ -26,11 +28,16 @@ def component(kind: str, default: str, help: str = ""):
     return field(default=default, metadata={"kind": kind, "help": help})
 
 
-def _check_components(cfg) -> None:
+def _check_fields(cfg) -> None:
+    """The checks every field of its type gets: floats finite (no config float means anything at inf or nan,
+    and nan passes every `<` check), component names registered."""
     for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f.name, value, "must be a finite number")
         kind = f.metadata.get("kind")
-        if kind and getattr(cfg, f.name) not in registry.names(kind):  # names: no torch import
-            raise ConfigError(f.name, getattr(cfg, f.name), registry.unknown_message(kind, getattr(cfg, f.name)))
+        if kind and value not in registry.names(kind):  # names: no torch import
+            raise ConfigError(f.name, value, registry.unknown_message(kind, value))
 
 
 def _check(ok: bool, key: str, value: object, accepted: str) -> None:
@@ -52,8 +59,9 @@ class DataConfig:
     block_size: int = 64  # context length in tokens
 
     def __post_init__(self):
-        _check_components(self)
+        _check_fields(self)
         _positive(self, "block_size")
+        _check(self.path != "", "path", self.path, f"a text file (or null for dataset {self.dataset!r})")
         _check(self.vocab_size is None or self.vocab_size > 0, "vocab_size", self.vocab_size,
                "must be > 0 (or null for the tokenizer's default)")
         if self.tokenizer == "bpe" and self.vocab_size is not None:
@@ -82,10 +90,13 @@ class ModelConfig:
     block_size: int = field(default=64, metadata={"derived": "data.block_size"})
 
     def __post_init__(self):
-        _check_components(self)
+        _check_fields(self)
         _positive(self, "n_layer", "n_head", "n_embd", "rope_base", "mlp_ratio", "block_size")
         _check(self.n_embd % self.n_head == 0, "n_head", self.n_head,
                f"n_embd ({self.n_embd}) must be divisible by n_head")
+        # n_embd >= 2 / mlp_ratio, not mlp_ratio * n_embd >= 2: a huge n_embd would overflow the float
+        _check(self.n_embd >= 2 / self.mlp_ratio, "mlp_ratio", self.mlp_ratio, f"mlp_ratio * n_embd ({self.n_embd}) "
+               "must be >= 2: the MLP needs a hidden unit, also at the 2/3 width of swiglu and geglu")
         _check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1)")
         _check(self.norm_placement in ("pre", "post"), "norm_placement", self.norm_placement, "one of: pre, post")
 
@@ -94,7 +105,7 @@ class ModelConfig:
         return self.n_embd // self.n_head
 
 
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+DEVICE_PATTERN = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)\Z")  # \Z: `$` would let "cpu\n" through
 
 
 @dataclass(frozen=True)
@@ -123,7 +134,7 @@ class TrainConfig:
     compile: bool = False
 
     def __post_init__(self):
-        _check_components(self)
+        _check_fields(self)
         _positive(self, "batch_size", "grad_accum", "max_iters", "lr", "eval_interval", "eval_iters", "log_interval")
         _check(0 <= self.min_lr <= self.lr, "min_lr", self.min_lr, f"must be in [0, lr={self.lr}]")
         _check(self.warmup_iters >= 0, "warmup_iters", self.warmup_iters, "must be >= 0")
@@ -149,6 +160,10 @@ class TrainConfig:
         return self.checkpoint_interval or self.eval_interval
 
 
+WANDB_PROJECT_FORBIDS = "/\\#?%:"  # W&B refuses project names holding any of these (wandb_settings.py)
+WANDB_TAG_MAX = 64
+
+
 @dataclass(frozen=True)
 class WandbConfig:
     project: str = "nanolab"
@@ -158,8 +173,11 @@ class WandbConfig:
     log_checkpoints: bool = False  # upload best/last checkpoints as an Artifact
 
     def __post_init__(self):
+        _check_fields(self)
         _check(self.mode in ("auto", "online", "offline", "disabled"), "mode", self.mode,
                "one of: auto, online, offline, disabled")
+        _check(0 < len(self.project) <= 128 and not set(self.project) & set(WANDB_PROJECT_FORBIDS), "project",
+               self.project, f"1 to 128 characters, none of {WANDB_PROJECT_FORBIDS} (W&B's rule for project names)")
 
 
 @dataclass(frozen=True)
@@ -170,8 +188,19 @@ class TrackingConfig:
     tags: tuple[str, ...] = ()
     notes: str | None = None
 
+    def __post_init__(self):
+        _check_fields(self)
+        for tag in self.tags:
+            _check(0 < len(tag) <= WANDB_TAG_MAX, "tags", tag, f"every tag must be 1 to {WANDB_TAG_MAX} characters "
+                   "(W&B's rule)")
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")
+
+NAME_MAX = 100  # a folder name (and W&B group) below the usual 255-byte limit, with room for the run id after it
+NAME_PATTERN = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.=+-]{{0,{NAME_MAX - 1}}}\Z")  # \Z: `$` would let "a\n" through
+NAME_RULE = f"1 to {NAME_MAX} letters, digits and _ . = + -, starting with a letter or digit"
+# Seeds go to torch.manual_seed (at most 2**64 - 1) and random.seed, plus small offsets (eval batches: seed + 1,
+# samples: seed + step, sweeps: seed + trial number): a bound far below the generators' leaves room for them.
+SEED_BITS = 62
 
 
 @dataclass(frozen=True)
@@ -184,7 +213,9 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self):
-        _check(bool(NAME_PATTERN.match(self.name)), "name", self.name,
-               "letters, digits and _ . = + - (it names the run folder)")
+        _check_fields(self)
+        _check(bool(NAME_PATTERN.match(self.name)), "name", self.name, f"{NAME_RULE} (it names the run folder)")
+        _check(0 <= self.seed <= 2**SEED_BITS, "seed", self.seed, f"must be in [0, 2**{SEED_BITS}] (64-bit "
+               "generators, with room for the offsets nanolab adds)")
         if self.model.block_size != self.data.block_size:  # the model's context is the data's
             object.__setattr__(self, "model", replace(self.model, block_size=self.data.block_size))

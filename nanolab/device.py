@@ -1,33 +1,86 @@
-"""Devices, precision and the peak FLOP/s that MFU is measured against."""
+"""Devices, precision, the memory a device has free and the peak FLOP/s that MFU is measured against."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import re
 import time
+from pathlib import Path
 
 import torch
+
+from nanolab.errors import NanolabError
 
 # dense bf16 tensor-core peaks (FLOP/s) of common GPUs, from the vendors' data sheets
 GPU_PEAK_FLOPS = {"A100": 312e12, "H100": 989e12, "A10": 125e12, "L4": 121e12, "4090": 165e12, "3090": 71e12}
 
 
-def pick_device(name: str) -> torch.device:
-    """`auto` picks cuda, then mps, then cpu."""
-    if name != "auto":
-        return torch.device(name)
+def available_devices() -> list[str]:
+    """The device names this machine can train on: cpu, then cuda and cuda:N, then mps."""
+    names = ["cpu"]
     if torch.cuda.is_available():
-        return torch.device("cuda")
+        names += ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
     if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+        names.append("mps")
+    return names
+
+
+def pick_device(name: str, key: str = "train.device") -> torch.device:
+    """`auto` picks cuda, then mps, then cpu. A device this machine lacks is a NanolabError naming the ones it
+    has (before anything is written, rather than a traceback from the first tensor moved there)."""
+    if name == "auto":
+        return torch.device(next(n for n in ("cuda", "mps", "cpu") if n in available_devices()))
+    device = torch.device(name)
+    if name in available_devices():
+        return device
+    kind = {"cuda": "CUDA", "mps": "MPS (Apple GPU)"}.get(device.type, device.type)
+    count = torch.cuda.device_count() if device.type == "cuda" and torch.cuda.is_available() else 0
+    has = f"{count} CUDA device{'s' * (count > 1)} (cuda:0{f' to cuda:{count - 1}' * (count > 1)})" if count else \
+        f"no {kind} device"
+    raise NanolabError(f"{key} = {name!r}: this machine has {has}; available: {', '.join(available_devices())}")
 
 
 def autocast_dtype(device: torch.device, dtype: str) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32: `auto` is bf16 on CUDA and fp32 elsewhere."""
+    """The autocast dtype, or None for plain fp32: `auto` is bf16 on CUDA and fp32 elsewhere. float16 on the
+    CPU is refused: its autocast kernels are emulated, many times slower than float32."""
+    if dtype == "float16" and device.type == "cpu":
+        raise NanolabError("train.dtype = 'float16': float16 autocast on the CPU is emulated (many times slower "
+                           "than float32); use float32 or bfloat16 on the CPU")
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     return None if dtype == "float32" else getattr(torch, dtype)
+
+
+def grad_scaler(device: torch.device, amp: torch.dtype | None) -> torch.amp.GradScaler | None:
+    """A loss scaler for float16 autocast, whose small gradients would otherwise underflow to zero; None else
+    (bfloat16 has float32's range)."""
+    return torch.amp.GradScaler(device.type) if amp is torch.float16 else None
+
+
+def available_memory(device: torch.device) -> tuple[int, str]:
+    """(bytes free for a training step, where that figure comes from) on `device`."""
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        return free, f"free on {device} ({total / 2**30:.1f} GiB in all)"
+    return host_memory()
+
+
+def host_memory() -> tuple[int, str]:
+    """The host's available memory: /proc/meminfo's MemAvailable (else all physical memory), lowered to what a
+    cgroup (a container, a Slurm job) still allows."""
+    free, source = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "physical memory"
+    with contextlib.suppress(OSError, ValueError):
+        match = re.search(r"^MemAvailable:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
+        if match:
+            free, source = int(match.group(1)) * 1024, "available memory"
+    with contextlib.suppress(OSError, ValueError):  # cgroup v2; "max" (no limit) fails int() and is skipped
+        cgroup = Path("/sys/fs/cgroup")
+        left = int((cgroup / "memory.max").read_text()) - int((cgroup / "memory.current").read_text())
+        if left < free:
+            free, source = left, "memory left under this cgroup's limit"
+    return free, source
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -29,6 +29,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Callable
 
+from nanolab.errors import NanolabError
 from nanolab.runfolder import RunFolder
 from nanolab.vocab import RunStatus
 
@@ -104,6 +105,8 @@ class Launcher:
 
 class LocalLauncher(Launcher):
     def __init__(self, workers: int = 1):
+        if workers < 1:
+            raise NanolabError(f"--workers {workers}: expected a number of processes >= 1")
         self.workers = workers
 
     def run(self, next_task, on_end, board) -> bool:

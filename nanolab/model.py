@@ -211,6 +211,30 @@ class GPT(nn.Module):
         n = self.num_params(non_embedding=True) + head
         return 6 * n + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * cfg.block_size
 
+    def train_step_bytes(self, batch: int, amp: bool = False, device_type: str = "cpu") -> tuple[int, int]:
+        """(activation bytes, weight + gradient + AdamW bytes) at the peak of one training micro-step of `batch`
+        sequences of block_size tokens, in eager mode; works on a model built on the meta device.
+
+        Fitted to the torch profiler's peak on the CPU (torch 2.13; within ~15% at T 128-512, C 64-256, V 65-4096):
+        per token 16 x n_embd float32 values per layer (one layer when activations are recomputed) plus the
+        block inputs, ~4 copies of the logits, 2 of the embeddings; 16-bit autocast ~0.6 of that. Attention
+        scores (B, nh, T, T) are held once per layer plus ~1.5 copies in backward where they are materialised:
+        `naive`, and `sdpa` with a bias (ALiBi) except on CUDA, whose fused kernels read the bias instead (16-bit
+        scores under autocast)."""
+        cfg, T = self.cfg, self.cfg.block_size
+        pos = torch.arange(2, device=self.wte.weight.device)
+        biased = self.position.bias(pos, pos) is not None
+        layers = 1 if cfg.checkpoint_activations else cfg.n_layer
+        per_token = 4 * (16 * cfg.n_embd * layers + 4 * self.lm_head.out_features + 2 * cfg.n_embd)
+        per_token += 4 * cfg.n_embd * cfg.n_layer * cfg.checkpoint_activations  # the saved block inputs
+        activations = batch * T * per_token * (0.6 if amp else 1.0)
+        if cfg.attention == "naive" or (biased and device_type != "cuda"):
+            activations += (2 if amp else 4) * batch * cfg.n_head * T * T * (layers + 1.5)
+        elif biased:
+            activations += 2 * 4 * cfg.n_head * T * T  # the bias and the mask, (nh, T, T) each
+        n = self.num_params()
+        return int(activations), n * (16 + 2 * amp)  # fp32 weights, grads, 2 AdamW moments; 16-bit copies
+
 
 def sample(logits, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
            generator: torch.Generator | None = None):

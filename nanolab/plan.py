@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from nanolab.config import NAME_PATTERN, Config
+from nanolab.config import NAME_PATTERN, NAME_RULE, Config
 from nanolab.errors import SpecError
 from nanolab.runfolder import RunFolder, RunStore
 from nanolab.spec import from_dict, load_spec, normalize_overrides, parse_override, read_yaml
@@ -58,7 +58,7 @@ def load_plan(path: str | Path, schema: type[FileSchema], cli_overrides: tuple[s
         raise SpecError(f"{source}: experiment = {raw.experiment!r}: no such file {experiment}")
     name = raw.name or path.stem
     if not NAME_PATTERN.match(name):
-        raise SpecError(f"{source}: name = {name!r}: letters, digits and _ . = + - (it names the plan's folders)")
+        raise SpecError(f"{source}: name = {name!r}: {NAME_RULE} (it names the plan's folders)")
     file_overrides = normalize_overrides(raw.overrides, source)
     for text in file_overrides:
         parse_override(text, Config, f"{source}: overrides")

@@ -10,7 +10,7 @@ from rich.progress import Progress as RichProgress
 
 
 class Progress:
-    """`update(step, val_loss, tokens_seen, tokens_per_sec)` after each log; a line every ~10% when not a TTY."""
+    """`update(step, loss, val_loss, tokens_per_sec, val_step)` after each log; a line every ~10% when not a TTY."""
 
     def __init__(self, total: int, start: int = 0, enabled: bool = True, stream=None):
         self.total, self.start, self.enabled = total, start, enabled
@@ -28,8 +28,11 @@ class Progress:
             self.task = self.bar.add_task("train", total=self.total, completed=self.start, stats="")
         return self
 
-    def update(self, step: int, loss: float, val_loss: float | None, tokens_per_sec: float) -> None:
+    def update(self, step: int, loss: float, val_loss: float | None, tokens_per_sec: float,
+               val_step: int | None = None) -> None:
+        """`val_loss` is the latest evaluation's, made at `val_step` (shown when it is not this step)."""
         stats = f"loss {loss:.4f}" + (f" val {val_loss:.4f}" if val_loss is not None else "")
+        stats += f" (step {val_step})" if val_loss is not None and val_step not in (None, step) else ""
         stats += f" {tokens_per_sec:,.0f} tok/s"
         if self.bar is not None:
             self.bar.update(self.task, completed=step, stats=stats)

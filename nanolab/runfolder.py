@@ -6,9 +6,8 @@
 `RunFolder` owns one folder; `RunStore` owns a runs root: new folders, set-aside folders (`<run-id>.attemptN`,
 never counted as runs of their group), listing, and marking a run whose process died as failed.
 
-Whole files are written to a temporary name in the same folder and renamed, so a crash mid-write leaves the
-previous file whole; they get the permissions of the user's umask, like any file the user writes.
-metrics.jsonl and samples.txt are appended a line at a time; `RunFolder.metrics()` is the one reader of the
+Files are written through `nanolab.files` (atomic whole files, line appends, the user's umask, one line on
+failure); metrics.jsonl and samples.txt are appended a line at a time; `RunFolder.metrics()` is the one reader of the
 former, and skips a torn last line (a process killed mid-write) and any line that is not a JSON row.
 """
 
@@ -18,15 +17,13 @@ import json
 import os
 import re
 import secrets
-import tempfile
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator
-
-import yaml
+from typing import Any, Iterable
 
 from nanolab.errors import NanolabError
+from nanolab.files import (AppendFile, atomic_path, overwrite_in_place, read_json, remove_partial_writes, write_json,
+                           write_text)
 from nanolab.vocab import RunStatus
 
 SAMPLE_HEADER = re.compile(r"^--- step (\d+) ---$")
@@ -43,59 +40,6 @@ def new_run_id() -> str:
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-# --------------------------------------------------------------------------- atomic whole-file writes
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path` (mode 0666 & ~umask), else goes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: others could not read a shared results folder
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_text(path: Path, text: str) -> None:
-    with atomic_path(Path(path)) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def write_json(path: Path, data: dict) -> None:
-    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
-def read_json(path: Path) -> dict:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise NanolabError(f"{path}: cannot read ({exc})") from None
-    if not isinstance(data, dict):
-        raise NanolabError(f"{path}: holds {type(data).__name__}, not a mapping")
-    return data
-
-
-def remove_partial_writes(folder: Path) -> list[Path]:
-    """Delete the temporary files of writes that a killed process left (`.<name>.<random>.tmp`)."""
-    leftovers = [p for p in Path(folder).glob(".*.tmp") if p.is_file()]
-    for path in leftovers:
-        path.unlink(missing_ok=True)
-    return leftovers
 
 
 # --------------------------------------------------------------------------- one run folder
@@ -183,9 +127,11 @@ class RunFolder:
 
     def read_config(self) -> dict:
         """config.yaml as a nested dict (`nanolab.spec.load_spec(folder.config_path)` for a Config)."""
+        from nanolab.spec import parse_yaml  # the one YAML reader: duplicate keys are errors everywhere
+
         try:
-            data = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
+            data = parse_yaml(self.config_path.read_text(encoding="utf-8"), str(self.config_path))
+        except OSError as exc:
             raise NanolabError(f"{self.config_path}: cannot read ({exc})") from None
         if not isinstance(data, dict):
             raise NanolabError(f"{self.config_path}: holds {type(data).__name__}, not a mapping")
@@ -196,6 +142,10 @@ class RunFolder:
 
     def write_meta(self, meta: dict) -> None:
         write_json(self.meta_path, meta)
+
+    def write_meta_in_place(self, meta: dict) -> None:
+        """meta.json as compact JSON over its own blocks, when a full disk refused `write_meta`."""
+        overwrite_in_place(self.meta_path, json.dumps(meta, separators=(",", ":"), default=str) + "\n")
 
     def update_meta(self, **fields: Any) -> dict:
         """Read meta.json, set `fields`, write it back; returns the new meta."""
@@ -232,10 +182,10 @@ class RunFolder:
         with open(self.metrics_path, encoding="utf-8", newline="") as f:
             return parse_metrics(f)
 
-    def open_metrics(self):
-        """metrics.jsonl for appending, line-buffered: each row is on disk when its newline is written."""
+    def open_metrics(self) -> AppendFile:
+        """metrics.jsonl for appending a row at a time: each row is on disk when `write` returns."""
         self.path.mkdir(parents=True, exist_ok=True)
-        return open(self.metrics_path, "a", encoding="utf-8", buffering=1)
+        return AppendFile(self.metrics_path)
 
     @staticmethod
     def metrics_line(metrics: dict, step: int) -> str:
@@ -254,7 +204,7 @@ class RunFolder:
         return [(step, "\n".join(lines)) for step, lines in out]
 
     def append_sample(self, step: int, text: str) -> None:
-        with open(self.samples_path, "a", encoding="utf-8") as f:
+        with AppendFile(self.samples_path) as f:
             f.write(_sample_block(step, text))
 
     def truncate(self, step: int) -> tuple[list[dict], int | None]:
@@ -276,8 +226,13 @@ class RunFolder:
         import torch
 
         path = self.ckpt(kind)
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            try:
+                torch.save(state, f)  # to a file object: a full disk raises the OSError, not only "unexpected pos"
+            except RuntimeError as exc:  # ...which torch's zip writer then raises over it: the OSError is the truth
+                if isinstance(exc.__context__, OSError):
+                    raise exc.__context__ from None
+                raise
         return path
 
     def load_checkpoint(self, kind: str, map_location: Any = "cpu") -> dict:

@@ -1,7 +1,7 @@
 """YAML specs -> typed `Config`: `extends`, `--set` overrides, type conversion and validation.
 
 Every error is a `SpecError` with one line naming the file, the dotted key, the bad value and what is
-accepted. YAML is read with `yaml.safe_load` only, so no tag can build a Python object.
+accepted. YAML is read with `SpecLoader` only: safe tags (no tag can build a Python object), no repeated keys.
 """
 
 from __future__ import annotations
@@ -37,20 +37,67 @@ def spec_from_dict(raw: dict, source: str = "<dict>") -> Config:
 # ----------------------------------------------------------------------------- reading YAML
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A key given twice in one mapping."""
+
+
+class SpecLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key repeated in one mapping, where PyYAML silently keeps the last."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` may repeat: its keys are meant to be overridden
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:
+                continue  # an unhashable key: SafeLoader's own error says so
+            if first is not None:
+                raise DuplicateKeyError(None, None, f"duplicate key {key!r} (lines {first} and {line})", None)
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """What PyYAML found wrong, in one line."""
+    problem = getattr(exc, "problem", None) or str(exc)
+    if isinstance(exc, yaml.reader.ReaderError):
+        char = chr(exc.character) if isinstance(exc.character, int) else exc.character  # a code point or bytes
+        return f"character {char!r} not allowed in YAML (position {exc.position})"
+    if isinstance(exc, DuplicateKeyError):
+        return f"{problem}: write each key once"
+    if isinstance(exc, yaml.constructor.ConstructorError) and "constructor for the tag" in problem:
+        return f"YAML tag not allowed ({problem}); specs hold plain values only"
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return " ".join(f"malformed YAML{where}: {problem}".split())
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text as plain values (safe tags, no repeated keys), or a one-line SpecError that starts with `source`."""
+    try:
+        return yaml.load(text, Loader=SpecLoader)
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:  # ValueError: e.g. the date 2024-13-45
+        raise SpecError(f"{source}: {_yaml_problem(exc)}") from None
+
+
+def _not_a_file(path: Path) -> str:
+    return "is a directory; expected a YAML file" if path.is_dir() else "no such file"
+
+
 def read_yaml(path: Path) -> dict:
     """One YAML file as a dict, or a SpecError that says what is wrong with it."""
     if not path.is_file():
-        raise SpecError(f"{path}: no such file")
+        raise SpecError(f"{path}: {_not_a_file(path)}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.constructor.ConstructorError as exc:
-        raise SpecError(f"{path}: YAML tag not allowed ({exc.problem}); specs hold plain values only") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError(f"{path}: malformed YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    data = parse_yaml(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -65,7 +112,7 @@ def read_yaml_chain(path: Path, _chain: tuple[Path, ...] = ()) -> dict:
         cycle = " -> ".join(str(p) for p in (*_chain, resolved))
         raise SpecError(f"{path}: extends cycle: {cycle}")
     data = read_yaml(path)
-    _resolve_data_path(data, path.parent)
+    _resolve_data_path(data, path)
     parent = data.pop("extends", None)
     if parent is None:
         return data
@@ -73,15 +120,22 @@ def read_yaml_chain(path: Path, _chain: tuple[Path, ...] = ()) -> dict:
         raise SpecError(f"{path}: extends = {parent!r}: expected the path of another spec file")
     parent_path = path.parent / parent
     if not parent_path.is_file():
-        raise SpecError(f"{path}: extends = {parent!r}: no such file {parent_path}")
+        raise SpecError(f"{path}: extends = {parent!r}: {_not_a_file(parent_path)} {parent_path}")
     return deep_merge(read_yaml_chain(parent_path, (*_chain, resolved)), data)
 
 
-def _resolve_data_path(data: dict, base: Path) -> None:
+def _resolve_data_path(data: dict, path: Path) -> None:
     """`data.path` in a file is relative to that file."""
     section = data.get("data")
-    if isinstance(section, dict) and isinstance(section.get("path"), str):
-        section["path"] = str((base / section["path"]).resolve())
+    if isinstance(section, dict) and isinstance(section.get("path"), str) and section["path"]:
+        section["path"] = _resolve(path.parent, section["path"], str(path))
+
+
+def _resolve(base: Path, value: str, source: str) -> str:
+    try:
+        return str((base / value).resolve())
+    except ValueError as exc:  # an embedded NUL
+        raise SpecError(f"{source}: data.path = {value!r}: not a file path ({exc})") from None
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -104,12 +158,10 @@ def parse_override(text: str, cls: type = Config, source: str = OVERRIDE_SOURCE)
     if not sep or not key:
         raise SpecError(f"{source} {text!r}: expected KEY=VALUE, e.g. train.lr=3e-3")
     check_key(cls, key, source)
-    try:
-        value = yaml.safe_load(value_text) if value_text.strip() else ""
-    except yaml.YAMLError:
-        value = value_text  # not valid YAML: take the text as a string
+    # Text that is not YAML is an error, not a string: `tags=[a,b` must not become the tag '[a,b'
+    value = parse_yaml(value_text, f"{source}: {key} = {value_text!r}") if value_text.strip() else ""
     if isinstance(value, str) and key.endswith("data.path") and value:
-        value = str(Path(value).resolve())
+        value = _resolve(Path.cwd(), value, source)
     return key, value
 
 
@@ -136,11 +188,11 @@ def check_key(cls: type, dotted: str, source: str) -> None:
     for i, part in enumerate(parts):
         names = spec_fields(cls)
         if part not in names:
-            raise SpecError(f"{source}: {dotted}: {_unknown_key(part, names)}")
+            raise SpecError(f"{source}: {_shown(dotted)}: {_unknown_key(part, names)}")
         hint = _field_type(cls, part)
         cls = hint
         if i < len(parts) - 1 and not dataclasses.is_dataclass(hint):
-            raise SpecError(f"{source}: {dotted}: {'.'.join(parts[:i + 1])} is a value, not a section")
+            raise SpecError(f"{source}: {_shown(dotted)}: {'.'.join(parts[:i + 1])} is a value, not a section")
 
 
 def set_dotted(raw: dict, dotted: str, value: Any) -> None:
@@ -165,6 +217,12 @@ def _field_type(cls: type, name: str) -> Any:
     return typing.get_type_hints(cls)[name]
 
 
+def _shown(key: Any) -> str:
+    """A key as typed, or quoted when it holds characters (newlines, controls) that would break the line."""
+    text = str(key)
+    return text if text.isprintable() else repr(text)
+
+
 def _unknown_key(key: str, names: list[str]) -> str:
     hint = closest(key, names)
     return f"unknown key; accepted: {', '.join(names)}" + (f" (did you mean {hint!r}?)" if hint else "")
@@ -180,7 +238,7 @@ def from_dict(cls: type, raw: Any, source: str, prefix: str = "") -> Any:
         if key in derived:
             raise SpecError(f"{source}: {prefix}{key}: derived from {derived[key]}; set that instead")
         if key not in spec_fields(cls):
-            raise SpecError(f"{source}: {prefix}{key}: {_unknown_key(str(key), spec_fields(cls))}")
+            raise SpecError(f"{source}: {_shown(f'{prefix}{key}')}: {_unknown_key(str(key), spec_fields(cls))}")
         kwargs[key] = _convert(value, _field_type(cls, key), source, f"{prefix}{key}")
     try:
         return cls(**kwargs)
@@ -231,7 +289,10 @@ def _convert(value: Any, hint: Any, source: str, key: str) -> Any:
                 raise bad("a number") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("a number")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an int beyond float's range
+            raise bad("a finite number") from None
     if hint is str:
         if not isinstance(value, str):
             raise bad("a string")

@@ -27,10 +27,11 @@ from nanolab.runfolder import RunFolder
 from nanolab.spec import to_dict
 
 LN2 = math.log(2)
+MAX_OVERFLOWS = 20  # float16 steps in a row whose gradients overflowed even at a halved loss scale: diverged
 
 
 class Diverged(Exception):
-    """A NaN or infinite loss or gradient norm: the step is not applied."""
+    """A NaN or infinite loss or gradient norm (without a loss scaler): the step is not applied."""
 
 
 @dataclass
@@ -46,6 +47,11 @@ class TrainState:
     loss_sum: float = 0.0
     grad_norm_sum: float = 0.0
     steps_since_log: int = 0
+    skipped_since_log: int = 0  # float16 steps skipped for overflowed gradients: no grad norm to average
+    skipped_steps: int = 0  # all of them, over every session
+    overflows_in_a_row: int = 0
+    last_eval: dict = field(default_factory=dict)  # the latest evaluation: the summary's final/* after a resume
+    last_eval_step: int = -1
 
     @classmethod
     def from_dict(cls, saved: Mapping) -> TrainState:
@@ -56,32 +62,43 @@ class TrainState:
         known = {f.name for f in fields(cls)}
         return cls(**{k: value for k, value in saved.items() if k in known})
 
-    def add(self, mean_loss: float, grad_norm: float, tokens: int) -> None:
-        """Count one optimizer step."""
+    def add(self, result: StepResult, tokens: int) -> None:
+        """Count one optimizer step (a skipped one too: the schedule and the data move on, as in AMP recipes)."""
         self.step += 1
         self.tokens_seen += tokens
-        self.loss_sum += mean_loss
-        self.grad_norm_sum += grad_norm
+        self.loss_sum += result.mean_loss
         self.steps_since_log += 1
+        self.overflows_in_a_row = self.overflows_in_a_row + 1 if result.skipped else 0
+        if result.skipped:
+            self.skipped_since_log += 1
+            self.skipped_steps += 1
+        else:
+            self.grad_norm_sum += result.grad_norm
 
     def reset_window(self) -> None:
-        self.loss_sum, self.grad_norm_sum, self.steps_since_log = 0.0, 0.0, 0
+        self.loss_sum, self.grad_norm_sum, self.steps_since_log, self.skipped_since_log = 0.0, 0.0, 0, 0
 
 
 @dataclass(frozen=True)
 class StepResult:
     loss: float  # this rank's loss, the mean over the micro-batches
     mean_loss: float  # the same, averaged over the ranks
-    grad_norm: float  # before clipping
+    grad_norm: float  # before clipping, unscaled
+    skipped: bool = False  # float16: the gradients overflowed at this loss scale; the weights did not change
 
 
 def train_step(model: torch.nn.Module, optimizer, next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]], *,
                lr_factor: float = 1.0, grad_accum: int = 1, grad_clip: float = 0.0, params: list | None = None,
-               amp: torch.dtype | None = None, world: World = World(), step: int = 0) -> StepResult:
+               amp: torch.dtype | None = None, world: World = World(), step: int = 0,
+               scaler: torch.amp.GradScaler | None = None) -> StepResult:
     """One optimizer step: `grad_accum` micro-batches from `next_batch()` (forward, backward), the gradient
     clipped to `grad_clip` (0: not clipped), then the step's one host sync, which checks the loss and the norm:
     a NaN or inf raises `Diverged` (naming `step`) before anything reaches the weights. Else the optimizer
     (a `nanolab.components.optim.Optimizers`) steps at `lr_factor` times its peak rate and zeroes the gradients.
+
+    With a `scaler` (float16) the loss is scaled before backward and the gradients unscaled before clipping,
+    so the norm is the true pre-clip one; a non-finite norm is then an overflow of the scale, not divergence:
+    the step is skipped (`skipped`) and the scaler halves its scale, as `GradScaler.step` does.
 
     `model` is what runs forward (the module, or its DDP / compiled wrapper); `params` (default: the trainable
     parameters of `model`) are clipped. Under DDP the gradients are all-reduced on the last micro-batch only.
@@ -94,17 +111,24 @@ def train_step(model: torch.nn.Module, optimizer, next_batch: Callable[[], tuple
         sync = micro == grad_accum - 1 or not world.distributed
         with contextlib.nullcontext() if sync else model.no_sync(), dev.autocast(x.device, amp):
             _, micro_loss = model(x, y)
-            (micro_loss / grad_accum).backward()
-        part = micro_loss.detach() / grad_accum
+            part = micro_loss / grad_accum
+            (part if scaler is None else scaler.scale(part)).backward()
+        part = part.detach()
         loss = part if loss is None else loss + part
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # the norm, its clipping and its log see the true gradients
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
     # the one host sync of a step, one transfer: nothing bad reaches the weights
     loss_f, norm_f, mean_loss = torch.stack((loss, norm, world.mean(loss))).tolist()
-    if not (math.isfinite(loss_f) and math.isfinite(norm_f)):
+    if not math.isfinite(loss_f) or (scaler is None and not math.isfinite(norm_f)):
         raise Diverged(f"step {step}: loss {loss_f}, grad norm {norm_f}")
-    optimizer.step()
+    skipped = not math.isfinite(norm_f)  # only with a scaler: the identical check on every rank (reduced grads)
+    if not skipped:
+        optimizer.step()
+    if scaler is not None:
+        scaler.update()  # halves the scale after an overflow, doubles it after 2000 steps without one
     optimizer.zero_grad()
-    return StepResult(loss_f, mean_loss, norm_f)
+    return StepResult(loss_f, mean_loss, norm_f, skipped)
 
 
 @dataclass
@@ -125,6 +149,7 @@ class LoopContext:
     meta: dict  # run_id, wandb_id, flops_per_token, ...
     trackers: list = field(default_factory=list)
     on_eval: Callable[[int, dict], None] | None = None
+    scaler: torch.amp.GradScaler | None = None  # float16's loss scaler; its state is in every checkpoint
 
 
 class Loop:
@@ -133,7 +158,7 @@ class Loop:
     def __init__(self, ctx: LoopContext):
         self.ctx, self.t = ctx, ctx.cfg.train
         self.tokens_per_step = self.t.batch_size * self.t.grad_accum * ctx.cfg.data.block_size
-        self.last_eval: dict = {}
+        self.saved_step: int | None = ctx.state.step or None  # ckpt/last.pt's step (a resumed run starts at it)
 
     def log(self, metrics: dict, step: int) -> None:
         for tracker in self.ctx.trackers:
@@ -149,17 +174,21 @@ class Loop:
             factor = lr_factor(state.step, t)
             result = train_step(ctx.trained, ctx.optimizer, lambda: self.batch("train", ctx.gen), lr_factor=factor,
                                 grad_accum=t.grad_accum, grad_clip=t.grad_clip, params=params, amp=ctx.amp,
-                                world=ctx.world, step=state.step + 1)
-            state.add(result.mean_loss, result.grad_norm, self.tokens_per_step)
-            last = state.step == t.max_iters
+                                world=ctx.world, step=state.step + 1, scaler=ctx.scaler)
+            if state.overflows_in_a_row + result.skipped > MAX_OVERFLOWS:
+                raise Diverged(f"step {state.step + 1}: the float16 gradients overflowed in {MAX_OVERFLOWS + 1} "
+                               f"steps in a row (loss scale now {ctx.scaler.get_scale():g})")
+            state.add(result, self.tokens_per_step)
+            last, logged = state.step == t.max_iters, None
             if state.step % t.log_interval == 0 or last:
                 logged = self.log_train(t.lr * factor, time.perf_counter() - tick, peak)
-                bar.update(state.step, logged[v.TRAIN_LOSS], self.last_eval.get(v.VAL_LOSS),
-                           logged[v.TOKENS_PER_SEC])
                 tick = time.perf_counter()
             if state.step % t.eval_interval == 0 or last:
                 self.evaluate()
                 tick = time.perf_counter()  # perf/* time training steps, not evaluations, samples or checkpoints
+            if logged is not None:  # after this step's evaluation: the bar shows the latest one, at its step
+                bar.update(state.step, logged[v.TRAIN_LOSS], state.last_eval.get(v.VAL_LOSS),
+                           logged[v.TOKENS_PER_SEC], state.last_eval_step)
             stop = ctx.world.any(flag.signum is not None, ctx.device)  # every rank stops at the same step
             if state.step % t.save_interval == 0 or last or stop:
                 self.save("last")
@@ -167,11 +196,12 @@ class Loop:
 
     def log_train(self, lr: float, elapsed: float, peak: float) -> dict:
         state = self.ctx.state
-        n = state.steps_since_log
+        n, applied = state.steps_since_log, state.steps_since_log - state.skipped_since_log
         tokens_per_sec = self.tokens_per_step * n / elapsed
-        metrics = {v.TRAIN_LOSS: state.loss_sum / n, v.TRAIN_LR: lr, v.TRAIN_GRAD_NORM: state.grad_norm_sum / n,
-                   v.TOKENS_PER_SEC: tokens_per_sec, v.STEP_MS: 1000 * elapsed / n,
-                   v.MFU: self.ctx.meta["flops_per_token"] * tokens_per_sec / peak}
+        metrics = {v.TRAIN_LOSS: state.loss_sum / n, v.TRAIN_LR: lr, v.TOKENS_PER_SEC: tokens_per_sec,
+                   v.STEP_MS: 1000 * elapsed / n, v.MFU: self.ctx.meta["flops_per_token"] * tokens_per_sec / peak}
+        if applied:  # the mean over the steps applied: a skipped float16 step has no finite norm
+            metrics[v.TRAIN_GRAD_NORM] = state.grad_norm_sum / applied
         self.log(metrics, state.step)
         state.reset_window()
         return metrics
@@ -193,10 +223,10 @@ class Loop:
         ctx.model.eval()
         val, train = self.estimate_loss("val"), self.estimate_loss("train")
         bpc = val / ctx.data.chars_per_token("val") / LN2  # nats per token -> bits per character
-        metrics = {v.VAL_LOSS: val, v.VAL_PPL: math.exp(val), v.VAL_BPC: bpc, v.TRAIN_EVAL_LOSS: train}
+        metrics = {v.VAL_LOSS: val, v.VAL_PPL: v.perplexity(val), v.VAL_BPC: bpc, v.TRAIN_EVAL_LOSS: train}
         sample = self.sample()
         ctx.model.train()
-        self.last_eval = metrics
+        state.last_eval, state.last_eval_step = metrics, state.step
         self.log(metrics, state.step)
         for tracker in ctx.trackers:
             tracker.log_samples(state.step, sample)
@@ -228,17 +258,20 @@ class Loop:
             return
         path = ctx.folder.save_checkpoint(kind, {
             "model": ctx.model.state_dict(), "optimizer": ctx.optimizer.state_dict(),
-            "state": vars(ctx.state).copy(), "rng": rng_state(ctx.gen),
+            "state": {**vars(ctx.state), "last_eval": dict(ctx.state.last_eval)}, "rng": rng_state(ctx.gen),
             "config": to_dict(ctx.cfg), "run_id": ctx.meta["run_id"], "wandb_id": ctx.meta.get("wandb_id"),
+            **({"scaler": ctx.scaler.state_dict()} if ctx.scaler is not None else {}),
         })
+        if kind == "last":
+            self.saved_step = ctx.state.step
         for tracker in ctx.trackers:
             tracker.log_checkpoint(path, kind, ctx.state.step)
 
     def summary(self) -> dict:
         s = self.ctx.state
-        out = {v.BEST_VAL_LOSS: s.best_val_loss, v.BEST_VAL_PPL: math.exp(s.best_val_loss), v.BEST_STEP: s.best_step,
+        out = {v.BEST_VAL_LOSS: s.best_val_loss, v.BEST_VAL_PPL: v.perplexity(s.best_val_loss), v.BEST_STEP: s.best_step,
                v.TOKENS_SEEN: s.tokens_seen, v.STEPS: s.step, v.WALL_TIME: s.wall_time}
-        out.update({v.final(name): value for name, value in self.last_eval.items()})
+        out.update({v.final(name): value for name, value in s.last_eval.items()})
         return {k: value for k, value in out.items() if not (isinstance(value, float) and math.isinf(value))}
 
 

@@ -36,6 +36,11 @@ STEPS = "steps"
 WALL_TIME = "wall_time"
 
 
+def perplexity(loss: float) -> float:
+    """val/ppl = exp(val/loss); infinite past what a float holds (a diverging run's loss passes 709)."""
+    return math.exp(loss) if loss < 709 else math.inf
+
+
 def final(metric: str) -> str:
     """The summary key of a metric's value at the last evaluation: val/loss -> final/val_loss."""
     return "final/" + metric.replace("/", "_")

@@ -18,13 +18,14 @@ from nanolab.analysis import (BASE_COLUMNS, compare, compare_command, format_tab
                               load_wandb_runs, to_markdown, varying_keys)
 from nanolab.analysis.stats import COUNTED
 from nanolab.analysis.wandb_runs import wandb_run_history, wandb_run_row
+from nanolab.cli import main
 from nanolab.errors import NanolabError
 from nanolab.runfolder import RunFolder, RunStore
 from nanolab.config import Config
 from nanolab.spec import dump_spec, spec_from_dict
-from nanolab.vocab import (BEST_STEP, BEST_VAL_LOSS, BEST_VAL_PPL, EVAL_METRICS, MFU, STEP_MS, STEPS, TOKENS_PER_SEC,
-                           TOKENS_SEEN, TRAIN_EVAL_LOSS, TRAIN_GRAD_NORM, TRAIN_LOSS, TRAIN_LR, UNFINISHED, VAL_BPC,
-                           VAL_LOSS, VAL_PPL, WALL_TIME, RunStatus, final)
+from nanolab.vocab import (BEST_STEP, BEST_VAL_LOSS, BEST_VAL_PPL, EVAL_METRICS, EXIT_OK, EXIT_USAGE, MFU, STEP_MS,
+                           STEPS, TOKENS_PER_SEC, TOKENS_SEEN, TRAIN_EVAL_LOSS, TRAIN_GRAD_NORM, TRAIN_LOSS, TRAIN_LR,
+                           UNFINISHED, VAL_BPC, VAL_LOSS, VAL_PPL, WALL_TIME, RunStatus, final)
 
 FINISHED, FAILED, PRUNED = RunStatus.FINISHED.value, RunStatus.FAILED.value, RunStatus.PRUNED.value
 GELU = [1.50, 1.52, 1.49]
@@ -354,6 +355,7 @@ def test_compare_command_writes_csv_markdown_and_png(tmp_path):
                            markdown=str(out / "cmp.md"), plot=str(out / "val.png"))
     assert "best/val_loss by model.activation" in text and ": 8 runs, 6 finished" in text
     assert "relu" in text and "*" in text
+    assert text.splitlines()[-3:] == [f"wrote {out / name}" for name in ("cmp.csv", "cmp.md", "val.png")]
 
     csv = pd.read_csv(out / "cmp.csv").set_index("model.activation")
     diff, low, high, p = welch_by_hand(RELU, GELU)
@@ -395,6 +397,44 @@ def test_compare_command_errors_name_the_value(tmp_path, monkeypatch):
         compare_command(tmp_path / "empty")
     monkeypatch.setenv("NANOLAB_RUNS", str(tmp_path))
     assert "relu" in compare_command(group="activation")
+
+
+def test_unknown_compare_key_lists_the_keys_that_exist_when_none_varies(tmp_path):
+    for seed in (1, 2):
+        write_run(tmp_path, f"gelu-{seed}", seed=seed)
+    with pytest.raises(NanolabError) as error:
+        compare_command(tmp_path, by="model.activaton")
+    message = str(error.value)
+    assert message.startswith("unknown key 'model.activaton' to compare by (did you mean 'model.activation'?); "
+                              "no config key varies across these runs; their keys: data.")
+    assert "model.activation, " in message and "vary across" not in message.replace("no config key varies across", "")
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--csv", "/proc/nope/t.csv"], "no such file or directory while writing /proc/nope/t.csv"),
+    (["--markdown", "/proc/nope/t.md"], "no such file or directory while writing /proc/nope/t.md"),
+    (["--csv", "{out}/t.csv", "--plot", "{out}/p.xyz"],
+     "{out}/p.xyz: unknown plot format '.xyz'; accepted: .avif, .eps,"),
+    (["--plot", "{out}/p.pgn"], "(did you mean '.png'?)"),
+])
+def test_compare_files_that_cannot_be_written_are_one_line_and_nothing_is_written(tmp_path, capsys, flags, fragment):
+    write_ablation(tmp_path / "runs")
+    out = tmp_path / "out"
+    argv = ["compare", str(tmp_path / "runs"), *(f.format(out=out) for f in flags)]
+    assert main(argv) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("nanolab: error: ") and fragment.format(out=out) in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_compare_from_wandb_needs_no_run_folders(tmp_path, monkeypatch, capsys):
+    write_ablation(tmp_path)
+    monkeypatch.setattr("nanolab.analysis.command.load_wandb_runs", lambda path, group: load_runs(tmp_path, group))
+    assert main(["compare", "--wandb", "me/nanolab", "--group", "activation"]) == EXIT_OK
+    assert "best/val_loss by model.activation in W&B me/nanolab (group activation)" in capsys.readouterr().out
+    assert main(["compare", str(tmp_path), "--wandb", "me/nanolab"]) == EXIT_USAGE
+    assert capsys.readouterr().err == (f"nanolab: error: {tmp_path} and --wandb me/nanolab: runs come from run "
+                                       "folders or from W&B; give one of them\n")
 
 
 # ----------------------------------------------------------------------------- W&B

@@ -1,5 +1,6 @@
 """The README is the user's manual: its commands, keys and examples must stay true."""
 
+import argparse
 import re
 import shlex
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import torch
 
 from nanolab import build_model, registry
+from nanolab.cli import build_parser
 from nanolab.config import Config, ModelConfig
 from nanolab.spec import flatten, to_dict
 
@@ -19,6 +21,14 @@ def test_ci_runs_the_readme_test_command():
     assert len(setup) == 2 and setup[0].endswith("nanolab run experiments/baseline.yaml")
     ci = (REPO / ".ci" / "run").read_text().strip().splitlines()[-1]
     assert shlex.split(ci) == shlex.split(setup[1])
+
+
+def test_print_config_is_documented_for_the_verbs_that_take_it():
+    commands = README[README.index("## Commands"):README.index("## Components")]
+    sentence = re.search(r"`--print-config` on (.*?) prints", commands, re.S).group(1)
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    takes_it = {verb for verb, parser in subparsers.choices.items() if "--print-config" in parser.format_help()}
+    assert takes_it == set(re.findall(r"`(\w+)`", sentence)) == {"run", "sweep", "ablate"}
 
 
 def test_every_spec_key_is_documented():

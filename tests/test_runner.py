@@ -159,6 +159,8 @@ def test_stop_then_resume_is_bit_identical(tmp_path, uninterrupted, signum, code
     proc.send_signal(signum)
     assert proc.wait(timeout=60) == code
     assert meta(run_dir)["status"] == status
+    if code > 0:  # a signal the run handles: it says how to continue
+        assert f"continue it with: nanolab run --resume {run_dir}\n" in proc.stderr.read()
     stopped_at = len(rows(run_dir))
     resumed = cli("run", "--resume", str(run_dir), env=env)
     assert resumed.returncode == 0, resumed.stderr
@@ -217,14 +219,13 @@ folder.save_checkpoint("last", {"step": 1, "w": torch.ones(4)})
 real_save = torch.save
 
 
-def save_half_then_wait(obj, path, *args, **kwargs):  # the write is cut in the middle of the file
+def save_half_then_wait(obj, f, *args, **kwargs):  # the write is cut in the middle of the file
     buffer = io.BytesIO()
     real_save(obj, buffer, *args, **kwargs)
-    with open(path, "wb") as f:
-        f.write(buffer.getvalue()[:buffer.tell() // 2])
-        f.flush()
-        print("inside the write", flush=True)
-        time.sleep(600)
+    f.write(buffer.getvalue()[:buffer.tell() // 2])
+    f.flush()
+    print("inside the write", flush=True)
+    time.sleep(600)
 
 
 torch.save = save_half_then_wait

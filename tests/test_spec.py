@@ -1,5 +1,6 @@
 """Specs: extends chains, overrides, the dump/load round trip, and one clear message per kind of bad spec."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +84,37 @@ BAD_SPECS = [
     ("", "model.n_layr=3", ["--set", "model.n_layr", "did you mean 'n_layer'"]),
     ("", "model.n_layer", ["--set", "expected KEY=VALUE"]),
     ("", "model.n_layer.x=3", ["--set", "model.n_layer is a value, not a section"]),
+    # issue #12: non-finite floats, seeds beyond the generators, names beyond the filesystem, broken --set YAML
+    ("", "model.mlp_ratio=.inf", ["model.mlp_ratio = inf", "must be a finite number"]),
+    ("", "train.lr=.inf", ["train.lr = inf", "must be a finite number"]),
+    ("", "train.lr=inf", ["train.lr = inf", "must be a finite number"]),  # the string 'inf', which float() takes
+    ("", "model.dropout=.nan", ["model.dropout = nan", "must be a finite number"]),
+    ("train: {beta2: -.inf}\n", None, ["train.beta2 = -inf", "must be a finite number"]),
+    ("model: {rope_base: .inf}\n", None, ["model.rope_base = inf", "must be a finite number"]),
+    ("train: {grad_clip: .NaN}\n", None, ["train.grad_clip = nan", "must be a finite number"]),
+    (f"model: {{mlp_ratio: 1{'0' * 400}}}\n", None, ["model.mlp_ratio", "expected a finite number"]),
+    ("", "seed=18446744073709551616", ["seed = 18446744073709551616", "[0, 2**62]"]),
+    ("", "seed=-1", ["seed = -1", "[0, 2**62]"]),
+    ("", "name=" + "a" * 300, ["name = 'aaa", "1 to 100 letters"]),
+    ('name: "run\\n"\n', None, ["name = 'run\\n'", "1 to 100 letters"]),  # `$` matched before a newline
+    ('train: {device: "cpu\\n"}\n', None, ["train.device = 'cpu\\n'", "one of: auto"]),
+    ("", "tracking.tags=[a,b", ["--set: tracking.tags = '[a,b'", "malformed YAML"]),
+    ("", "tracking.notes=2024-13-45", ["tracking.notes = '2024-13-45'", "malformed YAML", "month"]),
+    ("", "tracking.tags=[" + "t" * 65 + "]", ["tracking.tags = 'ttt", "1 to 64 characters"]),
+    ("", "tracking.wandb.project=a/b", ["tracking.wandb.project = 'a/b'", "none of"]),
+    ('data: {path: "a\\0b"}\n', None, ["data.path = 'a\\x00b'", "not a file path"]),
+    ("", "tracking.notes=a\0b", ["tracking.notes = 'a\\x00b'", "character '\\x00' not allowed in YAML"]),
+    ('"model\\nx": 1\n', None, ["'model\\nx': unknown key"]),  # a key's newline quoted, the message one line
+    ("train: {lr: 1.0e-3}\nmodel: {n_layer: 2}\ntrain: {lr: 2.0e-3}\n", None,
+     ["duplicate key 'train' (lines 1 and 3)", "write each key once"]),
+    ("model:\n  n_layer: 2\n  n_embd: 64\n  n_layer: 3\n", None, ["duplicate key 'n_layer' (lines 2 and 4)"]),
+    ("", "model={n_layer: 2, n_layer: 3}", ["--set: model = ", "duplicate key 'n_layer'"]),
+    ("{[1]: 2}\n", None, ["malformed YAML", "unhashable key"]),  # not "YAML tag not allowed"
+    # found by tests/test_fuzz.py: an empty data.path resolved to the spec's folder (and was '' after --set)
+    ("data: {path: ''}\n", None, ["data.path = ''", "a text file (or null for dataset 'shakespeare_char')"]),
+    ("", "data.path=", ["data.path = ''", "a text file"]),
+    # found by tests/test_fuzz.py: an MLP of hidden size 0 trained silently, and crashed Muon (ZeroDivisionError)
+    ("model: {mlp_ratio: 0.001, n_embd: 16, n_head: 1}\n", None, ["model.mlp_ratio = 0.001", "must be >= 2"]),
 ]
 
 
@@ -109,6 +141,43 @@ def test_missing_file_and_extends_problems(tmp_path):
     c = write(tmp_path / "c.yaml", "extends: missing.yaml\n")
     with pytest.raises(SpecError, match="extends = 'missing.yaml': no such file"):
         load_spec(c)
+
+
+def test_override_values_that_are_yaml_or_plain_text_still_work():
+    cfg = load_spec(BASELINE, ["name=foo", "tracking.notes=see http://example.com:8080/x", "tracking.group=a:b",
+                               "tracking.tags=[x:y, 'c, d']", "seed=4611686018427387904", "name=" + "n" * 100])
+    assert cfg.tracking.notes == "see http://example.com:8080/x" and cfg.tracking.group == "a:b"
+    assert cfg.tracking.tags == ("x:y", "c, d")
+    assert cfg.seed == 2**62 and cfg.name == "n" * 100
+
+
+def test_huge_ints_do_not_overflow_the_checks():
+    """Found by tests/test_fuzz.py: `mlp_ratio * n_embd` raised OverflowError; memory is the runner's to check."""
+    assert load_spec(BASELINE, [f"model.n_embd={10**400}"]).model.n_embd == 10**400
+
+
+def test_merge_keys_may_override(tmp_path):
+    path = write(tmp_path / "merge.yaml", "model:\n  <<: {n_layer: 2, n_embd: 64}\n  n_layer: 3\n")
+    assert load_spec(path).model.n_layer == 3
+
+
+def test_spec_path_that_is_a_directory(tmp_path):
+    with pytest.raises(SpecError, match=f"^{tmp_path}: is a directory; expected a YAML file$"):
+        load_spec(tmp_path)
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(SpecError, match="extends = 'sub': is a directory"):
+        load_spec(write(tmp_path / "a.yaml", "extends: sub\n"))
+
+
+def test_cli_refuses_infinite_mlp_ratio_without_a_traceback(capsys):
+    from nanolab.cli import main
+
+    runs = Path(os.environ["NANOLAB_RUNS"])
+    before = sorted(runs.rglob("*"))
+    assert main(["run", str(BASELINE), "--set", "model.mlp_ratio=.inf", "tracking.wandb.mode=disabled"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nanolab: error: ") and err.count("\n") == 1 and "model.mlp_ratio = inf" in err, err
+    assert sorted(runs.rglob("*")) == before
 
 
 def test_cli_prints_one_line_and_exits_2(tmp_path):

@@ -7,15 +7,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
-import yaml
 
 from nanolab.analysis.load import PathsLike, load_history, load_runs
-from nanolab.analysis.render import caption, format_table, plot_history, write_tables
+from nanolab.analysis.render import caption, check_plot_path, format_table, plot_history, write_tables
 from nanolab.analysis.stats import as_list, compare, did_you_mean, is_finished, varying_keys
 from nanolab.analysis.wandb_runs import load_wandb_history, load_wandb_runs
 from nanolab.errors import NanolabError
 from nanolab.registry import closest
 from nanolab.runfolder import runs_root
+from nanolab.spec import parse_yaml
 from nanolab.vocab import BEST_VAL_LOSS, VAL_LOSS
 
 
@@ -25,10 +25,13 @@ def compare_command(paths: PathsLike | None = None, group: str | None = None,
                     wandb_path: str | None = None, baseline: str | None = None,
                     direction: str = "minimize", plot_metric: str = VAL_LOSS) -> str:
     """Load the runs (local folders, default $NANOLAB_RUNS or ./runs; or W&B "ENTITY/PROJECT"), compare
-    them by `by` (default: the config keys that vary), write the requested files; return the text to print.
+    them by `by` (default: the config keys that vary), write the requested files; return the text to print:
+    the caption, the table and a line `wrote PATH` per file.
 
     `baseline` is "value" (one key) or "key=value,key=value"; values parse as YAML scalars.
     """
+    if plot:
+        check_plot_path(plot)  # before any file is written
     runs, where = _load(paths, group, wandb_path)
     by = as_list(by) if by else varying_keys(runs)
     if not by:
@@ -42,11 +45,15 @@ def compare_command(paths: PathsLike | None = None, group: str | None = None,
         variants = finished[["run_id", *by]]
         plot_history(history.drop(columns=[c for c in by if c in history]).merge(variants, on="run_id"),
                      by, plot, plot_metric)
-    return title + "\n" + format_table(table)
+    return "\n".join([title, format_table(table), *(f"wrote {path}" for path in (csv, markdown, plot) if path)])
 
 
 def _load(paths: PathsLike | None, group: str | None, wandb_path: str | None) -> tuple[pd.DataFrame, str]:
     """The runs and a phrase naming where they came from; a NanolabError when there are none."""
+    if wandb_path and paths:
+        listed = ", ".join(map(str, [paths] if isinstance(paths, (str, os.PathLike)) else paths))
+        raise NanolabError(f"{listed} and --wandb {wandb_path}: runs come from run folders or from W&B; "
+                           "give one of them")
     if wandb_path:
         runs, where = load_wandb_runs(wandb_path, group), f"W&B {wandb_path}"
     else:
@@ -76,6 +83,6 @@ def _parse_baseline(text: Any) -> Any:
     if not isinstance(text, str):
         return text
     if "=" not in text:
-        return yaml.safe_load(text)
+        return parse_yaml(text, "--baseline")
     pairs = (part.split("=", 1) for part in text.split(","))
-    return {key.strip(): yaml.safe_load(value) for key, value in pairs}
+    return {key.strip(): parse_yaml(value, f"--baseline {key.strip()}") for key, value in pairs}

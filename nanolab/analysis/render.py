@@ -1,4 +1,4 @@
-"""A comparison table as aligned text or Markdown; loss curves per variant as a PNG."""
+"""A comparison table as aligned text or Markdown; loss curves per variant as a PNG (or PDF, SVG, ...)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib.backend_bases import FigureCanvasBase
 from matplotlib.figure import Figure
 
-from nanolab.analysis.stats import COUNTED, as_list, label, require_keys, require_metric
+from nanolab.analysis.stats import COUNTED, as_list, did_you_mean, label, require_keys, require_metric
 from nanolab.errors import NanolabError
-from nanolab.runfolder import write_text
+from nanolab.registry import closest
+from nanolab.files import atomic_path, write_text
 from nanolab.vocab import VAL_LOSS
 
 
@@ -62,12 +64,15 @@ def _interval(low: float, high: float) -> str:
 
 def plot_history(history: pd.DataFrame, by: str | Sequence[str], path: str | os.PathLike,
                  metric: str = VAL_LOSS) -> Path:
-    """A PNG of `metric` against step, one line per variant: the mean over its runs, shaded min-max.
+    """A plot of `metric` against step, one line per variant: the mean over its runs, shaded min-max.
+
+    The format is the file's suffix: any that matplotlib writes (`check_plot_path`).
 
     `history` is a `load_history` frame holding the `by` columns too, e.g.
     `history.merge(runs[["run_id", "model.activation"]], on="run_id")`.
     """
     by = as_list(by)
+    check_plot_path(path)
     require_keys(history, by)
     require_metric(history, metric)
     data = history.assign(**{metric: pd.to_numeric(history[metric], errors="coerce")})
@@ -85,9 +90,18 @@ def plot_history(history: pd.DataFrame, by: str | Sequence[str], path: str | os.
     ax.grid(alpha=0.3)
     ax.legend()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix[1:].lower(), dpi=120)
     return path
+
+
+def check_plot_path(path: str | os.PathLike) -> None:
+    """A NanolabError unless `path` ends in a format matplotlib writes (.png, .pdf, .svg, ...)."""
+    suffix = Path(path).suffix.lower()
+    formats = [f".{name}" for name in sorted(FigureCanvasBase.get_supported_filetypes())]
+    if suffix not in formats:
+        raise NanolabError(f"{path}: unknown plot format {suffix!r}; accepted: {', '.join(formats)}"
+                           f"{did_you_mean(closest(suffix, formats))}")
 
 
 def caption(table: pd.DataFrame, runs: int, finished: int, where: str) -> str:

@@ -128,10 +128,12 @@ def require_keys(df: pd.DataFrame, by: list[str]) -> None:
         raise NanolabError("nothing to compare by: name at least one config key (e.g. model.activation)")
     for key in by:
         if key not in df.columns:
-            choices = varying_keys(df) or [c for c in df.columns if c.split(".")[0] in CONFIG_SECTIONS]
+            varying = varying_keys(df)
+            keys = [c for c in df.columns if c.split(".")[0] in CONFIG_SECTIONS]
+            choices = (f"keys that vary across these runs: {', '.join(varying)}" if varying else
+                       f"no config key varies across these runs; their keys: {', '.join(keys) or 'none'}")
             hint = closest(key, list(map(str, df.columns)))
-            raise NanolabError(f"unknown key {key!r} to compare by{did_you_mean(hint)}; "
-                               f"keys that vary across these runs: {', '.join(choices) or 'none'}")
+            raise NanolabError(f"unknown key {key!r} to compare by{did_you_mean(hint)}; {choices}")
 
 
 def require_metric(df: pd.DataFrame, metric: str) -> None:

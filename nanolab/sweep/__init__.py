@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 
 from nanolab.errors import NanolabError
-from nanolab.launcher import Board, LocalLauncher, Outcome, Task
+from nanolab.launcher import Board, Launcher, LocalLauncher, Outcome, Task
 from nanolab.sweep.results import format_table, write_results
 from nanolab.sweep.schema import Sweep, load_sweep
 from nanolab.sweep.storage import safe
@@ -25,9 +25,9 @@ from nanolab.vocab import EXIT_FAILED, EXIT_OK, EXIT_SIGINT, RunStatus
 __all__ = ["Sweep", "SweepStudy", "load_sweep", "optimize", "status", "sweep_command"]
 
 
-def optimize(sweep: Sweep, study: SweepStudy, trials: int, workers: int = 1,
+def optimize(sweep: Sweep, study: SweepStudy, trials: int, launcher: Launcher,
              timeout: float | None = None) -> tuple[bool, list[Outcome]]:
-    """Run `trials` new trials (and any waiting to resume) over `workers`; returns (not interrupted, outcomes)."""
+    """Run `trials` new trials (and any waiting to resume) with `launcher`; returns (not interrupted, outcomes)."""
     deadline = time.time() + timeout if timeout else None
     board = Board(trials, sweep.objectives[0].metric, sweep.objectives[0].direction)
     claimed, outcomes = 0, []
@@ -56,7 +56,7 @@ def optimize(sweep: Sweep, study: SweepStudy, trials: int, workers: int = 1,
             board.say(line)  # the worker died before it could tell the study
             write_results(sweep, study)
 
-    completed = LocalLauncher(workers).run(next_task, on_end, board)
+    completed = launcher.run(next_task, on_end, board)
     return completed, outcomes
 
 
@@ -77,12 +77,13 @@ def sweep_command(args) -> int:
     if args.status:
         print(status(sweep))
         return EXIT_OK
-    if args.workers < 1 or (args.trials is not None and args.trials < 1):
-        raise NanolabError("--workers and --trials must be >= 1")
+    if args.trials is not None and args.trials < 1:
+        raise NanolabError(f"--trials {args.trials}: expected a number of trials >= 1")
     trials = args.trials or sweep.trials
+    launcher = LocalLauncher(args.workers)  # checks --workers before the study exists
     study = SweepStudy.create(sweep)
     print(f"sweep {sweep.name}: {trials} trials on {args.workers} worker(s), storage {safe(sweep.storage)}", flush=True)
-    completed, outcomes = optimize(sweep, study, trials, args.workers, args.timeout)
+    completed, outcomes = optimize(sweep, study, trials, launcher, args.timeout)
     has_best = write_results(sweep, study)
     print(format_table(sweep, study))
     print(f"results: {sweep.folder} (trials.csv, {'best.yaml, ' if has_best else ''}table.txt)")

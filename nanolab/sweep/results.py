@@ -7,7 +7,7 @@ from collections import Counter
 
 import pandas as pd
 
-from nanolab.runfolder import write_text
+from nanolab.files import write_text
 from nanolab.spec import dump_spec
 from nanolab.sweep.storage import safe
 
