@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from nanolab.errors import NanolabError
-from nanolab.files import (AppendFile, atomic_path, overwrite_in_place, read_json, remove_partial_writes, write_json,
-                           write_text)
+from nanolab import files
 from nanolab.vocab import RunStatus
 
 SAMPLE_HEADER = re.compile(r"^--- step (\d+) ---$")
@@ -123,7 +122,7 @@ class RunFolder:
 
     # -- config, meta, summary, tokenizer
     def write_config(self, text: str) -> None:
-        write_text(self.config_path, text)
+        files.write_text(self.config_path, text)
 
     def read_config(self) -> dict:
         """config.yaml as a nested dict (`nanolab.spec.load_spec(folder.config_path)` for a Config)."""
@@ -138,14 +137,14 @@ class RunFolder:
         return data
 
     def read_meta(self) -> dict:
-        return read_json(self.meta_path)
+        return files.read_json(self.meta_path)
 
     def write_meta(self, meta: dict) -> None:
-        write_json(self.meta_path, meta)
+        files.write_json(self.meta_path, meta)
 
     def write_meta_in_place(self, meta: dict) -> None:
         """meta.json as compact JSON over its own blocks, when a full disk refused `write_meta`."""
-        overwrite_in_place(self.meta_path, json.dumps(meta, separators=(",", ":"), default=str) + "\n")
+        files.overwrite_in_place(self.meta_path, json.dumps(meta, separators=(",", ":"), default=str) + "\n")
 
     def update_meta(self, **fields: Any) -> dict:
         """Read meta.json, set `fields`, write it back; returns the new meta."""
@@ -163,16 +162,16 @@ class RunFolder:
         return RunStatus(value) if value in RunStatus._value2member_map_ else None
 
     def read_summary(self) -> dict:
-        return read_json(self.summary_path) if self.summary_path.is_file() else {}
+        return files.read_json(self.summary_path) if self.summary_path.is_file() else {}
 
     def write_summary(self, summary: dict) -> None:
-        write_json(self.summary_path, {k: plain(v) for k, v in summary.items()})
+        files.write_json(self.summary_path, {k: plain(v) for k, v in summary.items()})
 
     def read_tokenizer(self) -> dict:
-        return read_json(self.tokenizer_path)
+        return files.read_json(self.tokenizer_path)
 
     def write_tokenizer(self, state: dict) -> None:
-        write_json(self.tokenizer_path, state)
+        files.write_json(self.tokenizer_path, state)
 
     # -- metrics and samples
     def metrics(self) -> list[dict]:
@@ -182,10 +181,10 @@ class RunFolder:
         with open(self.metrics_path, encoding="utf-8", newline="") as f:
             return parse_metrics(f)
 
-    def open_metrics(self) -> AppendFile:
+    def open_metrics(self) -> files.AppendFile:
         """metrics.jsonl for appending a row at a time: each row is on disk when `write` returns."""
         self.path.mkdir(parents=True, exist_ok=True)
-        return AppendFile(self.metrics_path)
+        return files.AppendFile(self.metrics_path)
 
     @staticmethod
     def metrics_line(metrics: dict, step: int) -> str:
@@ -204,7 +203,7 @@ class RunFolder:
         return [(step, "\n".join(lines)) for step, lines in out]
 
     def append_sample(self, step: int, text: str) -> None:
-        with AppendFile(self.samples_path) as f:
+        with files.AppendFile(self.samples_path) as f:
             f.write(_sample_block(step, text))
 
     def truncate(self, step: int) -> tuple[list[dict], int | None]:
@@ -214,10 +213,10 @@ class RunFolder:
         logged = max((row["step"] for row in rows), default=None)
         kept = [row for row in rows if row["step"] <= step]
         if self.metrics_path.is_file():
-            write_text(self.metrics_path, "".join(json.dumps(row) + "\n" for row in kept))
+            files.write_text(self.metrics_path, "".join(json.dumps(row) + "\n" for row in kept))
         samples = self.samples()
         if len(kept_samples := [(s, t) for s, t in samples if s <= step]) != len(samples):
-            write_text(self.samples_path, "".join(_sample_block(s, t) for s, t in kept_samples))
+            files.write_text(self.samples_path, "".join(_sample_block(s, t) for s, t in kept_samples))
         return kept, logged
 
     # -- checkpoints
@@ -226,7 +225,7 @@ class RunFolder:
         import torch
 
         path = self.ckpt(kind)
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        with files.atomic_path(path) as tmp, open(tmp, "wb") as f:
             try:
                 torch.save(state, f)  # to a file object: a full disk raises the OSError, not only "unexpected pos"
             except RuntimeError as exc:  # ...which torch's zip writer then raises over it: the OSError is the truth
@@ -247,7 +246,7 @@ class RunFolder:
             raise NanolabError(f"{path}: not a loadable nanolab checkpoint ({type(exc).__name__}: {exc})") from None
 
     def remove_partial_writes(self) -> list[Path]:
-        return [*remove_partial_writes(self.path), *remove_partial_writes(self.path / "ckpt")]
+        return [*files.remove_partial_writes(self.path), *files.remove_partial_writes(self.path / "ckpt")]
 
     # -- status changes made from outside the run
     def mark_failed(self, reason: str) -> bool:

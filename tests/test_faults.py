@@ -14,7 +14,7 @@ import torch
 
 from nanolab import device as dev
 from nanolab import load_spec, run
-from nanolab import runfolder
+from nanolab import files
 from nanolab.config import ModelConfig
 from nanolab.errors import NanolabError
 from nanolab.model import build_model
@@ -234,24 +234,24 @@ def test_float16_checkpoints_carry_the_loss_scale_and_resume_exactly(tmp_path, m
 def fail_writes(monkeypatch, name: str, after: int = 0):
     """ENOSPC from the run folder's writer of `name` (a file name) from its (after+1)-th write on."""
     calls = {"n": 0}
-    real_atomic, real_write = runfolder.atomic_path, runfolder.AppendFile.write
+    real_atomic, real_write = files.atomic_path, files.AppendFile.write
 
     def atomic(path):
         if Path(path).name == name:
             calls["n"] += 1
             if calls["n"] > after:
-                raise runfolder.WriteFailed(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+                raise files.WriteFailed(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
         return real_atomic(path)
 
     def append(self, text):
         if self.path.name == name:
             calls["n"] += 1
             if calls["n"] > after:
-                raise runfolder.WriteFailed(self.path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+                raise files.WriteFailed(self.path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
         return real_write(self, text)
 
-    monkeypatch.setattr(runfolder, "atomic_path", atomic)
-    monkeypatch.setattr(runfolder.AppendFile, "write", append)
+    monkeypatch.setattr(files, "atomic_path", atomic)
+    monkeypatch.setattr(files.AppendFile, "write", append)
 
 
 @pytest.mark.parametrize("name, where, after, kept_step", [
@@ -282,18 +282,18 @@ def test_meta_json_is_rewritten_in_place_when_no_copy_fits_else_stderr_says_so(t
     cfg = load_spec(spec(tmp_path))
     with monkeypatch.context() as patch:
         fail_writes(patch, "last.pt", after=1)
-        real_atomic = runfolder.atomic_path
+        real_atomic = files.atomic_path
 
         def no_meta(path):  # the disk is too full for a temporary copy of meta.json too
             if Path(path).name == "meta.json" and Path(path).exists() and meta(Path(path).parent)["status"] == "running":
-                raise runfolder.WriteFailed(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+                raise files.WriteFailed(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
             return real_atomic(path)
 
-        patch.setattr(runfolder, "atomic_path", no_meta)
+        patch.setattr(files, "atomic_path", no_meta)
         result = run(cfg, show_progress=False)
         assert meta(result.run_dir)["status"] == "failed"  # compact, over the old file
         def no_space(self, m):
-            raise runfolder.WriteFailed(self.meta_path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+            raise files.WriteFailed(self.meta_path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
 
         patch.setattr(RunFolder, "write_meta_in_place", no_space)
         again = run(cfg, resume_dir=result.run_dir, show_progress=False)
