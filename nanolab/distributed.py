@@ -91,8 +91,13 @@ def check_batch(world: World, batch_size: int) -> None:
                            f"({world.size}): each takes an equal slice of the global batch")
 
 
-def close() -> None:
+def close(wait_for_all: bool = False) -> None:
+    """Tear the process group down; `wait_for_all` first waits for every rank to get here (rank 0 writes the run
+    folder after the last step: a rank that tore gloo down meanwhile could abort at exit, "terminate called without
+    an active exception"). A rank that failed does not wait: torchrun ends the others."""
     if dist.is_initialized():
+        if wait_for_all:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -118,6 +118,7 @@ def run(cfg: Config, *, run_id: str | None = None, resume_dir: str | Path | None
     calls this; rank 0 alone writes the run folder, W&B and checkpoints.
     """
     world, device_name = distributed.init(cfg.train.device)
+    result = None
     try:
         distributed.check_batch(world, cfg.train.batch_size)
         device = dev.pick_device(device_name)
@@ -135,9 +136,10 @@ def run(cfg: Config, *, run_id: str | None = None, resume_dir: str | Path | None
         trained = torch.compile(trained) if cfg.train.compile else trained  # checkpoints save the model: no _orig_mod
         ctx = LoopContext(cfg, world, device, amp, built.data, built.model, trained, built.optimizer, built.gen,
                           session.state, session.folder, session.meta, trackers, on_eval, scaler)
-        return train(ctx, show_progress)
+        result = train(ctx, show_progress)
+        return result
     finally:
-        distributed.close()
+        distributed.close(wait_for_all=result is not None)
 
 
 # --------------------------------------------------------------------------- build
