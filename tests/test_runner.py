@@ -18,6 +18,7 @@ from nanolab.errors import NanolabError
 from nanolab.runfolder import RunFolder
 from nanolab.runner import Stop
 from nanolab.vocab import RunStatus
+from test_faults import nan_at
 
 TINY = """\
 name: tiny
@@ -182,26 +183,7 @@ def test_resume_refuses_a_finished_run_and_a_non_run(tmp_path):
 
 
 def test_nan_loss_ends_the_run_as_diverged_and_keeps_the_checkpoint(tmp_path, monkeypatch):
-    import nanolab.runner as runner
-
-    real_build = runner.build_model
-
-    def poisoned(*args, **kwargs):
-        model = real_build(*args, **kwargs)
-        forward, calls = model.forward, {"n": 0}
-
-        def forward_with_nan(idx, targets=None, **kw):
-            out = forward(idx, targets, **kw)
-            if not model.training:
-                return out
-            calls["n"] += 1
-            logits, loss = out
-            return logits, loss * float("nan") if calls["n"] == 13 else loss  # the 13th training step
-
-        model.forward = forward_with_nan
-        return model
-
-    monkeypatch.setattr(runner, "build_model", poisoned)
+    nan_at(monkeypatch, 13)  # the 13th training step
     result = run(load_spec(tiny_spec(tmp_path)), show_progress=False)
     assert result.status == "diverged" and result.exit_code == 1
     m = meta(result.run_dir)
