@@ -29,6 +29,8 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
+from nanolab.sweep.storage import safe
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
 SHARED_SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
@@ -104,12 +106,6 @@ def drop_database(base_url: str, name: str) -> None:
 
     with psycopg.connect(_libpq(base_url), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def masked(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
 
 
 # ----------------------------------------------------------------------------- the run and the checks
@@ -227,7 +223,7 @@ def main() -> None:
 
     db, url = create_database(base_url)
     load_before = load_average()
-    print(f"database {masked(url)} (fresh), study {name}, {os.cpu_count()} cores, load {load_before}")
+    print(f"database {safe(url)} (fresh), study {name}, {os.cpu_count()} cores, load {load_before}")
     print(f"2 machines x `nanolab sweep --workers {args.workers} --trials {args.trials}`: "
           f"{2 * args.workers} workers, {expected} trials of {args.steps} steps, tpe seed 0")
     try:
@@ -242,7 +238,7 @@ def main() -> None:
         drop_database(base_url, db)
     figures.update(wall_s=wall, load_before=load_before, load_after=load_average(), cores=os.cpu_count(),
                    workers_per_machine=args.workers, steps_per_trial=args.steps, expected_trials=expected,
-                   command=" ".join(machines[0]["command"][1:]).replace(url, masked(url)),
+                   command=" ".join(machines[0]["command"][1:]).replace(url, safe(url)),
                    date=time.strftime("%Y-%m-%d %H:%M"))
 
     print(f"exit codes:            {figures['exit_codes']}  (seconds {figures['seconds_per_machine']})")

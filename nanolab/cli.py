@@ -87,29 +87,13 @@ def cmd_components(args) -> int:
 
 def cmd_sweep(args) -> int:
     from nanolab.sweep import load_sweep, sweep_command
-    from nanolab.sweep.storage import safe
 
     the_file(args, "sweep_file", "a SWEEP file")
     if not args.print_config:
         return sweep_command(args)
     sweep = load_sweep(args.sweep_file, tuple(args.set), args.storage)
-    print_config(sweep.plan.config(), {
-        "sweep": sweep.name,
-        "objectives": [{"metric": o.metric, "direction": o.direction} for o in sweep.objectives],
-        "space": {d.key: distribution(d) for d in sweep.space},
-        "sampler": {"name": sweep.sampler.name, **sweep.sampler.options},
-        "pruner": {"name": sweep.pruner.name, **sweep.pruner.options},
-        "trials": args.trials or sweep.trials,
-        "storage": safe(sweep.storage)})
+    print_config(sweep.plan.config(), sweep.describe(args.trials))
     return EXIT_OK
-
-
-def distribution(dim) -> dict:
-    """A sweep dimension as the sweep file writes it: {float: [low, high], log: true}, {choice: [...]}."""
-    if dim.kind == "choice":
-        return {"choice": list(dim.choices)}
-    return {dim.kind: [dim.low, dim.high], **({"log": True} if dim.log else {}),
-            **({"step": dim.step} if dim.step is not None else {})}
 
 
 def cmd_ablate(args) -> int:

@@ -28,6 +28,7 @@ from nanolab.registry import closest
 from nanolab.runfolder import RunFolder, RunStore, runs_root
 from nanolab.spec import check_key, format_override, from_dict, parse_override, to_dict
 from nanolab.sweep import study as optuna_study
+from nanolab.sweep.storage import safe
 from nanolab.vocab import OBJECTIVE_METRICS, PRUNED_ON_VAL_LOSS, VAL_LOSS
 
 DIRECTIONS = ("minimize", "maximize")
@@ -92,6 +93,13 @@ class Dimension:
         """The values checked against the experiment before any trial: every choice, or both ends of the range."""
         return list(self.choices) if self.kind == "choice" else [self.low, self.high]
 
+    def as_written(self) -> dict:
+        """The dimension as the sweep file writes it: {float: [low, high], log: true}, {choice: [...]}."""
+        if self.kind == "choice":
+            return {"choice": list(self.choices)}
+        return {self.kind: [self.low, self.high], **({"log": True} if self.log else {}),
+                **({"step": self.step} if self.step is not None else {})}
+
 
 @dataclass(frozen=True)
 class Algorithm:
@@ -140,6 +148,14 @@ class Sweep:
         if job_type:
             extra.append(f"tracking.job_type={job_type}")
         return self.plan.config((*extra, *(format_override(key, value) for key, value in params.items())))
+
+    def describe(self, trials: int | None = None) -> dict:
+        """The study as a sweep file would write it (storage password masked), for `--print-config`."""
+        return {"sweep": self.name, "objectives": [vars(o) for o in self.objectives],
+                "space": {d.key: d.as_written() for d in self.space},
+                "sampler": {"name": self.sampler.name, **self.sampler.options},
+                "pruner": {"name": self.pruner.name, **self.pruner.options},
+                "trials": trials or self.trials, "storage": safe(self.storage)}
 
     def resolved(self) -> dict:
         """What makes two calls the same study: the experiment with its overrides, the space, the objectives."""
