@@ -113,6 +113,11 @@ class TrainConfig:
     batch_size: int = 12  # sequences per micro-step
     grad_accum: int = 1  # micro-steps per optimizer step
     max_iters: int = 2000
+    # a compute budget instead of max_iters (which the run then sets to the steps that spend it, rounded up),
+    # so that every cell of an ablation trains on equal tokens or FLOPs; no wall-time budget: it would make
+    # the steps, and so the run, depend on the machine's speed and load
+    max_tokens: int | None = None
+    max_flops: float | None = None  # x the model's training FLOPs per token (PaLM's 6N + attention estimate)
     optimizer: str = component("optimizer", "adamw")
     lr: float = 1.0e-3
     min_lr: float = 1.0e-4
@@ -138,6 +143,11 @@ class TrainConfig:
         _positive(self, "batch_size", "grad_accum", "max_iters", "lr", "eval_interval", "eval_iters", "log_interval")
         _check(0 <= self.min_lr <= self.lr, "min_lr", self.min_lr, f"must be in [0, lr={self.lr}]")
         _check(self.warmup_iters >= 0, "warmup_iters", self.warmup_iters, "must be >= 0")
+        for budget in ("max_tokens", "max_flops"):
+            value = getattr(self, budget)
+            _check(value is None or value > 0, budget, value, "must be > 0 (or null for max_iters)")
+        _check(self.max_tokens is None or self.max_flops is None, "max_flops", self.max_flops,
+               f"set one budget: train.max_tokens is {self.max_tokens} already (or null)")
         _check(self.lr_decay_iters is None or self.lr_decay_iters > 0, "lr_decay_iters", self.lr_decay_iters,
                "must be > 0 (or null for max_iters)")
         _check(self.checkpoint_interval is None or self.checkpoint_interval > 0, "checkpoint_interval",
@@ -150,6 +160,14 @@ class TrainConfig:
         _check(bool(DEVICE_PATTERN.match(self.device)), "device", self.device, "one of: auto, cpu, cuda, cuda:N, mps")
         _check(self.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype", self.dtype,
                "one of: auto, float32, bfloat16, float16")
+
+    def budget_steps(self, tokens_per_step: int, flops_per_token: int) -> int:
+        """The optimizer steps the budget allows: max_iters, or the fewest steps that spend max_tokens / max_flops."""
+        if self.max_tokens is not None:
+            return math.ceil(self.max_tokens / tokens_per_step)
+        if self.max_flops is not None:
+            return math.ceil(self.max_flops / (tokens_per_step * flops_per_token))
+        return self.max_iters
 
     @property
     def decay_iters(self) -> int:

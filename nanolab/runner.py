@@ -21,7 +21,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Callable
@@ -126,6 +126,7 @@ def run(cfg: Config, *, run_id: str | None = None, resume_dir: str | Path | None
         dev.configure(device)
         resumed = open_resumed(resume_dir, cfg, device) if resume_dir is not None else None  # before the data
         built = build(cfg, device, amp, world)
+        cfg = with_budget(cfg, built.model.flops_per_token())
         scaler = dev.grad_scaler(device, amp)
         if resumed is None:
             session = prepare_fresh(cfg, world, built, run_id, extra_meta)
@@ -154,6 +155,13 @@ def build(cfg: Config, device: torch.device, amp: torch.dtype | None = None, wor
     model = build_model(cfg.model, vocab_size=data.vocab_size, block_size=cfg.data.block_size).to(device)
     optimizer = build_optimizer(model, cfg.train, device.type)
     return Built(data, model, optimizer, torch.Generator().manual_seed(cfg.seed))
+
+
+def with_budget(cfg: Config, flops_per_token: int) -> Config:
+    """`cfg` with max_iters set to the steps that train.max_tokens or train.max_flops allow (if one is set)."""
+    t = cfg.train
+    steps = t.budget_steps(t.batch_size * t.grad_accum * cfg.data.block_size, flops_per_token)
+    return cfg if steps == t.max_iters else replace(cfg, train=replace(t, max_iters=steps))
 
 
 def check_memory(cfg: Config, vocab_size: int, device: torch.device, amp: torch.dtype | None, world: World) -> None:
@@ -273,7 +281,6 @@ def train(ctx: LoopContext, show_progress: bool) -> RunResult:
     """The loop, then `finish` whatever happened; how the run ended decides the status and the exit code."""
     loop = Loop(ctx)
     status, reason, exit_code = RunStatus.FAILED, "", EXIT_FAILED
-    started = time.perf_counter()
     try:
         with SignalFlag() as flag, Progress(ctx.cfg.train.max_iters, ctx.state.step,
                                             enabled=show_progress and ctx.world.main) as bar:
@@ -296,7 +303,7 @@ def train(ctx: LoopContext, show_progress: bool) -> RunResult:
         reason = f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        ctx.state.wall_time += time.perf_counter() - started
+        ctx.state.wall_time += time.perf_counter() - loop.started
         summary = loop.summary()
         status, reason, exit_code = finish(ctx, summary, status, reason, exit_code, loop)
     return RunResult(ctx.folder.path, ctx.meta["run_id"], status, summary, ctx.cfg, exit_code, reason)

@@ -159,10 +159,15 @@ class Loop:
         self.ctx, self.t = ctx, ctx.cfg.train
         self.tokens_per_step = self.t.batch_size * self.t.grad_accum * ctx.cfg.data.block_size
         self.saved_step: int | None = ctx.state.step or None  # ckpt/last.pt's step (a resumed run starts at it)
+        self.started = time.perf_counter()  # this session's start: state.wall_time holds the earlier sessions
 
     def log(self, metrics: dict, step: int) -> None:
+        """To every tracker, with the cumulative counters that `compare --at` reads."""
+        state = self.ctx.state
+        counters = {v.TOKENS: state.tokens_seen, v.FLOPS: state.tokens_seen * self.ctx.meta["flops_per_token"],
+                    v.WALL: state.wall_time + time.perf_counter() - self.started}
         for tracker in self.ctx.trackers:
-            tracker.log(metrics, step)
+            tracker.log({**metrics, **counters}, step)
 
     def train(self, flag, bar) -> None:
         """Steps until max_iters, or until `flag.signum` is set on some rank (then saves and returns)."""

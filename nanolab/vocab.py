@@ -22,9 +22,16 @@ VAL_BPC = "val/bpc"  # bits per character: loss x tokens / characters / ln 2, un
 TOKENS_PER_SEC = "perf/tokens_per_sec"
 STEP_MS = "perf/step_ms"
 MFU = "perf/mfu"
+# cumulative counters, in every logged row (train and eval), for comparisons at equal compute; perf/* (only)
+# depend on the machine, so everything else in a row is reproducible
+TOKENS = "compute/tokens"  # training tokens seen, over every rank
+FLOPS = "compute/flops"  # TOKENS x the model's training FLOPs per token
+WALL = "perf/wall_time"  # seconds since the run started, over every session of it (evaluations included)
 EVAL_METRICS = (VAL_LOSS, VAL_PPL, VAL_BPC, TRAIN_EVAL_LOSS)
 TRAIN_METRICS = (TRAIN_LOSS, TRAIN_LR, TRAIN_GRAD_NORM, TOKENS_PER_SEC, STEP_MS, MFU)
-LOGGED_METRICS = (*EVAL_METRICS, *TRAIN_METRICS)
+COUNTERS = (TOKENS, FLOPS, WALL)
+LOGGED_METRICS = (*EVAL_METRICS, *TRAIN_METRICS, *COUNTERS)
+AXES = {"step": "step", "tokens": TOKENS, "flops": FLOPS, "wall": WALL}  # compare --at / --x: name -> row key
 LOSSES = (TRAIN_LOSS, TRAIN_EVAL_LOSS, VAL_LOSS, VAL_PPL, VAL_BPC)  # lower is better; W&B keeps min and last
 
 # --------------------------------------------------------------------------- summary.json
