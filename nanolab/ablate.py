@@ -6,8 +6,10 @@
     overrides: [train.max_iters=600]     # for every run (a list of KEY=VALUE, or a mapping)
     grid: {model.activation: [relu, gelu, relu2, swiglu]}   # the product of all keys
     seeds: [1, 2, 3]
+    tune: {space: {train.lr: {float: [3e-4, 1e-2], log: true}}, trials: 6}   # optional: see nanolab.tuning
 
-Run `<variant>-s<seed>` lives in `$NANOLAB_RUNS/<name>/`. Repeating the command skips runs that ended
+Run `<variant>-s<seed>` lives in `$NANOLAB_RUNS/<name>/`. With `tune:`, each variant's study runs first and
+the variant's seeds run at its best trial's values (in meta.json's `tuned`). Repeating the command skips runs that ended
 (finished, diverged), continues the ones that stopped with a checkpoint, and sets aside (renames, never
 deletes) any other before starting it again. The plan file and the launcher are shared with `nanolab sweep`.
 """
@@ -24,6 +26,7 @@ from nanolab.launcher import Board, LocalLauncher, Outcome, Task
 from nanolab.plan import Plan, ended, load_plan, start_or_resume
 from nanolab.runfolder import RunFolder, RunStore
 from nanolab.spec import check_key, flatten, format_override, to_dict
+from nanolab.tuning import tune, tuning_sweeps
 from nanolab.vocab import BEST_VAL_LOSS, ENDED, EXIT_FAILED, EXIT_OK, EXIT_SIGINT, RunStatus
 
 
@@ -34,6 +37,7 @@ class AblationFile:
     name: str | None = None
     overrides: Any = None  # a list of KEY=VALUE or a mapping; normalised by `load_plan`
     seeds: list = field(default_factory=lambda: [1337])
+    tune: Any = None  # a `nanolab.tuning.TuneBlock`, read by `tuning_sweeps`
 
     def __post_init__(self):
         if not self.grid:
@@ -59,8 +63,12 @@ class Cell:
     overrides: tuple[str, ...]
 
     @property
+    def variant_id(self) -> str:
+        return label(self.variant).replace(",", "_")
+
+    @property
     def run_id(self) -> str:
-        return f"{label(self.variant).replace(',', '_')}-s{self.seed}"
+        return f"{self.variant_id}-s{self.seed}"
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,7 @@ class Ablation:
     plan: Plan
     cells: tuple[Cell, ...]
     baseline: dict | None  # the experiment's own values of the grid keys, when the grid holds them
+    tuning: dict = field(default_factory=dict)  # variant id -> the Sweep that tunes it (with a `tune:` block)
 
     @property
     def name(self) -> str:
@@ -95,13 +104,17 @@ def load_ablation(path, seeds: list[int] | None = None, extra: tuple[str, ...] =
             cells.append(cell)
     base = flatten(to_dict(plan.config()))
     baseline = {key: base[key] for key in raw.grid}
-    return Ablation(plan, tuple(cells), baseline if any(c.variant == baseline for c in cells) else None)
+    tuning = {} if raw.tune is None else tuning_sweeps(
+        plan, raw.tune, raw.grid, {c.variant_id: tuple(format_override(k, v) for k, v in c.variant.items())
+                                   for c in cells}, tuple(extra))
+    return Ablation(plan, tuple(cells), baseline if any(c.variant == baseline for c in cells) else None, tuning)
 
 
-def run_cell(ablation: Ablation, cell: Cell, *, progress: bool) -> Outcome:
-    """Run (or continue) one cell."""
-    result = start_or_resume(ablation.plan.config(cell.overrides), ablation.folder(cell), progress=progress,
-                             meta={"variant": cell.variant, "ablation": ablation.name})
+def run_cell(ablation: Ablation, cell: Cell, tuned: dict, *, progress: bool) -> Outcome:
+    """Run (or continue) one cell, at its variant's `tuned` values."""
+    cfg = ablation.plan.config((*cell.overrides, *(format_override(k, v) for k, v in tuned.items())))
+    meta = {"variant": cell.variant, "ablation": ablation.name, **({"tuned": tuned} if ablation.tuning else {})}
+    result = start_or_resume(cfg, ablation.folder(cell), progress=progress, meta=meta)
     best = result.summary.get(BEST_VAL_LOSS)
     text = f"{BEST_VAL_LOSS} {best:.4f}" if best is not None else ""
     return Outcome(RunStatus(result.status), ", ".join(filter(None, [text, result.reason])), best)
@@ -114,8 +127,16 @@ def ablate(path, seeds: list[int] | None = None, workers: int = 1,
     todo = [c for c in ablation.cells if not ended(ablation.folder(c))]
     print(f"ablation {ablation.name}: {len(ablation.cells)} runs, {len(ablation.cells) - len(todo)} already done, "
           f"{len(todo)} to run with {workers} worker(s)", flush=True)
-    tasks = iter([Task(c.run_id, ablation.folder(c).path, run_cell, (ablation, c)) for c in todo])
     results: dict[str, RunStatus] = {}
+    tuned: dict[str, dict] = {}
+    if ablation.tuning and todo:
+        completed, tuned = tune({c.variant_id: ablation.tuning[c.variant_id] for c in todo}, launcher)
+        if not completed:
+            return ablation, {"tuning": RunStatus.INTERRUPTED}
+        results.update({c.run_id: RunStatus.FAILED for c in todo if c.variant_id not in tuned})
+        todo = [c for c in todo if c.variant_id in tuned]
+    tasks = iter([Task(c.run_id, ablation.folder(c).path, run_cell, (ablation, c, tuned.get(c.variant_id, {})))
+                  for c in todo])
 
     def on_end(task: Task, outcome: Outcome) -> None:
         results[task.label] = outcome.status

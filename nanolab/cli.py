@@ -103,8 +103,9 @@ def cmd_ablate(args) -> int:
     if not args.print_config:
         return ablate_command(args)
     ablation = load_ablation(args.ablation_file, args.seeds, tuple(args.set))
+    tuning = {"tune": {variant: sweep.describe() for variant, sweep in ablation.tuning.items()}}
     print_config(ablation.plan.config(), {"ablation": ablation.name, "runs": {
-        cell.run_id: {**cell.variant, "seed": cell.seed} for cell in ablation.cells}})
+        cell.run_id: {**cell.variant, "seed": cell.seed} for cell in ablation.cells}, **(tuning if ablation.tuning else {})})
     return EXIT_OK
 
 

@@ -22,7 +22,7 @@ from nanolab.sweep.study import SweepStudy
 from nanolab.sweep.trial import run_trial
 from nanolab.vocab import EXIT_FAILED, EXIT_OK, EXIT_SIGINT, RunStatus
 
-__all__ = ["Sweep", "SweepStudy", "load_sweep", "optimize", "status", "sweep_command"]
+__all__ = ["Sweep", "SweepStudy", "load_sweep", "optimize", "status", "sweep_command", "write_results"]
 
 
 def optimize(sweep: Sweep, study: SweepStudy, trials: int, launcher: Launcher,

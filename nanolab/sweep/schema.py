@@ -120,6 +120,8 @@ class Sweep:
     pruner: Algorithm
     trials: int
     storage: str  # an Optuna RDB URL, or the path of a journal file
+    group: str  # the runs' W&B group: the sweep's name, or `<ablation>-tune` for an ablation's tuning studies
+    job_type: str = "sweep"
 
     @property
     def name(self) -> str:
@@ -144,7 +146,7 @@ class Sweep:
 
     def config(self, params: dict, job_type: str | None = None) -> Config:
         """The experiment with the overrides, `params`, and the study's name, W&B group and tags applied."""
-        extra = [f"name={self.name}", f"tracking.group={self.name}", format_override("tracking.tags", [self.name])]
+        extra = [f"name={self.name}", f"tracking.group={self.group}", format_override("tracking.tags", [self.group])]
         if job_type:
             extra.append(f"tracking.job_type={job_type}")
         return self.plan.config((*extra, *(format_override(key, value) for key, value in params.items())))
@@ -168,41 +170,47 @@ class Sweep:
 def load_sweep(path: str | Path, overrides: tuple[str, ...] = (), storage: str | None = None) -> Sweep:
     """Read a sweep file and check everything (every choice built into a Config) before any trial runs."""
     plan, raw = load_plan(path, SweepFile, tuple(overrides))
+    return build_sweep(plan, raw, _storage_url(storage, raw.storage, plan.path, plan.name), overrides)
+
+
+def build_sweep(plan: Plan, raw, storage: str, cli_overrides: tuple[str, ...] = (), *, at: str = "",
+                group: str | None = None, job_type: str = "sweep") -> Sweep:
+    """The Sweep of `plan` from `raw`'s space, objective, sampler, pruner and trials (a sweep file, or an ablation's
+    `tune:` block, whose keys errors name with the prefix `at`), each value checked against the experiment."""
     source = str(plan.path)
-    space = tuple(_dimension(key, spec, source) for key, spec in raw.space.items())
-    for text in overrides:
+    space = tuple(_dimension(key, spec, source, at) for key, spec in raw.space.items())
+    for text in cli_overrides:
         key = parse_override(text, Config, "--set")[0]
         if key in raw.space:
-            raise SpecError(f"--set {text}: {key} is swept by `space:` in {source}; set it in one place "
+            raise SpecError(f"--set {text}: {key} is swept by `{at}space:` in {source}; set it in one place "
                             "(remove it from --set, or from space)")
-    sweep = Sweep(plan, _objectives(raw.objective, source), space,
-                  _algorithm(raw.sampler, "sampler", source), _algorithm(raw.pruner, "pruner", source), raw.trials,
-                  _storage_url(storage, raw.storage, plan.path, plan.name))
+    sweep = Sweep(plan, _objectives(raw.objective, source, at), space, _algorithm(raw.sampler, "sampler", source, at),
+                  _algorithm(raw.pruner, "pruner", source, at), raw.trials, storage, group or plan.name, job_type)
     for dim in sweep.space:
         for value in dim.values():
             if problem := plan.problem((format_override(dim.key, value),)):
-                where = "space" if problem.startswith(f"{dim.key} = ") else f"space.{dim.key} = {value!r}"
+                where = f"{at}space" if problem.startswith(f"{dim.key} = ") else f"{at}space.{dim.key} = {value!r}"
                 raise SpecError(f"{source}: {where}: {problem}")
     for kind in ("sampler", "pruner"):
         if problem := optuna_study.algorithm_problem(sweep, kind):
-            raise SpecError(f"{source}: {kind}: {problem}")
+            raise SpecError(f"{source}: {at}{kind}: {problem}")
     return sweep
 
 
-def _objectives(raw: Any, source: str) -> tuple[Objective, ...]:
+def _objectives(raw: Any, source: str, at: str) -> tuple[Objective, ...]:
     items = raw if isinstance(raw, list) else [raw]
     if not items:
-        raise SpecError(f"{source}: objective = []: expected {{metric: ..., direction: ...}} or a list of them")
+        raise SpecError(f"{source}: {at}objective = []: expected {{metric: ..., direction: ...}} or a list of them")
     out = []
     for i, item in enumerate(items):
-        prefix = f"objective[{i}]." if isinstance(raw, list) else "objective."
+        prefix = f"{at}objective[{i}]." if isinstance(raw, list) else f"{at}objective."
         out.append(from_dict(Objective, {"metric": item} if isinstance(item, str) else item or {}, source, prefix))
     return tuple(out)
 
 
-def _dimension(key: str, spec: Any, source: str) -> Dimension:
-    check_key(Config, key, f"{source}: space")
-    where = f"{source}: space.{key}"
+def _dimension(key: str, spec: Any, source: str, at: str) -> Dimension:
+    check_key(Config, key, f"{source}: {at}space")
+    where = f"{source}: {at}space.{key}"
     kinds = [k for k in DISTRIBUTIONS if isinstance(spec, dict) and k in spec]
     if len(kinds) != 1:
         raise SpecError(f"{where} = {spec!r}: expected one of {{float: [low, high], log: true}}, "
@@ -240,18 +248,18 @@ def _number(value: Any, kind: str) -> float | int | None:
         return None
 
 
-def _algorithm(raw: Any, kind: str, source: str) -> Algorithm:
+def _algorithm(raw: Any, kind: str, source: str, at: str) -> Algorithm:
     """`name` or `{name: ..., option: value, ...}` (name defaults to tpe / median); unknown options are refused."""
     options = dict(raw) if isinstance(raw, dict) else {"name": raw}
     name = options.pop("name", DEFAULTS[kind])
     names = optuna_study.algorithm_names(kind)
     if name not in names:
         key = f"{kind}.name" if isinstance(raw, dict) else kind
-        raise SpecError(f"{source}: {key} = {name!r}: {accepted(name, names, kind)}")
+        raise SpecError(f"{source}: {at}{key} = {name!r}: {accepted(name, names, kind)}")
     allowed = optuna_study.algorithm_options(kind, name)
     for option in options:
         if option not in allowed:
-            raise SpecError(f"{source}: {kind}.{option}: {accepted(option, allowed, f'option of the {name} {kind}')}")
+            raise SpecError(f"{source}: {at}{kind}.{option}: {accepted(option, allowed, f'option of the {name} {kind}')}")
     return Algorithm(name, options)
 
 

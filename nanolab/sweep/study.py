@@ -285,6 +285,10 @@ class SweepStudy:
     def trials(self) -> list[FrozenTrial]:
         return self.study.get_trials(deepcopy=False)
 
+    def started(self) -> int:
+        """Trials begun so far, a resumed or retried trial counted once with the trial it continues."""
+        return len({t.user_attrs.get("origin", t.number) for t in self.trials()})
+
     def ranked(self) -> list[FrozenTrial]:
         """Completed trials best first; for several objectives the Pareto front, ordered by the first objective."""
         sign = 1 if self.sweep.objectives[0].direction == "minimize" else -1

@@ -29,7 +29,7 @@ def run_trial(sweep: Sweep, number: int, trial_id: int, origin: int, *, progress
     meta = {"sweep": sweep.name, "trial": number, "trial_params": params, "swept_keys": [d.key for d in sweep.space]}
     try:
         with study.heartbeat(trial_id):
-            result = start_or_resume(sweep.config(params, job_type="sweep"), folder, meta=meta, progress=progress,
+            result = start_or_resume(sweep.config(params, job_type=sweep.job_type), folder, meta=meta, progress=progress,
                                      on_eval=_pruning_hook(trial) if sweep.prunable else None)
     except Exception as exc:  # a crash fails this trial, not the study
         reason = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
