@@ -13,7 +13,7 @@ import yaml
 
 from nanolab import __version__
 from nanolab.errors import NanolabError
-from nanolab.vocab import BEST_VAL_LOSS, EXIT_OK, EXIT_SIGINT, EXIT_USAGE
+from nanolab.vocab import BEST_VAL_LOSS, EXIT_OK, EXIT_SIGINT, EXIT_USAGE, VAL_LOSS
 
 EPILOG = """examples:
   nanolab run experiments/baseline.yaml
@@ -25,6 +25,7 @@ EPILOG = """examples:
   nanolab sweep sweeps/lr.yaml --workers 2
   nanolab ablate experiments/ablations/position.yaml
   nanolab compare runs/ --group position --plot position.png
+  nanolab report experiments/ablations/position.yaml --out reports/position
   nanolab components
 """
 
@@ -132,7 +133,7 @@ def cmd_compare(args) -> int:
 
     print(compare_command(args.runs or None, group=args.group, by=args.by, metric=args.metric, csv=args.csv,
                           markdown=args.markdown, plot=args.plot, wandb_path=args.wandb,
-                          baseline=args.baseline))
+                          baseline=args.baseline, correction=args.correction, at=args.at, x=args.x))
     return 0
 
 
@@ -141,6 +142,17 @@ def cmd_sync(args) -> int:
 
     sync_runs([Path(p) for p in args.run_dirs])
     return 0
+
+
+def cmd_report(args) -> int:
+    if (args.entity or args.project) and not args.wandb:
+        raise NanolabError("--entity and --project place the W&B Report: add --wandb")
+    from nanolab.analysis.report import wandb_report, write_report
+
+    print(f"wrote {write_report(args.plan_file, args.out)}")
+    if args.wandb:
+        print(wandb_report(args.plan_file, args.entity, args.project))
+    return EXIT_OK
 
 
 SAMPLE_RANGES = {  # nanolab sample's numbers: dest -> (what is accepted, the check)
@@ -228,21 +240,45 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="compare runs in a table (and a plot)",
                        description="Load run folders into pandas and compare variants across seeds: mean, std, "
-                       "difference to a baseline with a 95% confidence interval and Welch's t-test.")
+                       "difference to a baseline with a 95% confidence interval and a t-test (paired on seeds when "
+                       "a variant ran the baseline's seeds, else Welch's), p-values corrected for the number of "
+                       "comparisons, the difference relative to the baseline's mean.")
     p.add_argument("runs", nargs="*", metavar="RUNS",
                    help="run folders or roots of run folders (default: $NANOLAB_RUNS, else ./runs; none with --wandb)")
     p.add_argument("--group", help="only runs of this group (an ablation's or sweep's name)")
     p.add_argument("--by", nargs="+", help="config keys that define a variant (default: the keys that vary)")
-    p.add_argument("--metric", default=BEST_VAL_LOSS,
-                   help=f"a summary key or logged metric to compare (default {BEST_VAL_LOSS})")
+    p.add_argument("--metric", help=f"a summary key or logged metric to compare (default {BEST_VAL_LOSS}; with "
+                   f"--at, a logged metric, default {VAL_LOSS})")
+    p.add_argument("--at", metavar="KEY=NUMBER", help="compare each run's val/loss (or --metric) at this point of "
+                   "compute, linearly interpolated between its evaluations: step=K, tokens=N, flops=X or wall=SECONDS "
+                   "(e.g. --at flops=1e12); refused for runs whose evaluations do not reach it")
+    p.add_argument("--correction", default="holm", metavar="METHOD", help="correct the p-values for the number of "
+                   "comparisons: holm (Holm-Bonferroni, default), bh (Benjamini-Hochberg) or none")
     p.add_argument("--csv", metavar="F", help="also write the table, every figure unrounded, as CSV")
     p.add_argument("--markdown", metavar="F", help="also write the table and its caption as Markdown")
-    p.add_argument("--plot", metavar="F.png", help="val/loss against step per variant, band = seed spread "
+    p.add_argument("--plot", metavar="F.png", help="val/loss against --x per variant, band = seed spread "
                    "(.png, .pdf, .svg or any format matplotlib writes)")
+    p.add_argument("--x", default="step", metavar="AXIS",
+                   help="the plot's x axis: step (default), tokens, flops or wall (seconds)")
     p.add_argument("--baseline", metavar="VALUE", help="the variant the others are compared with, e.g. gelu or "
                    "model.norm=rmsnorm,model.norm_placement=pre (default: the one with the most finished runs)")
     p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from W&B instead of run folders")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="write the Markdown report of an ablation or a sweep",
+                       description="Write report.md and its plots for an ablation or sweep file that has run (its "
+                       "runs in $NANOLAB_RUNS/<name>/): what ran, the comparison and its method (a sweep: the top "
+                       "trials and best parameters), val/loss against step and FLOPs, tuned values, environment, "
+                       "W&B links. Trains nothing.")
+    p.add_argument("plan_file", metavar="FILE", help="an ablation file (grid:) or a sweep file (space:)")
+    p.add_argument("--out", metavar="DIR", help="the report's folder (default reports/<name>)")
+    p.add_argument("--wandb", action="store_true", help="also create a W&B Report of the runs (online; offline it "
+                   "says what it would create and how to create it later)")
+    p.add_argument("--entity", metavar="E", help="the W&B entity of the Report (default: WANDB_ENTITY, the "
+                   "experiment's tracking.wandb.entity, else your default entity)")
+    p.add_argument("--project", metavar="P", help="the W&B project (default: WANDB_PROJECT, else the "
+                   "experiment's tracking.wandb.project)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("sync", help="upload offline W&B runs", description="Upload the offline W&B runs of these "
                        "run folders (wraps `wandb sync`), for runs trained without network; gives up with one line "

@@ -93,13 +93,6 @@ def test_cli_ablate_then_compare_writes_csv_markdown_and_plot(plan, tmp_path):
         assert row["mean"] == pytest.approx(losses.mean())
     assert "| model.activation" in (out / "t.md").read_text()
     assert (out / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    report = subprocess.run([sys.executable, str(REPO / "analysis" / "report.py"), str(plan), "--runs",
-                             str(tmp_path / "runs"), "--out", str(tmp_path / "report")], capture_output=True, text=True)
-    assert report.returncode == 0, report.stderr
-    text = (tmp_path / "report" / "report.md").read_text()
-    assert text.startswith("# Ablation: act") and "4 runs of 20 steps x 64 tokens" in text
-    assert "| model.activation" in text and "](val_loss.png)" in text
-    assert (tmp_path / "report" / "val_loss.png").is_file()
 
 
 def test_bad_ablation_files(tmp_path):

@@ -11,11 +11,14 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.figure import Figure
 from scipy import stats
 
 from nanolab import run
 from nanolab.analysis import (BASE_COLUMNS, compare, compare_command, format_table, load_history, load_runs,
-                              load_wandb_runs, to_markdown, varying_keys)
+                              load_wandb_runs, metric_at, to_markdown, varying_keys)
+from nanolab.analysis.load import interpolate
+from nanolab.analysis.render import _on_one_grid
 from nanolab.analysis.stats import COUNTED
 from nanolab.analysis.wandb_runs import wandb_run_history, wandb_run_row
 from nanolab.cli import main
@@ -23,24 +26,28 @@ from nanolab.errors import NanolabError
 from nanolab.runfolder import RunFolder, RunStore
 from nanolab.config import Config
 from nanolab.spec import dump_spec, spec_from_dict
-from nanolab.vocab import (BEST_STEP, BEST_VAL_LOSS, BEST_VAL_PPL, EVAL_METRICS, EXIT_OK, EXIT_USAGE, MFU, STEP_MS,
-                           STEPS, TOKENS_PER_SEC, TOKENS_SEEN, TRAIN_EVAL_LOSS, TRAIN_GRAD_NORM, TRAIN_LOSS, TRAIN_LR,
-                           UNFINISHED, VAL_BPC, VAL_LOSS, VAL_PPL, WALL_TIME, RunStatus, final)
+from nanolab.vocab import (BEST_STEP, BEST_VAL_LOSS, BEST_VAL_PPL, EVAL_METRICS, EXIT_OK, EXIT_USAGE, FLOPS, MFU,
+                           STEP_MS, STEPS, TOKENS, TOKENS_PER_SEC, TOKENS_SEEN, TRAIN_EVAL_LOSS, TRAIN_GRAD_NORM,
+                           TRAIN_LOSS, TRAIN_LR, UNFINISHED, VAL_BPC, VAL_LOSS, VAL_PPL, WALL, WALL_TIME, RunStatus,
+                           final)
 
 FINISHED, FAILED, PRUNED = RunStatus.FINISHED.value, RunStatus.FAILED.value, RunStatus.PRUNED.value
 GELU = [1.50, 1.52, 1.49]
-RELU = [1.45, 1.47, 1.44]
+RELU = [1.45, 1.48, 1.44]  # per seed, not gelu shifted by a constant: that would leave the paired test no spread
 START, END = "2025-03-01T10:00:00+00:00", "2025-03-01T10:01:40+00:00"
 
 
 # ----------------------------------------------------------------------------- run folders, as the runner writes them
 
 
-def spec(name: str, seed: int, activation: str, group: str | None) -> Config:
+TOKENS_PER_STEP, FLOPS_PER_TOKEN, SECONDS_PER_STEP = 4 * 64, 150_000, 2.5  # batch_size x block_size; meta; a guess
+
+
+def spec(name: str, seed: int, activation: str, group: str | None, lr: float = 1e-3) -> Config:
     return spec_from_dict({
         "name": name, "seed": seed, "data": {"block_size": 64},
         "model": {"n_layer": 2, "n_head": 2, "n_embd": 32, "activation": activation},
-        "train": {"batch_size": 4, "max_iters": 40, "eval_interval": 20},
+        "train": {"batch_size": 4, "max_iters": 40, "eval_interval": 20, "lr": lr},
         "tracking": {"wandb": {"mode": "offline"}, "group": group, "job_type": "ablate",
                      "tags": ["ablation", activation]},
     })
@@ -51,8 +58,8 @@ def meta(run_id: str, name: str, group: str | None, status: str, activation: str
     return {
         "run_id": run_id, "name": name, "group": group, "job_type": "ablate", "tags": ["ablation", activation],
         "variant": {"model.activation": activation}, "start_time": START, "params": 26_000,
-        "non_embedding_params": 24_000, "flops_per_token": 150_000, "dataset": "shakespeare_char", "world_size": 1,
-        "git": {"commit": "abc123", "dirty": False}, "versions": {"torch": "2.13.0"}, "device": "cpu",
+        "non_embedding_params": 24_000, "flops_per_token": FLOPS_PER_TOKEN, "dataset": "shakespeare_char",
+        "world_size": 1, "git": {"commit": "abc123", "dirty": False}, "versions": {"torch": "2.13.0"}, "device": "cpu",
         "status": status, "resumed_at": None, "reason": "", "end_time": END, WALL_TIME: 100.0, STEPS: 40,
     }
 
@@ -68,34 +75,42 @@ def summary(best: float) -> dict:
             WALL_TIME: 100.0, **{final(k): v for k, v in eval_row(best, 40).items()}}
 
 
-def metrics(best: float) -> list[tuple[int, dict]]:
-    """(step, metrics) as the runner logs them: train rows at 10..40, eval rows at 20 and 40 as separate rows."""
+def metrics(best: float, counters: bool = True) -> list[tuple[int, dict]]:
+    """(step, metrics) as the runner logs them: train rows at 10..40, eval rows at 20 and 40 as separate rows, each
+    with the cumulative compute counters (`counters`; runs from before them logged none)."""
     train = [(s, {TRAIN_LOSS: 3.0 - s / 40, TRAIN_LR: 1e-3, TRAIN_GRAD_NORM: 0.5, TOKENS_PER_SEC: 5000.0,
                   STEP_MS: 10.0, MFU: 0.01}) for s in (10, 20, 30, 40)]
     evals = [(s, eval_row(best, s)) for s in (20, 40)]
-    return train[:2] + evals[:1] + train[2:] + evals[1:]
+    rows = train[:2] + evals[:1] + train[2:] + evals[1:]
+    if counters:
+        rows = [(s, {**row, TOKENS: s * TOKENS_PER_STEP, FLOPS: s * TOKENS_PER_STEP * FLOPS_PER_TOKEN,
+                     WALL: s * SECONDS_PER_STEP}) for s, row in rows]
+    return rows
 
 
 def write_run(root: Path, run_id: str, activation: str = "gelu", best: float = 1.5, seed: int = 1,
-              status: str = FINISHED, group: str | None = "activation", name: str = "act") -> RunFolder:
-    """A run folder through RunFolder's writers; every status has a summary (the runner writes it in `finally`)."""
+              status: str = FINISHED, group: str | None = "activation", name: str = "act", counters: bool = True,
+              lr: float | None = None) -> RunFolder:
+    """A run folder through RunFolder's writers; every status has a summary (the runner writes it in `finally`).
+
+    `lr`: the final run of a tuned ablation, whose study chose this train.lr (meta's `tuned`)."""
     folder = RunStore(root).new(name, run_id)
-    folder.write_config(dump_spec(spec(name, seed, activation, group)))
-    folder.write_meta(meta(run_id, name, group, status, activation))
+    folder.write_config(dump_spec(spec(name, seed, activation, group, lr or 1e-3)))
+    folder.write_meta({**meta(run_id, name, group, status, activation), **({"tuned": {"train.lr": lr}} if lr else {})})
     folder.write_summary(summary(best))
     with folder.open_metrics() as f:
-        for step, row in metrics(best):
+        for step, row in metrics(best, counters):
             f.write(RunFolder.metrics_line(row, step))
     return folder
 
 
-def write_ablation(root: Path) -> None:
+def write_ablation(root: Path, counters: bool = True) -> None:
     """gelu and relu x 3 seeds, finished, plus a failed relu run and a pruned gelu run with tempting losses."""
     for activation, losses in (("gelu", GELU), ("relu", RELU)):
         for seed, best in enumerate(losses):
-            write_run(root, f"{activation}-{seed}", activation, best, seed)
-    write_run(root, "relu-failed", "relu", 0.1, 9, status=FAILED)
-    write_run(root, "gelu-pruned", "gelu", 0.1, 9, status=PRUNED)
+            write_run(root, f"{activation}-{seed}", activation, best, seed, counters=counters)
+    write_run(root, "relu-failed", "relu", 0.1, 9, status=FAILED, counters=counters)
+    write_run(root, "gelu-pruned", "gelu", 0.1, 9, status=PRUNED, counters=counters)
 
 
 def welch_by_hand(a: list[float], b: list[float], confidence: float = 0.95) -> tuple[float, float, float, float]:
@@ -247,21 +262,22 @@ def ablation_frame() -> pd.DataFrame:
 
 
 def test_compare_matches_hand_computed_welch():
-    table = compare(ablation_frame(), by="model.activation")
+    table = compare(ablation_frame(), by="model.activation")  # no seed column: nothing to pair, Welch
     assert list(table["model.activation"]) == ["relu", "gelu"]  # best (lowest) first
     relu, gelu = table.iloc[0], table.iloc[1]
     assert gelu["baseline"] and not relu["baseline"]  # tie on n: the variant seen first
     assert relu["n"] == 3 and gelu["n"] == 3
     assert relu["mean"] == pytest.approx(sum(RELU) / 3)
     assert relu["std"] == pytest.approx(math.sqrt(sum((x - sum(RELU) / 3) ** 2 for x in RELU) / 2))
-    assert relu["min"] == 1.44 and relu["max"] == 1.47
+    assert relu["min"] == 1.44 and relu["max"] == 1.48
     diff, low, high, p = welch_by_hand(RELU, GELU)
-    assert relu["diff"] == pytest.approx(diff) == pytest.approx(-0.05)
+    assert relu["test"] == "welch"
+    assert relu["diff"] == pytest.approx(diff) == pytest.approx(-0.14 / 3)
     assert (relu["ci_low"], relu["ci_high"]) == (pytest.approx(low), pytest.approx(high))
-    assert relu["p_value"] == pytest.approx(p)
-    assert relu["p_value"] == pytest.approx(stats.ttest_ind(RELU, GELU, equal_var=False).pvalue)
+    assert relu["p_value"] == pytest.approx(p) == pytest.approx(0.0395679)
+    assert relu["p_adjusted"] == relu["p_value"]  # one comparison: Holm leaves it as it is
     assert relu["significant"] and high < 0
-    assert gelu["diff"] == 0 and pd.isna(gelu["ci_low"]) and not gelu["significant"]
+    assert gelu["diff"] == 0 and pd.isna(gelu["ci_low"]) and not gelu["significant"] and pd.isna(gelu["test"])
     # failed, pruned and diverged runs are counted, not averaged
     assert (relu["n_failed"], relu["n_pruned"]) == (1, 0)
     assert (gelu["n_failed"], gelu["n_pruned"], gelu["n_diverged"]) == (0, 1, 1)
@@ -282,7 +298,7 @@ def test_compare_named_baseline_confidence_and_direction():
     df = ablation_frame()
     for baseline in ("relu", ("relu",), {"model.activation": "relu"}):
         table = compare(df, ["model.activation"], baseline=baseline).set_index("model.activation")
-        assert table.loc["relu", "baseline"] and table.loc["gelu", "diff"] == pytest.approx(0.05)
+        assert table.loc["relu", "baseline"] and table.loc["gelu", "diff"] == pytest.approx(0.14 / 3)
     _, low, high, _ = welch_by_hand(GELU, RELU, confidence=0.99)
     table = compare(df, "model.activation", baseline="relu", confidence=0.99).set_index("model.activation")
     assert table.loc["gelu", "ci_low"] == pytest.approx(low) and table.loc["gelu", "ci_high"] == pytest.approx(high)
@@ -339,10 +355,13 @@ def test_format_table_and_markdown_mark_significance():
     text = format_table(table)
     assert "95% CI" in text and "*" in text and "baseline" in text
     lines = to_markdown(table).splitlines()
-    assert lines[0].startswith("| model.activation | n | mean | std | min | diff | 95% CI | p | sig |")
+    assert lines[0] == ("| model.activation | n | mean | std | min | diff | 95% CI | rel diff | test | p | p adj | sig "
+                        "| n_diverged | n_pruned | n_failed |")
     assert lines[1].startswith("| --- | ---: |")
-    assert lines[2].startswith("| relu | 3 | 1.4533 |")
-    assert "| * |" in lines[2] and "baseline" in lines[3]
+    # rel diff: -0.0467 / 1.5033 = -3.1%, the interval's ends -0.0896 / 1.5033 = -6.0% and -0.0038 / 1.5033 = -0.3%
+    assert lines[2] == ("| relu | 3 | 1.4567 | 0.0208 | 1.4400 | -0.0467 | [-0.0896, -0.0038] | -3.1% [-6.0%, -0.3%] "
+                        "| welch | 0.0396 | 0.0396 | * | 0 | 0 | 1 |")
+    assert lines[3] == "| gelu | 3 | 1.5033 | 0.0153 | 1.4900 | baseline | - | - | - | - | - |  | 1 | 1 | 0 |"
 
 
 # ----------------------------------------------------------------------------- the CLI entry
@@ -358,16 +377,18 @@ def test_compare_command_writes_csv_markdown_and_png(tmp_path):
     assert text.splitlines()[-3:] == [f"wrote {out / name}" for name in ("cmp.csv", "cmp.md", "val.png")]
 
     csv = pd.read_csv(out / "cmp.csv").set_index("model.activation")
-    diff, low, high, p = welch_by_hand(RELU, GELU)
+    paired = stats.ttest_rel(RELU, GELU)  # both ran seeds 0, 1, 2: the runs pair up by seed
     assert csv.loc["relu", "mean"] == pytest.approx(np.mean(RELU))
     assert csv.loc["gelu", "std"] == pytest.approx(np.std(GELU, ddof=1))
+    assert csv.loc["relu", "test"] == "paired"
     assert (csv.loc["relu", "diff"], csv.loc["relu", "ci_low"], csv.loc["relu", "p_value"]) == (
-        pytest.approx(diff), pytest.approx(low), pytest.approx(p))
+        pytest.approx(np.mean(RELU) - np.mean(GELU)), pytest.approx(paired.confidence_interval().low),
+        pytest.approx(paired.pvalue))
     assert (csv.loc["relu", "n_failed"], csv.loc["gelu", "n_pruned"]) == (1, 1)
 
     markdown = (out / "cmp.md").read_text()
-    assert "| model.activation | n | mean |" in markdown
-    assert "| relu | 3 | 1.4533 |" in markdown and "| gelu | 3 | 1.5033 |" in markdown
+    assert markdown.startswith(text.split("\nmodel.activation")[0] + "\n\n| model.activation | n | mean |")
+    assert "| relu | 3 | 1.4567 |" in markdown and "| gelu | 3 | 1.5033 |" in markdown
 
     png = (out / "val.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
@@ -435,6 +456,174 @@ def test_compare_from_wandb_needs_no_run_folders(tmp_path, monkeypatch, capsys):
     assert main(["compare", str(tmp_path), "--wandb", "me/nanolab"]) == EXIT_USAGE
     assert capsys.readouterr().err == (f"nanolab: error: {tmp_path} and --wandb me/nanolab: runs come from run "
                                        "folders or from W&B; give one of them\n")
+
+
+def test_compare_at_a_point_of_compute_from_wandb_takes_the_finished_runs_history(tmp_path, monkeypatch):
+    write_ablation(tmp_path)
+    running = write_run(tmp_path, "relu-running", "relu", 1.4, 5, status=RunStatus.RUNNING.value)
+    lines = running.metrics_path.read_text().splitlines(keepends=True)
+    running.metrics_path.write_text("".join(lines[:3]))  # up to step 20: short of wall=75, yet not compared
+    monkeypatch.setattr("nanolab.analysis.command.load_wandb_runs", lambda path, group: load_runs(tmp_path, group))
+    monkeypatch.setattr("nanolab.analysis.command.load_wandb_history",
+                        lambda path, group: load_history(tmp_path, group))
+    remote = compare_command(wandb_path="me/nanolab", group="activation", at="wall=75")
+    local = compare_command(tmp_path, group="activation", at="wall=75")
+    assert remote.replace("W&B me/nanolab", str(tmp_path)) == local
+
+
+# ----------------------------------------------------------------------------- equal compute (--at, --x)
+
+
+def test_interpolate_is_the_straight_line_between_two_evaluations():
+    x, y = np.array([100.0, 300.0]), np.array([3.0, 2.0])
+    assert interpolate(x, y, 200) == 2.5  # halfway: (3.0 + 2.0) / 2
+    assert interpolate(x, y, 150) == 2.75  # a quarter of the way: 3.0 - 0.25 x 1.0
+    assert interpolate(x, y, 300) == 2.0 and interpolate(x, y, 100) == 3.0  # at an evaluation: its value
+
+
+def history_by_hand() -> pd.DataFrame:
+    """Two runs' rows on the flops axis, out of order, with a train row (no val/loss) between evaluations."""
+    rows = [("a", 300, 2.0), ("a", 100, 3.0), ("a", 200, np.nan), ("b", 250, 3.0), ("b", 50, 4.0), ("b", 400, 1.0)]
+    return pd.DataFrame([{"run_id": run, "step": i, FLOPS: x, VAL_LOSS: y} for i, (run, x, y) in enumerate(rows)])
+
+
+def test_metric_at_interpolates_each_run_between_its_evaluations():
+    at = metric_at(history_by_hand(), "flops", 200)
+    # a: halfway from 100 (3.0) to 300 (2.0); b: 150/200 of the way from 50 (4.0) to 250 (3.0)
+    assert at.to_dict() == {"a": 2.5, "b": 3.25} and at.name == "val/loss@flops=200"
+    # a: its evaluation at 300; b: 50/150 of the way from 250 (3.0) to 400 (1.0)
+    assert metric_at(history_by_hand(), "flops", 300).to_dict() == {"a": 2.0, "b": pytest.approx(3.0 - 2 / 3)}
+
+
+def test_metric_at_refuses_a_point_a_run_did_not_reach():
+    with pytest.raises(NanolabError) as error:
+        metric_at(history_by_hand(), "flops", 350)
+    assert str(error.value) == "--at flops=350 is outside the evaluated range of 1 run(s): a (100..300)"
+    with pytest.raises(NanolabError, match=r"of 2 run\(s\): a \(100..300\), b \(50..400\)$"):
+        metric_at(history_by_hand(), "flops", 40)
+
+
+# every axis at the point of step 30, halfway between the evaluations at 20 and 40: each run's best + 0.5
+STEP_30 = ["step=30", f"tokens={30 * TOKENS_PER_STEP}", f"flops={30 * TOKENS_PER_STEP * FLOPS_PER_TOKEN:.4g}",
+           f"wall={30 * SECONDS_PER_STEP}"]
+
+
+@pytest.mark.parametrize("at", STEP_30)
+def test_compare_at_a_point_of_compute(tmp_path, at):
+    write_ablation(tmp_path / "runs")
+    csv = tmp_path / "t.csv"
+    text = compare_command(tmp_path / "runs", group="activation", at=at, csv=str(csv))
+    name = f"val/loss@{at.split('=')[0]}={float(at.split('=')[1]):.12g}"
+    assert text.startswith(f"{name} by model.activation in ")
+    table = pd.read_csv(csv).set_index("model.activation")
+    assert table.loc["relu", "mean"] == pytest.approx(np.mean(RELU) + 0.5)
+    assert table.loc["gelu", "mean"] == pytest.approx(np.mean(GELU) + 0.5)
+    assert table.loc["relu", "test"] == "paired"
+    assert table.loc["relu", "p_value"] == pytest.approx(stats.ttest_rel(np.add(RELU, 0.5), np.add(GELU, 0.5)).pvalue)
+
+
+def test_compare_at_a_logged_metric_other_than_val_loss(tmp_path):
+    write_ablation(tmp_path / "runs")
+    csv = tmp_path / "t.csv"
+    text = compare_command(tmp_path / "runs", group="activation", at="step=30", metric=VAL_BPC, csv=str(csv))
+    assert text.startswith("val/bpc@step=30 by model.activation")
+    assert pd.read_csv(csv).set_index("model.activation").loc["relu", "mean"] == pytest.approx(
+        (np.mean(RELU) + 0.5) / math.log(2))
+
+
+def test_runs_from_before_the_counters_get_tokens_and_flops_derived_but_not_wall(tmp_path):
+    write_ablation(tmp_path / "new")
+    write_ablation(tmp_path / "old", counters=False)
+    new, old = load_history(tmp_path / "new"), load_history(tmp_path / "old")
+    assert WALL not in old
+    pd.testing.assert_frame_equal(old[["run_id", "step", TOKENS, FLOPS]], new[["run_id", "step", TOKENS, FLOPS]],
+                                  check_dtype=False)
+    assert list(old.loc[old["run_id"] == "gelu-0", FLOPS]) == [s * 256 * 150_000 for s in (10, 20, 30, 40)]
+    assert compare_command(tmp_path / "old", at=STEP_30[2]) == compare_command(tmp_path / "new", at=STEP_30[2]).replace(
+        str(tmp_path / "new"), str(tmp_path / "old"))
+    with pytest.raises(NanolabError) as error:
+        compare_command(tmp_path / "old", at="wall=75")
+    assert str(error.value) == ("6 run(s) logged val/loss without perf/wall_time, which cannot be derived for runs "
+                                "from before it was logged: gelu-0, gelu-1, gelu-2, relu-0, relu-1, relu-2")
+
+
+@pytest.mark.parametrize("at, message", [
+    ("step=10", "--at step=10 is outside the evaluated range of 6 run(s): gelu-0 (20..40), gelu-1 (20..40), "
+                "gelu-2 (20..40), relu-0 (20..40), relu-1 (20..40), relu-2 (20..40)"),
+    *[(bad, f"--at {bad}: expected KEY=NUMBER, one of step=N, tokens=N, flops=N, wall=N (e.g. --at flops=1e12)")
+      for bad in ("flops", "flop=1e12", "flops=many", "flops=inf", "=3")],
+])
+def test_at_errors_are_one_line(tmp_path, capsys, at, message):
+    write_ablation(tmp_path)
+    assert main(["compare", str(tmp_path), "--at", at]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.endswith(f"error: {message}\n") and err.count("\n") == 1, err
+
+
+def test_on_one_grid_interpolates_runs_within_their_common_range():
+    curves = [(np.array([0.0, 10.0, 20.0]), np.array([3.0, 2.0, 1.0])),
+              (np.array([5.0, 15.0, 25.0]), np.array([3.0, 2.0, 1.0]))]
+    grid, values = _on_one_grid(curves)
+    # common range 5..20; the union of x there: 5, 10, 15, 20; each run on the line between its points
+    assert list(grid) == [5, 10, 15, 20]
+    assert values.tolist() == [[2.5, 2.0, 1.5, 1.0], [3.0, 2.5, 2.0, 1.5]]
+
+
+class RecordedFigure(Figure):
+    """matplotlib's Figure, remembered so a test can read back what was drawn."""
+
+    made: list = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        RecordedFigure.made.append(self)
+
+
+@pytest.mark.parametrize("x, label, values", [("step", "step", [20, 40]),
+                                              ("flops", "FLOPs", [20 * 256 * 150_000, 40 * 256 * 150_000]),
+                                              ("wall", "wall time (s)", [50.0, 100.0])])
+def test_plot_against_an_axis_draws_the_mean_of_the_seeds(tmp_path, monkeypatch, x, label, values):
+    write_ablation(tmp_path / "runs")
+    monkeypatch.setattr("nanolab.analysis.render.Figure", RecordedFigure)
+    RecordedFigure.made.clear()
+    compare_command(tmp_path / "runs", plot=str(tmp_path / "p.png"), x=x)
+    (ax,) = RecordedFigure.made[0].axes
+    assert ax.get_xlabel() == label
+    relu = next(line for line in ax.lines if line.get_label().startswith("model.activation=relu"))
+    assert relu.get_label() == "model.activation=relu (n=3)" and list(relu.get_xdata()) == values
+    assert relu.get_ydata() == pytest.approx([np.mean(RELU) + 1, np.mean(RELU)])  # eval_row: best + (40 - step) / 20
+
+
+def test_plot_axis_errors_come_before_any_file_is_written(tmp_path):
+    write_ablation(tmp_path / "runs", counters=False)
+    out = tmp_path / "out"
+    with pytest.raises(NanolabError, match=r"^axis 'time' \(--x, --at\): expected one of step, tokens, flops, wall"):
+        compare_command(tmp_path / "runs", csv=str(out / "t.csv"), plot=str(out / "p.png"), x="time")
+    assert not out.exists()
+    with pytest.raises(NanolabError, match="without perf/wall_time"):
+        compare_command(tmp_path / "runs", plot=str(out / "p.png"), x="wall")
+
+
+# ----------------------------------------------------------------------------- tuned ablations
+
+
+def test_a_tuned_ablations_chosen_values_are_columns_shown_per_variant(tmp_path):
+    for activation, losses, lr in (("gelu", GELU, 0.0023145678), ("relu", RELU, 0.0017)):
+        for seed, best in enumerate(losses):
+            write_run(tmp_path, f"{activation}-{seed}", activation, best, seed, lr=lr)
+    write_run(tmp_path, "untuned", "swiglu", 1.4, 0)
+    runs = load_runs(tmp_path).set_index("run_id")
+    assert runs.loc["gelu-1", "tuned.train.lr"] == 0.0023145678 == runs.loc["gelu-1", "train.lr"]
+    assert pd.isna(runs.loc["untuned", "tuned.train.lr"])
+    assert varying_keys(runs) == ["model.activation"]  # train.lr varies because it was tuned: not a variant key
+    table = compare(runs, "model.activation", baseline="gelu")
+    assert list(table.columns[:3]) == ["model.activation", "tuned.train.lr", "n"]
+    assert table.set_index("model.activation")["tuned.train.lr"].to_dict() == pytest.approx(
+        {"swiglu": np.nan, "relu": 0.0017, "gelu": 0.0023145678}, nan_ok=True)
+    lines = format_table(table).splitlines()
+    assert lines[0].split()[:4] == ["model.activation", "tuned", "train.lr", "n"]
+    assert [line.split()[:2] for line in lines[1:]] == [["swiglu", "-"], ["relu", "0.0017"], ["gelu", "0.002315"]]
+
 
 
 # ----------------------------------------------------------------------------- W&B

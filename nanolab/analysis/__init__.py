@@ -1,23 +1,27 @@
-"""Run folders and W&B runs -> pandas; comparison tables with Welch confidence intervals; loss plots.
+"""Run folders and W&B runs -> pandas; comparison tables (paired or Welch t-tests, corrected p-values); plots.
 
     runs = load_runs("runs/", group="activation")      # one row per run, config flattened with dots
     table = compare(runs, by=varying_keys(runs))       # one row per variant, best first
     print(format_table(table))
     history = load_history(runs)                       # every logged step of those runs
+    at = metric_at(history, "flops", 1e12)             # each run's val/loss at equal compute
 
 Runs from the local run folders (`load_runs`, `load_history`) and from W&B (`load_wandb_runs`,
 `load_wandb_history`) give frames with the same columns, so everything below works on either.
 
-    load.py        run folders -> frames          wandb_runs.py  W&B public API -> the same frames
-    stats.py       compare, Welch, baseline       render.py      text and Markdown tables, plots, files
+    load.py        run folders -> frames; each run's value at equal compute
+    wandb_runs.py  W&B public API -> the same frames
+    stats.py       compare: paired or Welch t-tests, corrected p-values, the baseline
+    render.py      text and Markdown tables, plots, files
     command.py     `nanolab compare`: load -> compare -> render
 """
 
 from nanolab.analysis.command import compare_command
-from nanolab.analysis.load import BASE_COLUMNS, HISTORY_COLUMNS, load_history, load_runs
-from nanolab.analysis.render import format_table, plot_history, to_markdown
+from nanolab.analysis.load import BASE_COLUMNS, HISTORY_COLUMNS, load_history, load_runs, metric_at
+from nanolab.analysis.render import caption, format_table, plot_history, to_markdown
 from nanolab.analysis.stats import compare, varying_keys
 from nanolab.analysis.wandb_runs import load_wandb_history, load_wandb_runs
 
-__all__ = ["load_runs", "load_history", "load_wandb_runs", "load_wandb_history", "compare", "varying_keys",
-           "format_table", "to_markdown", "plot_history", "compare_command", "BASE_COLUMNS", "HISTORY_COLUMNS"]
+__all__ = ["load_runs", "load_history", "load_wandb_runs", "load_wandb_history", "metric_at", "compare",
+           "varying_keys", "format_table", "to_markdown", "caption", "plot_history", "compare_command", "BASE_COLUMNS",
+           "HISTORY_COLUMNS"]

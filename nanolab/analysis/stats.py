@@ -1,20 +1,27 @@
-"""Comparison of variants: per-variant figures of the finished runs, Welch intervals against a baseline."""
+"""Comparison of variants against a baseline: per-variant figures of the finished runs, a paired or Welch t-test
+per variant, its p-value corrected for the number of comparisons, and the difference relative to the baseline."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
 
 from nanolab.errors import NanolabError
 from nanolab.registry import closest
 from nanolab.vocab import BEST_VAL_LOSS, UNFINISHED, RunStatus
 
 CONFIG_SECTIONS = ("data", "model", "train")
+TUNED = "tuned."  # load_runs' prefix of the values a tuned ablation's study chose: tuned.train.lr
 # runs of these statuses are counted per variant (status -> column) and kept out of the statistics
 COUNTED = {status.value: f"n_{status.value}" for status in UNFINISHED}
+# compare(correction=...) -> (statsmodels' multipletests method, what a caption says before "N comparisons")
+CORRECTIONS = {"holm": ("holm", "Holm-corrected over"), "bh": ("fdr_bh", "Benjamini-Hochberg-corrected over"),
+               "none": (None, "not corrected for")}
 
 
 def is_finished(runs: pd.DataFrame) -> pd.Series:
@@ -23,23 +30,45 @@ def is_finished(runs: pd.DataFrame) -> pd.Series:
 
 
 def varying_keys(df: pd.DataFrame) -> list[str]:
-    """The `data.*`, `model.*` and `train.*` columns whose values differ between the rows of `df`."""
-    keys = [c for c in df.columns if c.split(".")[0] in CONFIG_SECTIONS]
+    """The `data.*`, `model.*` and `train.*` columns whose values differ between the rows of `df`, except the keys
+    a tuned ablation's studies chose (their values follow from the variant; they do not define one)."""
+    tuned = {c.removeprefix(TUNED) for c in df.columns if c.startswith(TUNED)}
+    keys = [c for c in df.columns if c.split(".")[0] in CONFIG_SECTIONS and c not in tuned]
     return [c for c in keys if df[c].map(repr).nunique() > 1]
 
 
-def compare(df: pd.DataFrame, by: str | Sequence[str], metric: str = BEST_VAL_LOSS,
-            baseline: Any = None, confidence: float = 0.95, direction: str = "minimize") -> pd.DataFrame:
+@dataclass
+class Variant:
+    keys: dict  # by-key -> value
+    values: pd.Series  # the metric of its finished runs, indexed by seed (NaN where the frame has no seeds)
+    counts: dict  # n_<status> -> its runs of that unfinished status
+    tuned: dict  # tuned.<key> -> the value its study chose (its first run's: every seed runs with it)
+
+
+def compare(df: pd.DataFrame, by: str | Sequence[str], metric: str = BEST_VAL_LOSS, baseline: Any = None,
+            confidence: float = 0.95, direction: str = "minimize", correction: str = "holm") -> pd.DataFrame:
     """One row per variant (the distinct values of the `by` columns), best mean first.
 
     Only finished runs enter the statistics: n, mean, std (ddof=1), min, max of `metric`. Runs with another
-    status are counted in `n_running`, `n_interrupted`, `n_diverged`, `n_pruned`, `n_failed`. `diff` is the
-    variant's mean minus the baseline's; `ci_low`/`ci_high` the Welch `confidence` interval of that
-    difference (t with Welch-Satterthwaite degrees of freedom); `p_value` Welch's t-test; `significant`
-    whether the interval excludes 0. With fewer than two runs on either side these are NaN.
+    status are counted in `n_running`, `n_interrupted`, `n_diverged`, `n_pruned`, `n_failed`. A tuned ablation's
+    runs add a column per tuned key (`tuned.train.lr`): the value the variant's study chose.
+
+    Against the baseline (see `t_test`): `diff` (the variant's mean minus the baseline's) with its `confidence`
+    interval `ci_low`/`ci_high`, `test` ("paired" or "welch") and its `p_value`. `p_adjusted` corrects the
+    p-values of all variants for their number (`correction`: "holm", Holm-Bonferroni, the default; "bh",
+    Benjamini-Hochberg; "none"); a variant without a p-value (fewer than two runs a side) is not counted among
+    the comparisons. `significant`: p_adjusted < 1 - confidence. The intervals are per comparison, not corrected.
+
+    The effect size is `rel_diff` = diff / |baseline mean|, with `rel_ci_low`/`rel_ci_high` the interval of the
+    diff divided the same way: a fraction of the baseline (-0.05 = 5% lower), comparable across metrics and
+    model sizes. It treats the baseline mean as a fixed number: the baseline's uncertainty is in the interval of
+    the diff but not in the divisor, so the relative interval is too narrow by about the baseline's relative
+    standard error (negligible for a loss of 2.0 known to +-0.01; not for a baseline mean near 0).
 
     `baseline` names a variant: a dict {key: value}, a tuple of values in `by` order, or a value when `by`
     is one key. Default: the variant with the most finished runs, ties going to the one seen first in `df`.
+    The table's attrs hold the metric, by, confidence, direction, baseline, correction and the number of
+    comparisons corrected over.
     """
     if df.empty:
         raise NanolabError("no runs to compare")
@@ -48,37 +77,81 @@ def compare(df: pd.DataFrame, by: str | Sequence[str], metric: str = BEST_VAL_LO
     require_metric(df, metric)
     if direction not in ("minimize", "maximize"):
         raise NanolabError(f"direction {direction!r}: expected minimize or maximize")
-    variants = []
-    for key, runs in df.groupby(by, sort=False, dropna=False):
-        values = pd.to_numeric(runs.loc[is_finished(runs), metric], errors="coerce").dropna()
-        counts = runs["status"].value_counts()
-        variants.append((dict(zip(by, key)), values, {column: int(counts.get(s, 0)) for s, column in COUNTED.items()}))
-    base = _baseline_index([keys for keys, _, _ in variants], [len(v) for _, v, _ in variants], by, baseline)
-    rows = []
-    for i, (keys, values, counts) in enumerate(variants):
-        diff, low, high, p = _welch(values, variants[base][1], confidence) if i != base else (0.0, *[np.nan] * 3)
-        rows.append({**keys, "n": len(values), "mean": values.mean(), "std": values.std(ddof=1),
-                     "min": values.min(), "max": values.max(), "diff": diff, "ci_low": low, "ci_high": high,
-                     "p_value": p, "significant": bool(low > 0 or high < 0), "baseline": i == base, **counts})
-    table = pd.DataFrame(rows).sort_values("mean", ascending=direction == "minimize",
-                                           na_position="last", kind="stable").reset_index(drop=True)
-    table.attrs.update(metric=metric, by=by, confidence=confidence, direction=direction,
-                       baseline=label(variants[base][0]))
+    if correction not in CORRECTIONS:
+        raise NanolabError(f"--correction {correction}: expected holm (Holm-Bonferroni, the default), "
+                           "bh (Benjamini-Hochberg) or none")
+    variants = _variants(df, by, metric)
+    base = variants[_baseline_index([v.keys for v in variants], [len(v.values) for v in variants], by, baseline)]
+    table = pd.DataFrame([_row(variant, base, confidence) for variant in variants])
+    table["p_adjusted"] = adjust(table["p_value"], correction)
+    table["significant"] = table["p_adjusted"] < 1 - confidence
+    table = table.sort_values("mean", ascending=direction == "minimize",
+                              na_position="last", kind="stable").reset_index(drop=True)
+    table.attrs.update(metric=metric, by=by, confidence=confidence, direction=direction, baseline=label(base.keys),
+                       correction=correction, comparisons=int(table["p_value"].notna().sum()))
     return table
 
 
-def _welch(a: pd.Series, b: pd.Series, confidence: float) -> tuple[float, float, float, float]:
-    """mean(a) - mean(b), its Welch confidence interval and Welch's t-test p-value (NaN when n < 2)."""
-    if a.empty or b.empty:
-        return (np.nan,) * 4
-    diff = a.mean() - b.mean()
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    if len(a) < 2 or len(b) < 2 or va + vb == 0:
-        return diff, np.nan, np.nan, np.nan
-    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    half = stats.t.ppf((1 + confidence) / 2, dof) * np.sqrt(va + vb)
-    p = stats.ttest_ind(a, b, equal_var=False).pvalue
-    return diff, diff - half, diff + half, float(p)
+def _variants(df: pd.DataFrame, by: list[str], metric: str) -> list[Variant]:
+    tuned = [c for c in df.columns if c.startswith(TUNED)]
+    variants = []
+    for key, runs in df.groupby(by, sort=False, dropna=False):
+        finished = runs[is_finished(runs)]
+        seeds = finished["seed"].to_numpy() if "seed" in df else np.full(len(finished), np.nan)
+        values = pd.Series(pd.to_numeric(finished[metric], errors="coerce").to_numpy(), index=seeds)
+        counts = runs["status"].value_counts()
+        variants.append(Variant(dict(zip(by, key)), values.dropna(),
+                                {column: int(counts.get(s, 0)) for s, column in COUNTED.items()},
+                                {c: next(iter(runs[c].dropna()), np.nan) for c in tuned}))
+    return variants
+
+
+BASELINE_TEST = {"diff": 0.0, "ci_low": np.nan, "ci_high": np.nan, "test": None, "p_value": np.nan}  # vs itself
+
+
+def _row(variant: Variant, base: Variant, confidence: float) -> dict:
+    values, is_base = variant.values, variant is base
+    test = BASELINE_TEST if is_base else t_test(values, base.values, confidence)
+    interval = {key: test[key] for key in ("diff", "ci_low", "ci_high")}
+    relative = {f"rel_{key}": value / abs(base.values.mean()) for key, value in interval.items()}
+    return {**variant.keys, **variant.tuned, "n": len(values), "mean": values.mean(), "std": values.std(ddof=1),
+            "min": values.min(), "max": values.max(), **interval, **relative, "test": test["test"],
+            "p_value": test["p_value"], "p_adjusted": np.nan, "significant": False, "baseline": is_base,
+            **variant.counts}
+
+
+def t_test(a: pd.Series, b: pd.Series, confidence: float = 0.95) -> dict:
+    """mean(a) - mean(b) as `diff`, its `confidence` interval `ci_low`/`ci_high`, the `test` and its `p_value`.
+
+    When a and b hold the runs of the same seeds (indexed by seed, each once, two or more) the runs pair up
+    and the test is the paired t-test on the per-seed differences (scipy's ttest_rel), which removes what the
+    seed does to both; otherwise Welch's t-test (ttest_ind, unequal variances). The intervals are scipy's
+    `confidence_interval` of each. With fewer than two runs a side the test, interval and p-value are missing;
+    with no spread at all (identical runs: t undefined) the interval and p-value.
+    """
+    result = {"diff": a.mean() - b.mean(), "ci_low": np.nan, "ci_high": np.nan, "test": None, "p_value": np.nan}
+    if len(a) < 2 or len(b) < 2:
+        return result
+    paired = _same_seeds(a, b)
+    t = stats.ttest_rel(a, b[a.index]) if paired else stats.ttest_ind(a, b, equal_var=False)
+    result["test"] = "paired" if paired else "welch"
+    if np.isfinite(t.statistic):
+        interval = t.confidence_interval(confidence)
+        result.update(ci_low=float(interval.low), ci_high=float(interval.high), p_value=float(t.pvalue))
+    return result
+
+
+def _same_seeds(a: pd.Series, b: pd.Series) -> bool:
+    return a.index.notna().all() and a.index.is_unique and b.index.is_unique and set(a.index) == set(b.index)
+
+
+def adjust(p_values: pd.Series, correction: str) -> pd.Series:
+    """The p-values corrected for their number by `correction` (a CORRECTIONS name); NaN ones are not counted."""
+    method = CORRECTIONS[correction][0]
+    tested = p_values.dropna()
+    if method is None or tested.empty:
+        return p_values.astype(float)
+    return pd.Series(multipletests(tested, method=method)[1], index=tested.index).reindex(p_values.index)
 
 
 def _baseline_index(keys: list[dict], sizes: list[int], by: list[str], baseline: Any) -> int:
@@ -139,7 +212,7 @@ def require_keys(df: pd.DataFrame, by: list[str]) -> None:
 def require_metric(df: pd.DataFrame, metric: str) -> None:
     if metric not in df.columns:
         metrics = [c for c in df.select_dtypes("number").columns
-                   if c.split(".")[0] not in CONFIG_SECTIONS and c != "seed"]
+                   if c.split(".")[0] not in (*CONFIG_SECTIONS, TUNED[:-1]) and c != "seed"]
         raise NanolabError(f"unknown metric {metric!r}{did_you_mean(closest(metric, metrics))}; "
                            f"metrics: {', '.join(metrics) or 'none'}")
 

@@ -279,7 +279,9 @@ class SweepStudy:
         attrs = {k: v for k, v in frozen.user_attrs.items() if k not in ("fail_reason", "worker")}
         self.study.add_trial(optuna.trial.create_trial(
             state=TrialState.WAITING, params=frozen.params, distributions=frozen.distributions,
-            user_attrs={**attrs, "resumes": frozen.number, "retries": retries}))
+            user_attrs={**attrs, "resumes": frozen.number, "retries": retries},
+            # as enqueue_trial marks a trial: else the grid sampler gives it (and so uses up) another grid point
+            system_attrs={"fixed_params": dict(frozen.params)}))
 
     # -- results
     def trials(self) -> list[FrozenTrial]:

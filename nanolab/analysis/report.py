@@ -1,0 +1,223 @@
+"""`nanolab report FILE`: one Markdown report of an ablation or a sweep that has run, with its plots.
+
+    write_report("experiments/ablations/activation.yaml")   # -> reports/activation/report.md and two PNGs
+
+The report reads the plan's run folders ($NANOLAB_RUNS/<name>/) and trains nothing. Sections: what ran; for an
+ablation the comparison table and its method, for a sweep the top trials and the best parameters; val/loss against
+step and against FLOPs (mean line, min-max band over seeds); each variant's tuned values; the environment the runs
+recorded; their W&B links. `wandb_report` makes the W&B Report of the same runs (nanolab.tracking.workspace).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from nanolab.ablate import Ablation, load_ablation
+from nanolab.analysis.load import load_history, load_runs
+from nanolab.analysis.render import AXIS_LABELS, caption, correction_note, plot_history, to_markdown
+from nanolab.analysis.stats import TUNED, compare, is_finished
+from nanolab.errors import NanolabError
+from nanolab.files import write_text
+from nanolab.runfolder import RunFolder, runs_root
+from nanolab.spec import read_yaml
+from nanolab.sweep import Sweep, SweepStudy, load_sweep
+from nanolab.sweep.results import format_table
+from nanolab.vocab import STEPS, TOKENS_SEEN, VAL_LOSS
+
+PLOTS = {"step": "val_loss_step.png", "flops": "val_loss_flops.png"}  # x axis -> file
+VERBS = {"ablation": "ablate", "sweep": "sweep"}
+
+
+def write_report(plan_file: str | os.PathLike, out: str | os.PathLike | None = None,
+                 runs: str | os.PathLike | None = None) -> Path:
+    """Write `<out>/report.md` and its PNGs (default out: reports/<name>/); returns the report's path.
+
+    `runs` is the runs root (default $NANOLAB_RUNS, else ./runs). A sweep's trials table comes from its study,
+    in the storage its file names (default: a journal under $NANOLAB_RUNS/sweeps/<name>/).
+    """
+    plan = load_plan_file(plan_file)
+    folder = Path(runs_root() if runs is None else runs) / plan.name
+    frame = plan_runs(plan, folder)
+    out = Path("reports") / plan.name if out is None else Path(out)
+    finished = frame[is_finished(frame)]
+    metas = [RunFolder(path).read_meta() for path in frame["path"]]
+    if isinstance(plan, Ablation):
+        by = grid_keys(plan)
+        results = [_comparison(plan, frame, finished, folder), _curves(finished, by, "variant", out),
+                   _tuned(frame, by)]
+    else:
+        results = [_trials(plan), _curves(finished, ["run_id"], "trial", out)]
+    sections = [f"# {kind(plan).capitalize()} {plan.name}", _what_ran(plan, frame, folder), *results,
+                _environment(metas), _wandb_links(plan, frame["run_id"], metas, folder)]
+    write_text(out / "report.md", "\n\n".join(sections) + "\n")
+    return out / "report.md"
+
+
+def wandb_report(plan_file: str | os.PathLike, entity: str | None = None, project: str | None = None) -> str:
+    """Create the plan's W&B Report when W&B is online here; offline, what it would create and how, later."""
+    from nanolab.tracking.workspace import publish
+
+    plan = load_plan_file(plan_file)
+    swept = [] if isinstance(plan, Ablation) else [d.key for d in plan.space]
+    by = grid_keys(plan) if isinstance(plan, Ablation) else []
+    return publish(plan.plan.config(), plan.name, f"{kind(plan).capitalize()} {plan.name}", by, swept, plan_file,
+                   runs_root() / plan.name, entity, project)
+
+
+# ----------------------------------------------------------------------------- the plan and its runs
+
+
+def load_plan_file(path: str | os.PathLike) -> Ablation | Sweep:
+    """An ablation file (it has `grid:`) or a sweep file (`space:`), read and checked by its own loader."""
+    return load_sweep(path) if "space" in read_yaml(Path(path)) else load_ablation(path)
+
+
+def kind(plan: Ablation | Sweep) -> str:
+    return "ablation" if isinstance(plan, Ablation) else "sweep"
+
+
+def grid_keys(ablation: Ablation) -> list[str]:
+    return list(ablation.cells[0].variant)
+
+
+def plan_runs(plan: Ablation | Sweep, folder: Path) -> pd.DataFrame:
+    """The run folders of the plan; a NanolabError when it has none yet."""
+    runs = load_runs(folder) if folder.is_dir() else pd.DataFrame()
+    if runs.empty:
+        raise NanolabError(f"no runs of {kind(plan)} {plan.name} in {folder}; "
+                           f"run `nanolab {VERBS[kind(plan)]} {plan.plan.path}` first")
+    return runs
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+def _what_ran(plan: Ablation | Sweep, runs: pd.DataFrame, folder: Path) -> str:
+    statuses = ", ".join(f"{n} {status}" for status, n in Counter(runs["status"]).items())
+    seeds = ", ".join(map(str, sorted(runs["seed"].unique())))
+    if isinstance(plan, Ablation):
+        varied = "grid: " + "; ".join(f"{key} in {values}" for key, values in _grid(plan).items())
+    else:
+        varied = "space: " + "; ".join(f"{d.key} {d.as_written()}" for d in plan.space)
+    return "\n".join([
+        "## What ran",
+        "",
+        f"- {kind(plan)} `{plan.plan.path}` over the experiment `{plan.plan.experiment}`; run folders in `{folder}`",
+        f"- {varied}",
+        f"- {len(runs)} runs ({statuses}), seeds {seeds}",
+        f"- per run: {_spread(runs, STEPS)} steps, {_spread(runs, TOKENS_SEEN)} tokens, "
+        f"{_spread(runs, 'params')} parameters",
+    ])
+
+
+def _grid(ablation: Ablation) -> dict[str, list]:
+    return {key: list(dict.fromkeys(cell.variant[key] for cell in ablation.cells)) for key in grid_keys(ablation)}
+
+
+def _spread(frame: pd.DataFrame, column: str) -> str:
+    """'600' when every row agrees, else '590-600' (min-max over the rows); '-' when none has a value."""
+    numbers = pd.to_numeric(frame.get(column, pd.Series(dtype=float)), errors="coerce").dropna()
+    if numbers.empty:
+        return "-"
+    low, high = numbers.min(), numbers.max()
+    return f"{low:,.0f}" if low == high else f"{low:,.0f}-{high:,.0f}"
+
+
+def _comparison(ablation: Ablation, runs: pd.DataFrame, finished: pd.DataFrame, folder: Path) -> str:
+    table = compare(runs, grid_keys(ablation), baseline=ablation.baseline)
+    title = caption(table, len(runs), len(finished), str(folder)).replace("\n", "  \n")  # Markdown keeps its lines
+    return "\n\n".join(["## Comparison", title, to_markdown(table), _method(table)])
+
+
+def _method(table: pd.DataFrame) -> str:
+    """How the table's figures were made, from what `compare` recorded (its attrs and `test` column)."""
+    a = table.attrs
+    tests = " and ".join(f"a {test} t-test" for test in dict.fromkeys(table["test"].dropna()))
+    return (f"Method: {a['metric']} of each variant's finished runs (n = {_spread(table, 'n')} per variant), best "
+            f"first ({a['direction']}); against the baseline ({a['baseline']}), the difference of means with its "
+            f"{a['confidence']:.0%} confidence interval and {tests or 'no test (fewer than two runs a side)'}; "
+            f"p-values {correction_note(a)}.")
+
+
+def _trials(sweep: Sweep) -> str:
+    study = SweepStudy.load(sweep)
+    if study is None:
+        return f"## Trials\n\nNo study {sweep.name!r} in the sweep's storage: its trials were not recorded there."
+    trials = f"## Trials\n\n```text\n{format_table(sweep, study)}\n```\n\n## Best parameters"
+    ranked = study.ranked()  # with several objectives, the Pareto front by the first: best.yaml's trial first
+    if not ranked:
+        return f"{trials}\n\nNo trial completed."
+    params = markdown_table([{"key": key, "value": value} for key, value in ranked[0].params.items()])
+    return (f"{trials}\n\nTrial {ranked[0].number}; `nanolab run {sweep.folder / 'best.yaml'}` trains it again."
+            f"\n\n{params}")
+
+
+def _curves(finished: pd.DataFrame, by: list[str], line: str, out: Path) -> str:
+    """val/loss of the finished runs against step and against FLOPs, a `line` (variant, trial) per value of `by`."""
+    if finished.empty:
+        return "## Curves\n\nNo finished run to plot."
+    keys = list(dict.fromkeys(["run_id", *by]))
+    history = load_history(finished).merge(finished[keys], on="run_id")
+    figures = []
+    for x, name in PLOTS.items():
+        plot_history(history, by, out / name, VAL_LOSS, x=x)
+        figures.append(f"![{VAL_LOSS} against {AXIS_LABELS[x]}]({name})")
+    return "\n\n".join(["## Curves", f"{VAL_LOSS} of the finished runs, a line per {line}: the mean over its runs, "
+                        "shaded from their min to their max.", *figures])
+
+
+def _tuned(runs: pd.DataFrame, by: list[str]) -> str:
+    """Each variant's tuned values: the `tuned.<key>` columns load_runs makes of a tuned ablation's meta.json."""
+    tuned = [column for column in runs.columns if column.startswith(TUNED)]
+    if not tuned:
+        return "## Tuned parameters\n\nNot tuned: every variant ran at the experiment's values."
+    values = runs[[*by, *tuned]].dropna(subset=tuned).astype(str).drop_duplicates()
+    rows = [{key.removeprefix(TUNED): value for key, value in row.items()} for row in values.to_dict("records")]
+    return ("## Tuned parameters\n\nEach variant's values, chosen by its own study before its seeds ran:\n\n"
+            + markdown_table(rows))
+
+
+def _environment(metas: list[dict]) -> str:
+    """Where the runs ran, as meta.json recorded it (nanolab.environment); a field on which runs differ says so."""
+    versions = dict.fromkeys(name for meta in metas for name in meta.get("versions", {}))
+    fields = {"git commit": [_commit(meta.get("git") or {}) for meta in metas],
+              **{name: [meta.get("versions", {}).get(name, "-") for meta in metas] for name in versions},
+              "device": [f"{meta.get('device')} ({meta.get('device_name')})" for meta in metas]}
+    rows = [{"field": name, "value": _agreed(values)} for name, values in fields.items()]
+    return "## Environment\n\n" + markdown_table(rows)
+
+
+def _commit(git: dict) -> str:
+    if not git.get("commit"):
+        return "none (not a git checkout)"
+    return f"`{git['commit']}`" + (" with uncommitted changes (the diff is in meta.json)" if git.get("dirty") else "")
+
+
+def _agreed(values: Sequence[Any]) -> str:
+    counts = Counter(map(str, values))
+    if len(counts) == 1:
+        return next(iter(counts))
+    return "runs disagree: " + "; ".join(f"{value} ({n} runs)" for value, n in counts.items())
+
+
+def _wandb_links(plan: Ablation | Sweep, run_ids: pd.Series, metas: list[dict], folder: Path) -> str:
+    links = [f"- [{run_id}]({meta['wandb_url']})" for run_id, meta in zip(run_ids, metas) if meta.get("wandb_url")]
+    offline = [run_id for run_id, meta in zip(run_ids, metas)
+               if meta.get("wandb_mode") == "offline" and not meta.get("wandb_url")]
+    notes = [f"{len(offline)} of the runs are offline W&B runs: `nanolab sync {folder}/*/` uploads them, then "
+             f"`nanolab report {plan.plan.path} --wandb` makes their W&B Report."] if offline else []
+    if not links and not offline:
+        notes = ["W&B was off for these runs (tracking.wandb.mode disabled): the run folders hold everything."]
+    return "\n\n".join(["## W&B", *(["\n".join(links)] if links else []), *notes])
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Rows of plain values as a Markdown table, the columns of the first row."""
+    columns = list(rows[0])
+    lines = [columns, ["---"] * len(columns), *([row.get(c, "") for c in columns] for row in rows)]
+    return "\n".join("| " + " | ".join(str(v).replace("|", "\\|") for v in line) + " |" for line in lines)

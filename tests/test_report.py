@@ -1,0 +1,269 @@
+"""`nanolab report`: the Markdown report and its PNGs from tiny ablation and sweep runs, and the W&B Report object,
+built and described without the network."""
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import wandb_workspaces.reports.v2 as wr
+from wandb_workspaces import expr
+
+from nanolab import load_spec
+from nanolab.analysis.report import write_report
+from nanolab.cli import main
+from nanolab.config import Config, TrackingConfig, WandbConfig
+from nanolab.errors import NanolabError
+from nanolab.tracking import workspace
+
+REPO = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+TINY = """\
+name: tiny
+data: {block_size: 16}
+model: {n_layer: 1, n_head: 2, n_embd: 16}
+train: {batch_size: 4, max_iters: 20, warmup_iters: 2, eval_interval: 10, eval_iters: 2, log_interval: 5,
+        sample_tokens: 0}
+tracking: {wandb: {mode: disabled}}
+"""
+ABLATION = """\
+experiment: tiny.yaml
+grid: {model.activation: [relu, swiglu]}
+seeds: [1, 2]
+"""
+SWEEP = """\
+experiment: tiny.yaml
+space: {train.lr: {float: [1.0e-3, 1.0e-2], log: true}}
+sampler: {name: random, seed: 0}
+pruner: none
+trials: 2
+"""
+
+
+@pytest.fixture(scope="module")
+def plans(tmp_path_factory):
+    """An ablation `act` (2 activations x 2 seeds) and a sweep `lrs` (2 trials) that have run, under their own
+    runs root, which stays $NANOLAB_RUNS for the module's tests (the sweep's study is found through it)."""
+    folder = tmp_path_factory.mktemp("plans")
+    (folder / "tiny.yaml").write_text(TINY)
+    (folder / "act.yaml").write_text(ABLATION)
+    (folder / "lrs.yaml").write_text(SWEEP)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NANOLAB_RUNS", str(folder / "runs"))
+        assert main(["ablate", str(folder / "act.yaml")]) == 0
+        assert main(["sweep", str(folder / "lrs.yaml")]) == 0
+        yield folder
+
+
+def nanolab(*args):
+    return subprocess.run([sys.executable, "-m", "nanolab", *args], capture_output=True, text=True)
+
+
+def headings(text: str) -> list[str]:
+    return re.findall(r"^#+ .*$", text, re.M)
+
+
+def git_commit() -> str:
+    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return f"`{done.stdout.strip()}`" if done.returncode == 0 else "none (not a git checkout)"
+
+
+def assert_plots(out: Path, text: str) -> None:
+    for name, x in (("val_loss_step.png", "step"), ("val_loss_flops.png", "FLOPs")):
+        assert f"![val/loss against {x}]({name})" in text
+        data = (out / name).read_bytes()
+        assert data[:8] == PNG and len(data) > 1000
+
+
+def test_ablation_report(plans, tmp_path):
+    out = tmp_path / "report"
+    proc = nanolab("report", str(plans / "act.yaml"), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"wrote {out / 'report.md'}\n"
+    text = (out / "report.md").read_text()
+    assert headings(text) == ["# Ablation act", "## What ran", "## Comparison", "## Curves", "## Tuned parameters",
+                              "## Environment", "## W&B"]
+    assert "- 4 runs (4 finished), seeds 1, 2\n" in text
+    assert "- grid: model.activation in ['relu', 'swiglu']\n" in text
+    table = [line.strip("| ").split(" | ") for line in text.splitlines() if line.startswith("| ")]
+    assert table[0][:2] == ["model.activation", "n"]
+    assert sorted(row[:2] for row in table[2:4]) == [["relu", "2"], ["swiglu", "2"]]
+    [method] = [line for line in text.splitlines() if line.startswith("Method:")]
+    assert method.startswith("Method: best/val_loss of each variant's finished runs (n = 2 per variant), best first")
+    assert "a paired t-test" in method and "Holm" in method
+    assert_plots(out, text)
+    assert "Not tuned: every variant ran at the experiment's values." in text
+    assert f"| git commit | {git_commit()}" in text and "| device | cpu (" in text
+    assert "W&B was off for these runs" in text
+
+
+def test_sweep_report(plans, tmp_path):
+    out = tmp_path / "report"
+    path = write_report(plans / "lrs.yaml", out)
+    text = path.read_text()
+    assert headings(text) == ["# Sweep lrs", "## What ran", "## Trials", "## Best parameters", "## Curves",
+                              "## Environment", "## W&B"]
+    assert "- space: train.lr {'float': [0.001, 0.01], 'log': True}\n" in text
+    assert "- 2 runs (2 finished), seeds 1337\n" in text
+    assert "top 2 trials (minimize val/loss):" in text
+    assert re.search(r"^Trial [01]; `nanolab run .*/sweeps/lrs/best.yaml` trains it again\.$", text, re.M)
+    assert re.search(r"^\| train\.lr \| 0\.00\d+ \|$", text, re.M)
+    assert_plots(out, text)
+
+
+@pytest.fixture
+def copied_runs(plans, tmp_path):
+    """A copy of the ablation's runs root, to edit meta.json in."""
+    root = tmp_path / "runs"
+    shutil.copytree(plans / "runs" / "act", root / "act")
+    return root
+
+
+def edit_meta(root: Path, run_id: str, **fields) -> None:
+    path = root / "act" / run_id / "meta.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+
+
+def test_tuned_values_wandb_links_and_disagreeing_environments(plans, copied_runs, tmp_path):
+    for seed in (1, 2):
+        edit_meta(copied_runs, f"activation=relu-s{seed}", tuned={"train.lr": 0.002})
+        edit_meta(copied_runs, f"activation=swiglu-s{seed}", tuned={"train.lr": 0.004}, wandb_mode="offline")
+    edit_meta(copied_runs, "activation=relu-s1", wandb_url="https://wandb.ai/me/nanolab/runs/abc", device="cuda:0",
+              device_name="NVIDIA H100")
+    text = write_report(plans / "act.yaml", tmp_path / "out", runs=copied_runs).read_text()
+    assert "| model.activation | train.lr |\n| --- | --- |\n| relu | 0.002 |\n| swiglu | 0.004 |\n" in text
+    assert "- [activation=relu-s1](https://wandb.ai/me/nanolab/runs/abc)\n" in text
+    assert (f"2 of the runs are offline W&B runs: `nanolab sync {copied_runs / 'act'}/*/` uploads them, then "
+            f"`nanolab report {plans / 'act.yaml'} --wandb` makes their W&B Report.") in text
+    assert re.search(r"^\| device \| runs disagree: cuda:0 \(NVIDIA H100\) \(1 runs\); cpu \(.*\) \(3 runs\) \|$",
+                     text, re.M)
+
+
+def test_the_example_script_reports_another_runs_root(plans, copied_runs, tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "analysis" / "report.py"), str(plans / "act.yaml"), "--runs",
+                           str(copied_runs), "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"wrote {tmp_path / 'out' / 'report.md'}\n"
+    assert f"run folders in `{copied_runs / 'act'}`" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_bad_input_is_one_line_and_exit_2(plans, tmp_path, capsys):
+    shutil.copy(plans / "act.yaml", tmp_path / "never.yaml")
+    shutil.copy(plans / "tiny.yaml", tmp_path / "tiny.yaml")
+    assert main(["report", str(tmp_path / "never.yaml")]) == 2
+    assert capsys.readouterr().err == (f"nanolab: error: no runs of ablation never in {plans / 'runs' / 'never'}; "
+                                       f"run `nanolab ablate {tmp_path / 'never.yaml'}` first\n")
+    assert main(["report", str(tmp_path / "nope.yaml")]) == 2
+    assert capsys.readouterr().err == f"nanolab: error: {tmp_path / 'nope.yaml'}: no such file\n"
+    assert main(["report", str(plans / "act.yaml"), "--project", "elsewhere"]) == 2
+    assert capsys.readouterr().err == "nanolab: error: --entity and --project place the W&B Report: add --wandb\n"
+
+
+# ----------------------------------------------------------------------------- the W&B Report object
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the network was used")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_wandb_offline_says_what_it_would_create_and_how(plans, tmp_path, monkeypatch, capsys, no_network):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert main(["report", str(plans / "lrs.yaml"), "--out", str(tmp_path), "--wandb", "--entity", "me"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"wrote {tmp_path / 'report.md'}",
+        "W&B mode offline: no W&B Report was created. Online, it would be",
+        "W&B Report 'Sweep lrs' in me/nanolab",
+        "  runs: Metric(\"Group\") == 'lrs' and SummaryMetric(\"status\") not in ['pruned', 'diverged']",
+        "  grouped by: nothing (a line per run); sorted by best/val_loss ascending",
+        "  panel: line plot of val/loss against Step, a line per run",
+        "  panel: line plot of train/loss against Step, a line per run",
+        "  panel: parallel coordinates over train.lr, best/val_loss",
+        "  panel: parameter importance against best/val_loss",
+        f"to create it: `nanolab sync {plans / 'runs' / 'lrs'}/*/` (uploads offline runs), `wandb login`, then "
+        f"`nanolab report {plans / 'lrs.yaml'} --wandb`",
+    ]
+
+
+def runset_filters(runset: wr.Runset) -> list[tuple]:
+    tree = expr.expr_to_filters(runset.filters)
+    return [(f.key.section, f.key.name, f.op, f.value) for f in tree.filters]
+
+
+def test_ablation_report_object(no_network):
+    report = workspace.build_report("me", "nanolab", "act", "Ablation act", by=["model.activation"])
+    assert (report.entity, report.project, report.title) == ("me", "nanolab", "Ablation act")
+    [grid] = report.blocks
+    [runset] = grid.runsets
+    assert (runset.entity, runset.project, runset.name) == ("me", "nanolab", "act")
+    assert runset_filters(runset) == [("run", "group", "=", "act"),
+                                      ("summary", "status", "NIN", ["pruned", "diverged"])]
+    assert runset.groupby == ["config.model.activation"]
+    assert [expr.groupby_str_to_key(g).name for g in runset.groupby] == ["model.value.activation"]  # nested config
+    assert [(o.name.name, o.ascending) for o in runset.order] == [("best/val_loss", True)]
+    assert runset.visible_columns == ["summary:best/val_loss", "summary:best/step", "summary:status"]
+    plots = [panel._to_model().config for panel in grid.panels]
+    assert [(p.metrics, p.x_axis, p.group_by, p.group_agg, p.group_area, p.aggregate) for p in plots] == [
+        (["val/loss"], "_step", "model.value.activation", "mean", "minmax", True),
+        (["train/loss"], "_step", "model.value.activation", "mean", "minmax", True)]
+
+
+def test_two_grid_keys_group_the_runs_and_the_plots_follow_the_run_set(no_network):
+    report = workspace.build_report("me", "nanolab", "norm", "Ablation norm", by=["model.norm", "model.norm_placement"])
+    [grid] = report.blocks
+    assert grid.runsets[0].groupby == ["config.model.norm", "config.model.norm_placement"]
+    assert [(p.groupby, p.aggregate, p.groupby_aggfunc, p.groupby_rangefunc) for p in grid.panels] == [
+        (None, True, "mean", "minmax")] * 2
+
+
+def test_sweep_report_object(no_network):
+    report = workspace.build_report("me", "nanolab", "lr", "Sweep lr", swept=["train.lr", "train.warmup_iters"])
+    [grid] = report.blocks
+    assert grid.runsets[0].groupby == []
+    lines, coordinates, importance = grid.panels[:2], grid.panels[2], grid.panels[3]
+    assert [(p.y, p.groupby, p.aggregate) for p in lines] == [(["val/loss"], None, None), (["train/loss"], None, None)]
+    assert [c._to_model().accessor for c in coordinates.columns] == [
+        "config:train.value.lr", "config:train.value.warmup_iters", "summary:best/val_loss"]
+    assert importance._to_model().config.target_key == "best/val_loss"
+
+
+@pytest.mark.parametrize("spec_mode, env, reason", [
+    ("disabled", {}, "W&B mode disabled"),
+    ("auto", {}, "no W&B API key"),
+    ("offline", {"WANDB_API_KEY": "x" * 40}, "W&B mode offline"),
+    ("auto", {"WANDB_API_KEY": "x" * 40, "WANDB_MODE": "offline"}, "W&B mode offline"),
+    ("disabled", {"WANDB_MODE": "online"}, "no W&B API key"),
+    ("auto", {"WANDB_API_KEY": "x" * 40}, None),
+])
+def test_the_report_is_saved_only_when_wandb_is_online(spec_mode, env, reason, monkeypatch):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert workspace.offline_reason(Config(tracking=TrackingConfig(wandb=WandbConfig(mode=spec_mode)))) == reason
+
+
+def test_online_saves_the_report_and_prints_its_url(plans, no_network, monkeypatch):
+    saved = []
+    monkeypatch.setattr(workspace, "offline_reason", lambda cfg: None)
+    monkeypatch.setattr(wr.Report, "save", lambda self: saved.append(self))
+    monkeypatch.setattr(wr.Report, "url", property(lambda self: "https://wandb.ai/me/nanolab/reports/x"))
+    publish = [load_spec(plans / "tiny.yaml"), "act", "Ablation act", ["model.activation"], [], "act.yaml",
+               plans / "runs" / "act"]
+    text = workspace.publish(*publish, entity="me")
+    assert [r.title for r in saved] == ["Ablation act"]
+    assert text.startswith("created W&B Report 'Ablation act' in me/nanolab\n")
+    assert text.endswith("\nhttps://wandb.ai/me/nanolab/reports/x")
+
+    def refuse(self):
+        raise ValueError("project 'me/nanolab' not found\nmore")
+
+    monkeypatch.setattr(wr.Report, "save", refuse)
+    with pytest.raises(NanolabError, match=r"^W&B Report not created: ValueError: project 'me/nanolab' not found$"):
+        workspace.publish(*publish, entity="me")

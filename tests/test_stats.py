@@ -1,0 +1,175 @@
+"""compare's statistics: the paired and Welch t-tests against scipy's own, which test is chosen, Holm and
+Benjamini-Hochberg against tables checked by hand, significance on the adjusted p-value, the relative difference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+from statsmodels.stats.multitest import multipletests
+from test_analysis import write_ablation
+
+from nanolab.analysis import caption, compare, compare_command, format_table
+from nanolab.analysis.stats import adjust
+from nanolab.cli import main
+from nanolab.errors import NanolabError
+from nanolab.vocab import BEST_VAL_LOSS, EXIT_USAGE, RunStatus
+
+FINISHED, FAILED = RunStatus.FINISHED.value, RunStatus.FAILED.value
+BASE = [2.00, 2.10, 2.20]  # seeds 1, 2, 3
+
+
+def frame(variants: dict[str, tuple[list[float], list[int]]]) -> pd.DataFrame:
+    """Runs of model.activation = each key: its values of best/val_loss at its seeds, the baseline's (BASE) first."""
+    rows = [{"run_id": f"{name}-s{seed}", "model.activation": name, "seed": seed, "status": FINISHED, BEST_VAL_LOSS: v}
+            for name, (values, seeds) in {"base": (BASE, [1, 2, 3]), **variants}.items()
+            for v, seed in zip(values, seeds)]
+    return pd.DataFrame(rows)
+
+
+def row(table: pd.DataFrame, variant: str) -> pd.Series:
+    return table.set_index("model.activation").loc[variant]
+
+
+def shifted(by: list[float]) -> list[float]:
+    """BASE + `by`, seed by seed."""
+    return list(np.add(BASE, by))
+
+
+# ----------------------------------------------------------------------------- the tests against scipy
+
+
+def test_runs_of_the_same_seeds_are_compared_by_the_paired_test():
+    variant = shifted([-0.10, -0.15, -0.08])
+    # the variant's rows come in another seed order: they pair up by seed, not by position
+    table = compare(frame({"x": ([variant[2], variant[0], variant[1]], [3, 1, 2])}), "model.activation",
+                    baseline="base", confidence=0.9)
+    x = row(table, "x")
+    expected = stats.ttest_rel(variant, BASE)
+    interval = expected.confidence_interval(0.9)
+    assert x["test"] == "paired"
+    assert x["diff"] == pytest.approx(np.mean(variant) - np.mean(BASE)) == pytest.approx(-0.11)
+    assert (x["ci_low"], x["ci_high"], x["p_value"]) == (pytest.approx(interval.low), pytest.approx(interval.high),
+                                                         pytest.approx(expected.pvalue))
+    assert x["p_value"] == pytest.approx(0.0339969)
+
+
+def test_runs_of_other_seeds_are_compared_by_welchs_test():
+    variant = shifted([-0.10, -0.15, -0.08])
+    table = compare(frame({"x": (variant, [1, 2, 4])}), "model.activation", baseline="base", confidence=0.9)
+    x = row(table, "x")
+    expected = stats.ttest_ind(variant, BASE, equal_var=False)
+    interval = expected.confidence_interval(0.9)
+    assert x["test"] == "welch"
+    assert (x["diff"], x["ci_low"], x["ci_high"], x["p_value"]) == (
+        pytest.approx(-0.11), pytest.approx(interval.low), pytest.approx(interval.high), pytest.approx(expected.pvalue))
+
+
+@pytest.mark.parametrize("seeds, base_seeds, test", [
+    ([1, 2, 3], [1, 2, 3], "paired"),
+    ([3, 2, 1], [1, 2, 3], "paired"),  # the same set, in another order
+    ([1, 2, 4], [1, 2, 3], "welch"),
+    ([1, 2], [1, 2, 3], "welch"),  # a subset is not the same set
+    ([1, 1, 2], [1, 1, 2], "welch"),  # a seed twice: the runs do not pair up one to one
+    (None, None, "welch"),  # no seed column at all
+])
+def test_the_paired_test_exactly_when_the_seeds_match(seeds, base_seeds, test):
+    runs = frame({"x": ([1.9, 2.0, 2.3], seeds or [1, 2, 3])})
+    if seeds is None:
+        runs = runs.drop(columns="seed")
+    else:
+        runs.loc[runs["model.activation"] == "base", "seed"] = base_seeds
+    assert row(compare(runs, "model.activation", baseline="base"), "x")["test"] == test
+
+
+def test_seeds_are_those_of_the_finished_runs():
+    failed = {"run_id": "x-s4", "model.activation": "x", "seed": 4, "status": FAILED, BEST_VAL_LOSS: 0.1}
+    runs = pd.concat([frame({"x": ([1.9, 2.0, 2.3], [1, 2, 3])}), pd.DataFrame([failed])], ignore_index=True)
+    x = row(compare(runs, "model.activation", baseline="base"), "x")
+    assert x["test"] == "paired" and x["n"] == 3 and x["n_failed"] == 1
+
+
+@pytest.mark.filterwarnings("ignore:Precision loss occurred:RuntimeWarning")  # scipy, on the runs without spread
+def test_fewer_than_two_runs_or_no_spread_give_no_p_value_and_no_comparison():
+    # 0.25 and its multiples are exact in binary: the per-seed differences are exactly equal, t is 0/0 or x/0
+    runs = frame({"one": ([1.9], [1]), "shift": ([1.25, 1.75, 2.25], [1, 2, 3]), "x": ([1.9, 2.0, 2.3], [1, 2, 3])})
+    runs.loc[runs["model.activation"] == "base", BEST_VAL_LOSS] = [1.0, 1.5, 2.0]
+    table = compare(runs, "model.activation", baseline="base")
+    one, shift = row(table, "one"), row(table, "shift")
+    assert pd.isna(one["test"]) and pd.isna(one["p_value"]) and one["diff"] == pytest.approx(0.4)
+    assert shift["test"] == "paired" and shift["diff"] == 0.25
+    assert pd.isna(shift["ci_low"]) and pd.isna(shift["p_value"]) and pd.isna(shift["p_adjusted"])
+    assert not shift["significant"] and table.attrs["comparisons"] == 1  # x alone
+
+
+# ----------------------------------------------------------------------------- corrections
+
+
+RAW = [0.01, 0.04, 0.03, 0.20]
+# Holm (m = 4): sorted 0.01, 0.03, 0.04, 0.20 times 4, 3, 2, 1 = 0.04, 0.09, 0.08, 0.20; then the running maximum
+# (an adjusted p never falls below a smaller p's): 0.04, 0.09, 0.09, 0.20; back in the original order:
+HOLM = [0.04, 0.09, 0.09, 0.20]
+# Benjamini-Hochberg: sorted p x m / rank = 0.01 x 4/1, 0.03 x 4/2, 0.04 x 4/3, 0.20 x 4/4 = 0.04, 0.06, 0.0533, 0.20;
+# then the running minimum from the largest down: 0.20, 0.0533, min(0.06, 0.0533) = 0.0533, 0.04; in order:
+BH = [0.04, 0.16 / 3, 0.16 / 3, 0.20]
+
+
+@pytest.mark.parametrize("correction, expected", [("holm", HOLM), ("bh", BH), ("none", RAW)])
+def test_adjusted_p_values_match_the_table_checked_by_hand(correction, expected):
+    assert list(adjust(pd.Series(RAW), correction)) == pytest.approx(expected)
+    with_untested = adjust(pd.Series([RAW[0], np.nan, *RAW[1:]]), correction)  # NaN: not a comparison
+    assert list(with_untested.dropna()) == pytest.approx(expected) and np.isnan(with_untested[1])
+
+
+SIGNIFICANT_ALONE = {"x": (shifted([-0.10, -0.15, -0.08]), [1, 2, 3]),  # p 0.034, its interval excludes 0
+                     "y": (shifted([0.05, -0.05, 0.03]), [1, 2, 3]),  # p 0.77
+                     "z": (shifted([0.10, -0.10, 0.05]), [1, 2, 3]),  # p 0.81
+                     "one": ([2.0], [1])}  # no p-value: not a comparison
+
+
+def test_significance_follows_the_adjusted_p_value():
+    table = compare(frame(SIGNIFICANT_ALONE), "model.activation", baseline="base")
+    x = row(table, "x")
+    assert x["p_value"] < 0.05 and x["ci_high"] < 0  # alone, it would be significant
+    assert x["p_adjusted"] == pytest.approx(3 * x["p_value"]) == pytest.approx(0.102, abs=1e-4)  # Holm: 0.034 x 3
+    assert not x["significant"] and not table["significant"].any()
+    tested = table["p_value"].notna()
+    assert list(table.loc[tested, "p_adjusted"]) == pytest.approx(
+        list(multipletests(table.loc[tested, "p_value"], method="holm")[1]))
+    assert table.attrs["correction"] == "holm" and table.attrs["comparisons"] == 3
+    uncorrected = compare(frame(SIGNIFICANT_ALONE), "model.activation", baseline="base", correction="none")
+    assert row(uncorrected, "x")["significant"] and row(uncorrected, "x")["p_adjusted"] == x["p_value"]
+    lines = format_table(table).splitlines()
+    assert next(line for line in lines if line.split()[0] == "x").split()[-3:] == ["paired", "0.034", "0.102"]  # no *
+
+
+@pytest.mark.parametrize("correction, words", [("holm", "Holm-corrected over 3 comparisons"),
+                                               ("bh", "Benjamini-Hochberg-corrected over 3 comparisons"),
+                                               ("none", "not corrected for 3 comparisons")])
+def test_the_caption_says_which_correction_over_how_many_comparisons(correction, words):
+    table = compare(frame(SIGNIFICANT_ALONE), "model.activation", baseline="base", correction=correction)
+    assert caption(table, 10, 10, "runs/").splitlines()[2] == (
+        f"rel diff = diff / baseline mean; p adj: p {words}; * = p adj < 0.05")
+
+
+def test_a_bad_correction_is_one_line_and_exit_2(tmp_path, capsys):
+    write_ablation(tmp_path)
+    assert main(["compare", str(tmp_path), "--correction", "bonferroni"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.endswith("error: --correction bonferroni: expected holm (Holm-Bonferroni, the default), "
+                        "bh (Benjamini-Hochberg) or none\n") and err.count("\n") == 1, err
+    with pytest.raises(NanolabError, match="--correction fdr"):
+        compare_command(tmp_path, correction="fdr")
+
+
+# ----------------------------------------------------------------------------- the effect size
+
+
+def test_the_relative_difference_is_the_difference_over_the_baseline_mean():
+    table = compare(frame({"x": (shifted([-0.10, -0.20, -0.30]), [1, 2, 3])}), "model.activation", baseline="base")
+    x = row(table, "x")
+    assert x["rel_diff"] == pytest.approx(x["diff"] / np.mean(BASE)) == pytest.approx(-0.2 / 2.1)
+    assert (x["rel_ci_low"], x["rel_ci_high"]) == (pytest.approx(x["ci_low"] / 2.1), pytest.approx(x["ci_high"] / 2.1))
+    # diff -0.2 over 2.1 = -9.5%; the paired interval [-0.4484, +0.0484] over 2.1 = [-21.4%, +2.3%]
+    assert "-9.5% [-21.4%, +2.3%]" in format_table(table)
