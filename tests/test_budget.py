@@ -1,0 +1,49 @@
+"""Compute budgets (train.max_tokens, train.max_flops) and the cumulative counters in every logged row."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from test_runner import tiny_spec
+
+from nanolab import load_spec, run
+from nanolab.cli import main
+from nanolab.vocab import FLOPS, TOKENS, WALL
+
+TOKENS_PER_STEP = 4 * 16  # the tiny spec: batch 4 x block 16, no accumulation
+
+
+def test_every_logged_row_carries_tokens_flops_and_wall_time(tmp_path):
+    result = run(load_spec(tiny_spec(tmp_path, iters=20, eval=10)), show_progress=False)
+    flops_per_token = result.folder.read_meta()["flops_per_token"]
+    rows = result.folder.metrics()
+    assert rows and all({TOKENS, FLOPS, WALL} <= set(row) for row in rows)
+    for row in rows:
+        assert row[TOKENS] == row["step"] * TOKENS_PER_STEP
+        assert row[FLOPS] == row[TOKENS] * flops_per_token
+    walls = [row[WALL] for row in rows]
+    assert walls == sorted(walls) and 0 < walls[-1] <= result.summary["wall_time"]
+
+
+@pytest.mark.parametrize("budget, steps", [("max_tokens=1000", math.ceil(1000 / TOKENS_PER_STEP)),
+                                           ("max_tokens=640", 10), ("max_flops=FLOPS", 7)])
+def test_a_token_or_flop_budget_sets_the_steps(tmp_path, budget, steps):
+    spec = tiny_spec(tmp_path, iters=500, eval=5)
+    if "FLOPS" in budget:  # 7 steps' worth, less a little: rounded up to 7
+        probe = run(load_spec(spec, ["train.max_iters=1"]), show_progress=False)
+        budget = f"max_flops={(7 * TOKENS_PER_STEP - 1) * probe.folder.read_meta()['flops_per_token']}"
+    result = run(load_spec(spec, [f"train.{budget}"]), show_progress=False)
+    assert result.summary["steps"] == steps and result.folder.metrics()[-1]["step"] == steps
+    assert result.folder.read_config()["train"]["max_iters"] == steps  # the saved config says what ran
+    again = run(load_spec(result.folder.config_path), show_progress=False)  # and repeats it
+    assert again.summary["steps"] == steps
+
+
+def test_one_budget_at_most(tmp_path, capsys):
+    spec = tiny_spec(tmp_path)
+    assert main(["run", str(spec), "--set", "train.max_tokens=100", "train.max_flops=1e9"]) == 2
+    assert "train.max_flops = 1000000000.0: set one budget: train.max_tokens is 100 already (or null)" in \
+        capsys.readouterr().err
+    assert main(["run", str(spec), "--set", "train.max_tokens=0"]) == 2
+    assert "train.max_tokens = 0: must be > 0 (or null for max_iters)" in capsys.readouterr().err
