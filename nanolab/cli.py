@@ -27,6 +27,8 @@ EPILOG = """examples:
   nanolab compare runs/ --group position --plot position.png
   nanolab report experiments/ablations/position.yaml --out reports/position
   nanolab components
+  nanolab data info experiments/baseline.yaml
+  nanolab data prepare experiments/baseline.yaml --set data.tokenizer=bpe
 """
 
 
@@ -74,6 +76,16 @@ def cmd_sample(args) -> int:
                          use_cache=not args.no_cache, generator=gen)
     print(tokenizer.decode(out[0].tolist()))
     return 0
+
+
+def cmd_data(args) -> int:
+    from nanolab.data.report import data_info, prepare_data
+    from nanolab.spec import load_spec
+
+    the_file(args, "spec", "a SPEC file")
+    data_cfg = load_spec(args.spec, args.set).data
+    print(prepare_data(data_cfg) if args.action == "prepare" else data_info(data_cfg))
+    return EXIT_OK
 
 
 def cmd_components(args) -> int:
@@ -199,6 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which checkpoint: best (default; last when there is no best) or last")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context at every token")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("data", help="prepare the token cache, or show what a spec trains on",
+                       description="prepare: tokenize a spec's corpus into the token cache ($NANOLAB_CACHE/tokens) "
+                       "ahead of its runs, e.g. on a cluster's login node. info: print the files a spec trains on, "
+                       "their sizes, the tokens per split, the vocabulary and the cache entry; writes nothing.")
+    p.add_argument("action", choices=["prepare", "info"], help="prepare or info")
+    p.add_argument("spec", nargs="?", metavar="SPEC", help="a spec YAML file")
+    p.add_argument("--set", **sets)
+    p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("components", help="list the registered components",
                        description="Print every registered component: kind, name, description.")

@@ -50,10 +50,15 @@ def _positive(cfg, *names: str) -> None:
         _check(getattr(cfg, name) > 0, name, getattr(cfg, name), "must be > 0")
 
 
+DATA_FORMATS = ("auto", "text", "nanogpt_bin")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = component("dataset", "shakespeare_char", "a built-in corpus, used when `path` is not set")
-    path: str | None = None  # any UTF-8 text file; relative paths resolve against the spec file
+    path: str | None = None  # UTF-8 text: a file, a folder or a glob; relative paths resolve against the spec file
+    val_path: str | None = None  # the val split's own text (file, folder or glob); null: the last 10% of `path`
+    format: str = "auto"  # text, nanogpt_bin (a folder of train.bin, val.bin, meta.pkl), or auto: either
     tokenizer: str = component("tokenizer", "char")
     vocab_size: int | None = None  # BPE vocabulary size; null = the tokenizer's default (char ignores it)
     block_size: int = 64  # context length in tokens
@@ -61,7 +66,15 @@ class DataConfig:
     def __post_init__(self):
         _check_fields(self)
         _positive(self, "block_size")
-        _check(self.path != "", "path", self.path, f"a text file (or null for dataset {self.dataset!r})")
+        _check(self.path != "", "path", self.path,
+               f"a text file, folder or glob pattern (or null for dataset {self.dataset!r})")
+        _check(self.format in DATA_FORMATS, "format", self.format, f"one of: {', '.join(DATA_FORMATS)}")
+        _check(self.format != "nanogpt_bin" or self.path is not None, "format", self.format,
+               "nanogpt_bin reads the folder that data.path names: set data.path")
+        _check(self.val_path is None or (self.val_path != "" and self.path is not None), "val_path", self.val_path,
+               "a text file, folder or glob pattern beside data.path (or null for the last 10% of its tokens)")
+        _check(self.val_path is None or self.format != "nanogpt_bin", "val_path", self.val_path,
+               "null with format nanogpt_bin, whose val.bin is the val split")
         _check(self.vocab_size is None or self.vocab_size > 0, "vocab_size", self.vocab_size,
                "must be > 0 (or null for the tokenizer's default)")
         if self.tokenizer == "bpe" and self.vocab_size is not None:

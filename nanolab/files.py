@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,6 +58,34 @@ def atomic_path(path: Path) -> Iterator[Path]:
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)  # also frees the space a failed write took, so that meta.json may still be written
+
+
+@contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; on success its files are synced and it is renamed to `path`, else
+    it goes. A killed process leaves only a `.<name>.<random>.tmp` folder, which `remove_partial_dirs` clears."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        yield tmp
+        for file in tmp.iterdir():
+            with open(file, "rb") as f:
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: others could not read a shared cache
+        os.rename(tmp, path)
+    except OSError as exc:
+        raise WriteFailed(path, exc) from None
+    finally:
+        if tmp is not None and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_partial_dirs(path: Path) -> None:
+    """Delete the temporary folders that killed `atomic_dir(path)` calls left. Only for a caller that knows no
+    other process is writing `path` (it holds a lock)."""
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def write_text(path: Path, text: str) -> None:

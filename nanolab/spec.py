@@ -125,17 +125,18 @@ def read_yaml_chain(path: Path, _chain: tuple[Path, ...] = ()) -> dict:
 
 
 def _resolve_data_path(data: dict, path: Path) -> None:
-    """`data.path` in a file is relative to that file."""
+    """`data.path` and `data.val_path` in a file are relative to that file."""
     section = data.get("data")
-    if isinstance(section, dict) and isinstance(section.get("path"), str) and section["path"]:
-        section["path"] = _resolve(path.parent, section["path"], str(path))
+    for key in ("path", "val_path"):
+        if isinstance(section, dict) and isinstance(section.get(key), str) and section[key]:
+            section[key] = _resolve(path.parent, section[key], f"{path}: data.{key}")
 
 
-def _resolve(base: Path, value: str, source: str) -> str:
+def _resolve(base: Path, value: str, where: str) -> str:
     try:
         return str((base / value).resolve())
     except ValueError as exc:  # an embedded NUL
-        raise SpecError(f"{source}: data.path = {value!r}: not a file path ({exc})") from None
+        raise SpecError(f"{where} = {value!r}: not a file path ({exc})") from None
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -160,8 +161,8 @@ def parse_override(text: str, cls: type = Config, source: str = OVERRIDE_SOURCE)
     check_key(cls, key, source)
     # Text that is not YAML is an error, not a string: `tags=[a,b` must not become the tag '[a,b'
     value = parse_yaml(value_text, f"{source}: {key} = {value_text!r}") if value_text.strip() else ""
-    if isinstance(value, str) and key.endswith("data.path") and value:
-        value = _resolve(Path.cwd(), value, source)
+    if isinstance(value, str) and key.endswith(("data.path", "data.val_path")) and value:
+        value = _resolve(Path.cwd(), value, f"{source}: {key}")
     return key, value
 
 

@@ -39,7 +39,7 @@ def corpus() -> str:
 @pytest.fixture(scope="module")
 def bpe(corpus) -> BPETokenizer:
     """The default-size tokenizer trained on all of Tiny Shakespeare, once."""
-    return BPETokenizer.from_text(corpus)
+    return BPETokenizer.from_texts([corpus])
 
 
 def test_text_round_trips_exactly(bpe, corpus):
@@ -52,7 +52,7 @@ def test_text_round_trips_exactly(bpe, corpus):
 
 def test_vocab_size_is_honoured_with_a_default(bpe, corpus):
     assert bpe.vocab_size == BPETokenizer.default_vocab_size == 4096
-    small = BPETokenizer.from_text(corpus[:100_000], vocab_size=300)
+    small = BPETokenizer.from_texts([corpus[:100_000]], vocab_size=300)
     assert small.vocab_size == 300
     assert max(small.encode(corpus[:5000])) < 300
 
@@ -70,9 +70,9 @@ def test_vocab_size_is_checked_in_the_spec_and_ignored_by_char(tmp_path):
 def test_training_is_deterministic_across_processes(corpus):
     """A resumed run rebuilds its tokenizer in a new process and compares it with the saved one."""
     excerpt = corpus[:100_000]
-    here = BPETokenizer.from_text(excerpt, vocab_size=512).to_dict()
+    here = BPETokenizer.from_texts([excerpt], vocab_size=512).to_dict()
     code = ("import json, sys; from nanolab.data import BPETokenizer; "
-            "print(json.dumps(BPETokenizer.from_text(sys.stdin.read(), vocab_size=512).to_dict()))")
+            "print(json.dumps(BPETokenizer.from_texts([sys.stdin.read()], vocab_size=512).to_dict()))")
     out = subprocess.run([sys.executable, "-c", code], input=excerpt, capture_output=True, text=True,
                          encoding="utf-8", check=True).stdout
     assert json.loads(out) == here
@@ -117,7 +117,7 @@ def test_a_run_saves_resumes_and_samples_with_its_tokenizer(tmp_path, monkeypatc
     tokenizer = tokenizer_from_dict(saved)
     assert tokenizer.vocab_size == 300 and tokenizer.to_dict() == saved
     assert tokenizer.decode(tokenizer.encode(corpus[:3000])) == corpus[:3000]
-    # resuming retrains the tokenizer on the corpus and refuses a result other than the saved one
+    # resuming reads the tokenizer from the token cache and refuses one other than the saved one
     assert run(cfg, resume_dir=stopped.run_dir, show_progress=False).status == "finished"
     check_bits_per_character(stopped.folder, tokenizer, corpus[:100_000])
 

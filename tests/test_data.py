@@ -1,4 +1,5 @@
-"""nanolab.data: the Tiny Shakespeare download/cache/verify, the char tokenizer, the split and batches."""
+"""nanolab.data: the Tiny Shakespeare download/cache/verify, the char tokenizer, the split and batches (the token
+cache, more sources and nanoGPT's files: test_datacache.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -144,7 +146,8 @@ def test_registry_holds_the_dataset_and_the_tokenizer():
 def test_shakespeare_split_and_vocabulary(shakespeare):
     assert shakespeare.vocab_size == 65
     assert (len(shakespeare.train), len(shakespeare.val)) == (1_003_854, 111_540)
-    assert shakespeare.train.dtype == shakespeare.val.dtype == torch.int64
+    assert shakespeare.train.dtype == shakespeare.val.dtype == np.uint8  # the smallest dtype that holds 65 ids
+    assert isinstance(shakespeare.train, np.memmap) and isinstance(shakespeare.val, np.memmap)
     text = shared_shakespeare().read_text(encoding="utf-8")
     assert shakespeare.tokenizer.decode(shakespeare.val.tolist()) == text[1_003_854:]
     assert "shakespeare_char" in shakespeare.description
@@ -181,22 +184,26 @@ def test_data_path_trains_on_a_custom_file_instead_of_the_dataset(tmp_path, empt
     assert data.tokenizer.decode(range(data.vocab_size)) == "\nabc"
     assert (len(data.train), len(data.val)) == (540, 60)
     assert str(corpus) in data.description
-    assert cache_contents(empty_cache) == []
+    assert not (empty_cache / "tinyshakespeare").exists()
+    assert [p.name.split("-")[0] for p in (empty_cache / "tokens").iterdir() if p.is_dir()] == ["char"]
 
 
 @pytest.mark.parametrize(
     "content, problem",
-    [(None, "no such file"), (b"caf\xe9\n" * 50, "not UTF-8"), (b"tiny\n", "too short")],
+    [(None, "data.path = '{corpus}': no such file"),
+     (b"caf\xe9\n" * 50, "{corpus}: not UTF-8 text (invalid continuation byte at byte 3)"),
+     (b"tiny\n", "{corpus}: too short for data.block_size = 8: each split needs more tokens than that, and it has "
+                 "4 train / 1 val tokens")],
 )
-def test_bad_data_path_is_an_error_naming_the_file(tmp_path, content, problem):
+def test_bad_data_path_is_one_line_naming_the_file(tmp_path, content, problem):
     corpus = tmp_path / "corpus.txt"
     if content is not None:
         corpus.write_bytes(content)
 
-    with pytest.raises(NanolabError, match=problem) as err:
+    with pytest.raises(NanolabError) as err:
         load_data(DataConfig(path=str(corpus), block_size=8))
 
-    assert str(corpus) in str(err.value)
+    assert str(err.value) == problem.format(corpus=corpus)
 
 
 # ----------------------------------------------------------------------------- batches

@@ -111,7 +111,7 @@ BAD_SPECS = [
     ("", "model={n_layer: 2, n_layer: 3}", ["--set: model = ", "duplicate key 'n_layer'"]),
     ("{[1]: 2}\n", None, ["malformed YAML", "unhashable key"]),  # not "YAML tag not allowed"
     # found by tests/test_fuzz.py: an empty data.path resolved to the spec's folder (and was '' after --set)
-    ("data: {path: ''}\n", None, ["data.path = ''", "a text file (or null for dataset 'shakespeare_char')"]),
+    ("data: {path: ''}\n", None, ["data.path = ''", "a text file, folder or glob pattern (or null for dataset 'shakespeare_char')"]),
     ("", "data.path=", ["data.path = ''", "a text file"]),
     # found by tests/test_fuzz.py: an MLP of hidden size 0 trained silently, and crashed Muon (ZeroDivisionError)
     ("model: {mlp_ratio: 0.001, n_embd: 16, n_head: 1}\n", None, ["model.mlp_ratio = 0.001", "must be >= 2"]),

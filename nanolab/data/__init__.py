@@ -1,0 +1,51 @@
+"""Data: source -> token cache (memory-mapped) -> batches.
+
+    data = load_data(cfg.data)                    # Data(train, val, tokenizer, description, chars)
+    x, y = data.get_batch("train", 12, 64, generator, "cpu")   # (B, T) int64; y is x shifted by one
+
+| module | its one job |
+| --- | --- |
+| `sources.py` | which files a spec names (a file, folder or glob; `val_path`), and their text in pieces |
+| `download.py` | Tiny Shakespeare downloaded once and verified by SHA-256: the `shakespeare_char` dataset |
+| `nanogpt.py` | nanoGPT's train.bin, val.bin and meta.pkl read in place, the meta unpickled without any class |
+| `tokenizer.py` | the `char` and `bpe` tokenizers (registry kind `tokenizer`) |
+| `cache.py` | the token cache: each (corpus, tokenizer) pair tokenized once, under a lock, atomically |
+| `batches.py` | `Data`: the memory-mapped splits and their seeded random windows |
+| `report.py` | what `nanolab data prepare` and `nanolab data info` print |
+"""
+
+from __future__ import annotations
+
+from nanolab.config import DataConfig
+from nanolab.data import cache, nanogpt
+from nanolab.data.batches import Data
+from nanolab.data.cache import TRAIN_FRACTION
+from nanolab.data.download import SHAKESPEARE_SHA256, cache_dir, tiny_shakespeare
+from nanolab.data.sources import resolve_source
+from nanolab.data.tokenizer import BPETokenizer, CharTokenizer, Tokenizer, tokenizer_from_dict
+from nanolab.errors import NanolabError
+
+__all__ = ["Data", "load_data", "tokenizer_from_dict", "Tokenizer", "CharTokenizer", "BPETokenizer",
+           "TRAIN_FRACTION", "SHAKESPEARE_SHA256", "cache_dir", "tiny_shakespeare"]
+
+
+def load_data(cfg: DataConfig) -> Data:
+    """The token splits of the source `cfg` names: nanoGPT's files in place, or text through the token cache
+    (prepared first if this is the first run that needs it); each split longer than `data.block_size`."""
+    source = resolve_source(cfg)
+    if source.format == "nanogpt_bin":
+        splits, tokenizer = nanogpt.open_splits(*source.train, *source.val, source.meta)
+        chars, tokenizer_name = {split: len(tokens) for split, tokens in splits.items()}, f"char ({source.meta.name})"
+    else:
+        entry = cache.find_entry(source, cfg)
+        cache.prepare(entry, source)
+        splits, tokenizer, provenance = cache.open_entry(entry)
+        chars, tokenizer_name = provenance["chars"], cfg.tokenizer
+    train, val = splits["train"], splits["val"]
+    if min(len(train), len(val)) <= cfg.block_size:
+        raise NanolabError(
+            f"{source.name}: too short for data.block_size = {cfg.block_size}: each split needs more tokens "
+            f"than that, and it has {len(train):,} train / {len(val):,} val tokens")
+    description = (f"{source.name}: {sum(chars.values()):,} characters, {tokenizer_name} tokenizer "
+                   f"(vocab {tokenizer.vocab_size}), {len(train):,} train / {len(val):,} val tokens")
+    return Data(train, val, tokenizer, description, chars)

@@ -1,0 +1,63 @@
+"""Batches: random windows of the memory-mapped token splits, drawn by a seeded generator.
+
+    x, y = data.get_batch("train", 12, 64, generator, "cpu")   # (B, T) int64; y is x shifted by one
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from nanolab.data.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True, eq=False)
+class Data:
+    """The token ids of the two splits (memory-mapped: a window read touches only its own pages), the tokenizer
+    that made them, a one-line description, and the number of characters of each split's text (so that a loss
+    per token converts to bits per character)."""
+
+    train: np.ndarray
+    val: np.ndarray
+    tokenizer: Tokenizer
+    description: str
+    chars: dict[str, int]  # split -> characters of its text
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    def split(self, name: str) -> np.ndarray:
+        if name not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', not {name!r}")
+        return self.train if name == "train" else self.val
+
+    def chars_per_token(self, name: str) -> float:
+        """Characters of the split's text per token: 1.0 under the char tokenizer, ~3 under BPE."""
+        return self.chars[name] / len(self.split(name))
+
+    def get_batch(
+        self,
+        split: str,
+        batch_size: int,
+        block_size: int,
+        generator: torch.Generator,
+        device: str | torch.device = "cpu",
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random windows (x, y) of shape (batch_size, block_size), int64, y being x shifted by one token.
+
+        The start offsets come from `generator` (a CPU generator) alone, so a seed fixes the batches, and
+        restoring `generator.get_state()` continues the same sequence of batches.
+        """
+        tokens = self.split(split)
+        starts = torch.randint(len(tokens) - block_size, (batch_size,), generator=generator)
+        # one gather of the B windows of T + 1 tokens: only their pages of the memory map are read
+        windows = torch.from_numpy(tokens[starts.numpy()[:, None] + np.arange(block_size + 1)].astype(np.int64))
+        device = torch.device(device)
+        if device.type == "cuda":  # one async host-to-device copy from pinned memory
+            windows = windows.pin_memory().to(device, non_blocking=True)
+        elif device.type != "cpu":
+            windows = windows.to(device)
+        return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()

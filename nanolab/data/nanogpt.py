@@ -1,0 +1,110 @@
+"""nanoGPT's prepared data, read as it is: train.bin and val.bin (uint16 tokens written with `.tofile`) beside
+meta.pkl (`{'vocab_size': V, 'itos': {id: char}, 'stoi': {char: id}}`, pickled) or a meta.json of that mapping.
+
+meta.pkl is unpickled without any class or function: the plain dict nanoGPT writes needs none, and naming one
+is how a malicious pickle runs code, so a pickle that names one is refused before anything in it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from nanolab.data.tokenizer import CharTokenizer
+from nanolab.errors import NanolabError
+
+BIN_FILES = ("train.bin", "val.bin")
+META_FILES = ("meta.pkl", "meta.json")
+BIN_DTYPE = np.dtype(np.uint16)  # nanoGPT's prepare.py writes np.uint16
+SCAN_TOKENS = 1 << 24  # token ids are checked this many at a time: memory stays flat in the file's size
+
+
+def is_nanogpt_folder(path: Path) -> bool:
+    return (path.is_dir() and all((path / name).is_file() for name in BIN_FILES)
+            and any((path / name).is_file() for name in META_FILES))
+
+
+def bin_files(folder: Path) -> tuple[Path, Path]:
+    """train.bin and val.bin of `folder`, and its meta file; one line for what is missing."""
+    if not folder.is_dir():
+        raise NanolabError(f"data.path = '{folder}': not a folder; data.format = 'nanogpt_bin' reads a folder "
+                           f"holding nanoGPT's {' and '.join(BIN_FILES)}")
+    for path in (folder / name for name in BIN_FILES):
+        if not path.is_file():
+            raise NanolabError(f"{path}: no such file (nanoGPT's format needs {' and '.join(BIN_FILES)})")
+    return folder / BIN_FILES[0], folder / BIN_FILES[1]
+
+
+def meta_file(folder: Path) -> Path:
+    found = [folder / name for name in META_FILES if (folder / name).is_file()]
+    if not found:
+        raise NanolabError(f"{folder}: no {' or '.join(META_FILES)} beside the .bin files; nanolab reads nanoGPT's "
+                           "char datasets, whose meta holds the vocabulary (GPT-2 BPE .bin files are not supported)")
+    return found[0]
+
+
+class _NoGlobals(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(f"it names {module}.{name}; a meta.pkl holds only a dict of str and int")
+
+
+def read_meta(path: Path) -> CharTokenizer:
+    """The char vocabulary of a meta.pkl (unpickled without classes) or meta.json, checked to be nanoGPT's."""
+    try:
+        with path.open("rb") as f:
+            meta = json.load(f) if path.suffix == ".json" else _NoGlobals(f).load()
+    except Exception as exc:  # a malformed pickle fails in many ways, each of them a refusal
+        raise NanolabError(f"{path}: refused ({exc})") from None
+    chars = vocabulary(meta)
+    if chars is None:
+        raise NanolabError(f"{path}: not nanoGPT's meta: expected {{'vocab_size': V, 'itos': {{id: char}}, "
+                           "'stoi': {char: id}} with ids 0 to V - 1 and one character each")
+    return CharTokenizer(chars)
+
+
+def vocabulary(meta: object) -> list[str] | None:
+    """The characters in id order, if `meta` has the shape nanoGPT writes (JSON's keys are strings of ids)."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("vocab_size"), int):
+        return None
+    itos, stoi, size = meta.get("itos"), meta.get("stoi"), meta["vocab_size"]
+    if not isinstance(itos, dict) or not isinstance(stoi, dict):
+        return None
+    itos = {int(i) if isinstance(i, str) and i.isdigit() else i: c for i, c in itos.items()}
+    if set(itos) != set(range(size)) or not all(isinstance(c, str) and len(c) == 1 for c in itos.values()):
+        return None
+    chars = [itos[i] for i in range(size)]
+    return chars if stoi == {c: i for i, c in enumerate(chars)} else None
+
+
+def open_bin(path: Path, vocab_size: int) -> np.ndarray:
+    """The tokens of a .bin file, memory-mapped, after checking its size, its dtype and every id's range."""
+    size = path.stat().st_size
+    if vocab_size > np.iinfo(BIN_DTYPE).max + 1:
+        raise NanolabError(f"{path}: a vocabulary of {vocab_size} does not fit nanoGPT's uint16 tokens")
+    if size % BIN_DTYPE.itemsize:
+        raise NanolabError(f"{path}: {size} bytes is not a whole number of uint16 tokens (nanoGPT's dtype)")
+    if size == 0:
+        raise NanolabError(f"{path}: empty: the split has no tokens")
+    check_ids(path, vocab_size)
+    return np.memmap(path, dtype=BIN_DTYPE, mode="r")
+
+
+def check_ids(path: Path, vocab_size: int) -> None:
+    """Every token id below `vocab_size`, read in pieces (a memory map would keep every page in the RSS)."""
+    with path.open("rb") as f:
+        start = 0
+        while (ids := np.fromfile(f, dtype=BIN_DTYPE, count=SCAN_TOKENS)).size:
+            if (bad := np.flatnonzero(ids >= vocab_size)).size:
+                position = start + int(bad[0])
+                raise NanolabError(f"{path}: token id {ids[bad[0]]} at position {position} is >= the vocabulary "
+                                   f"size {vocab_size} of the meta file")
+            start += ids.size
+
+
+def open_splits(train: Path, val: Path, meta: Path) -> tuple[dict[str, np.ndarray], CharTokenizer]:
+    """The two splits memory-mapped from their .bin files, and the vocabulary of the meta file."""
+    tokenizer = read_meta(meta)
+    return {"train": open_bin(train, tokenizer.vocab_size), "val": open_bin(val, tokenizer.vocab_size)}, tokenizer
