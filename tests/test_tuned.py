@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_sweep import TINY as EXPERIMENT
 from test_sweep_faults import wait_for
 
 from nanolab.ablate import ablate, load_ablation
@@ -21,15 +22,6 @@ from nanolab.sweep import SweepStudy
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
-EXPERIMENT = """\
-name: tiny
-seed: 7
-data: {block_size: 16}
-model: {n_layer: 1, n_head: 2, n_embd: 16}
-train: {batch_size: 4, max_iters: 20, warmup_iters: 0, min_lr: 0.0, eval_interval: 10, eval_iters: 2,
-        log_interval: 5, sample_tokens: 0}
-tracking: {wandb: {mode: disabled}}
-"""
 LRS = [1.0e-3, 3.0e-2]
 
 
@@ -80,7 +72,7 @@ def test_each_variant_is_tuned_then_its_seeds_run_at_its_best_value(tmp_path):
             assert final.read_config()["train"]["max_iters"] == 20  # the tune block's budget is the studies' only
         trial = RunFolder(runs_root() / f"tuned-tune-{variant}" / "trial-0")
         assert (meta(trial.path)["group"], meta(trial.path)["job_type"]) == ("tuned-tune", "tune")
-        assert trial.read_config()["train"]["max_iters"] == 10 and trial.read_config()["seed"] == 7
+        assert trial.read_config()["train"]["max_iters"] == 10 and trial.read_config()["seed"] == 1
         assert (runs_root() / "sweeps" / f"tuned-tune-{variant}" / "best.yaml").is_file()
     assert len(load_runs(runs_root(), group="tuned")) == 4  # the final runs only
     assert len(load_runs(runs_root(), group="tuned-tune")) == 4  # 2 variants x 2 trials
