@@ -173,3 +173,12 @@ def test_the_relative_difference_is_the_difference_over_the_baseline_mean():
     assert (x["rel_ci_low"], x["rel_ci_high"]) == (pytest.approx(x["ci_low"] / 2.1), pytest.approx(x["ci_high"] / 2.1))
     # diff -0.2 over 2.1 = -9.5%; the paired interval [-0.4484, +0.0484] over 2.1 = [-21.4%, +2.3%]
     assert "-9.5% [-21.4%, +2.3%]" in format_table(table)
+
+
+def test_another_groups_tuned_values_add_no_column():
+    # load_runs over a root that also holds a tuned ablation gives every run a tuned.* column, NaN in other groups
+    runs = frame({"x": (shifted([-0.1, -0.12, -0.08]), [1, 2, 3])})
+    table = compare(runs.assign(**{"tuned.train.lr": np.nan}), "model.activation", baseline="base")
+    assert not [c for c in table.columns if c.startswith("tuned")]
+    tuned = compare(runs.assign(**{"tuned.train.lr": 0.004}), "model.activation", baseline="base")
+    assert list(tuned["tuned.train.lr"]) == [0.004, 0.004]

@@ -93,7 +93,7 @@ def compare(df: pd.DataFrame, by: str | Sequence[str], metric: str = BEST_VAL_LO
 
 
 def _variants(df: pd.DataFrame, by: list[str], metric: str) -> list[Variant]:
-    tuned = [c for c in df.columns if c.startswith(TUNED)]
+    tuned = [c for c in df.columns if c.startswith(TUNED) and df[c].notna().any()]  # not another group's
     variants = []
     for key, runs in df.groupby(by, sort=False, dropna=False):
         finished = runs[is_finished(runs)]
