@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import wandb_workspaces.reports.v2 as wr
+from test_ablate import EXPERIMENT
 from wandb_workspaces import expr
 
 from nanolab import load_spec
@@ -22,14 +23,7 @@ from nanolab.tracking import workspace
 
 REPO = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
-TINY = """\
-name: tiny
-data: {block_size: 16}
-model: {n_layer: 1, n_head: 2, n_embd: 16}
-train: {batch_size: 4, max_iters: 20, warmup_iters: 2, eval_interval: 10, eval_iters: 2, log_interval: 5,
-        sample_tokens: 0}
-tracking: {wandb: {mode: disabled}}
-"""
+TINY = EXPERIMENT  # test_ablate's tiny experiment
 ABLATION = """\
 experiment: tiny.yaml
 grid: {model.activation: [relu, swiglu]}
