@@ -250,3 +250,8 @@ class Config:
                "generators, with room for the offsets nanolab adds)")
         if self.model.block_size != self.data.block_size:  # the model's context is the data's
             object.__setattr__(self, "model", replace(self.model, block_size=self.data.block_size))
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Training tokens of one optimizer step, over every rank: sequences x micro-steps x context."""
+        return self.train.batch_size * self.train.grad_accum * self.data.block_size

@@ -159,9 +159,8 @@ def build(cfg: Config, device: torch.device, amp: torch.dtype | None = None, wor
 
 def with_budget(cfg: Config, flops_per_token: int) -> Config:
     """`cfg` with max_iters set to the steps that train.max_tokens or train.max_flops allow (if one is set)."""
-    t = cfg.train
-    steps = t.budget_steps(t.batch_size * t.grad_accum * cfg.data.block_size, flops_per_token)
-    return cfg if steps == t.max_iters else replace(cfg, train=replace(t, max_iters=steps))
+    steps = cfg.train.budget_steps(cfg.tokens_per_step, flops_per_token)
+    return cfg if steps == cfg.train.max_iters else replace(cfg, train=replace(cfg.train, max_iters=steps))
 
 
 def check_memory(cfg: Config, vocab_size: int, device: torch.device, amp: torch.dtype | None, world: World) -> None:

@@ -157,7 +157,7 @@ class Loop:
 
     def __init__(self, ctx: LoopContext):
         self.ctx, self.t = ctx, ctx.cfg.train
-        self.tokens_per_step = self.t.batch_size * self.t.grad_accum * ctx.cfg.data.block_size
+        self.tokens_per_step = ctx.cfg.tokens_per_step
         self.saved_step: int | None = ctx.state.step or None  # ckpt/last.pt's step (a resumed run starts at it)
         self.started = time.perf_counter()  # this session's start: state.wall_time holds the earlier sessions
 

@@ -81,7 +81,7 @@ def tuning_sweeps(plan: Plan, raw: Any, grid: dict, variants: dict[str, tuple[st
 def tune(sweeps: dict, launcher: Launcher) -> tuple[bool, dict[str, dict]]:
     """Run each variant's study until it has begun its trials; returns (not interrupted, variant id -> the best
     trial's parameters) for the variants whose study has a completed trial."""
-    from nanolab.sweep import SweepStudy, optimize, write_results
+    from nanolab.sweep import SweepStudy, optimize, params_text, write_results
 
     best = {}
     for variant_id, sweep in sweeps.items():
@@ -96,9 +96,7 @@ def tune(sweeps: dict, launcher: Launcher) -> tuple[bool, dict[str, dict]]:
                 return False, best
         if ranked := study.ranked():
             best[variant_id] = dict(ranked[0].params)
-            values = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
-                               for key, value in best[variant_id].items())
-            print(f"tuned {variant_id}: {values} ({sweep.objectives[0].metric} {ranked[0].values[0]:.4f}, "
+            print(f"tuned {variant_id}: {params_text(best[variant_id])} ({sweep.objectives[0].metric} {ranked[0].values[0]:.4f}, "
                   f"trial {ranked[0].number})", flush=True)
         else:
             print(f"nanolab: tuning {variant_id}: no trial completed ({sweep.folder / 'table.txt'}); "

@@ -32,10 +32,11 @@ def to_markdown(table: pd.DataFrame) -> str:
     n_keys = table.columns.get_loc("n")
     rule = ["---"] * n_keys + ["---:"] * (len(shown.columns) - n_keys)
     rows = [shown.columns, rule, *shown.itertuples(index=False)]
-    return "\n".join(_markdown_row(row) for row in rows)
+    return "\n".join(markdown_row(row) for row in rows)
 
 
-def _markdown_row(values: Sequence[Any]) -> str:
+def markdown_row(values: Sequence[Any]) -> str:
+    """One row of a Markdown table, a `|` inside a cell escaped."""
     return "| " + " | ".join(str(v).replace("|", "\\|") for v in values) + " |"
 
 

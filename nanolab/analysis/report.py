@@ -19,7 +19,7 @@ import pandas as pd
 
 from nanolab.ablate import Ablation, load_ablation
 from nanolab.analysis.load import load_history, load_runs
-from nanolab.analysis.render import AXIS_LABELS, caption, correction_note, plot_history, to_markdown
+from nanolab.analysis.render import AXIS_LABELS, caption, correction_note, markdown_row, plot_history, to_markdown
 from nanolab.analysis.stats import TUNED, compare, is_finished
 from nanolab.errors import NanolabError
 from nanolab.files import write_text
@@ -220,4 +220,4 @@ def markdown_table(rows: list[dict]) -> str:
     """Rows of plain values as a Markdown table, the columns of the first row."""
     columns = list(rows[0])
     lines = [columns, ["---"] * len(columns), *([row.get(c, "") for c in columns] for row in rows)]
-    return "\n".join("| " + " | ".join(str(v).replace("|", "\\|") for v in line) + " |" for line in lines)
+    return "\n".join(markdown_row(line) for line in lines)

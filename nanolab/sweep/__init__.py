@@ -22,7 +22,8 @@ from nanolab.sweep.study import SweepStudy
 from nanolab.sweep.trial import run_trial
 from nanolab.vocab import EXIT_FAILED, EXIT_OK, EXIT_SIGINT, RunStatus
 
-__all__ = ["Sweep", "SweepStudy", "load_sweep", "optimize", "status", "sweep_command", "write_results"]
+__all__ = ["Sweep", "SweepStudy", "load_sweep", "optimize", "params_text", "status", "sweep_command",
+           "write_results"]
 
 
 def optimize(sweep: Sweep, study: SweepStudy, trials: int, launcher: Launcher,
@@ -45,7 +46,7 @@ def optimize(sweep: Sweep, study: SweepStudy, trials: int, launcher: Launcher,
             claimed += 1
         else:  # a resumed or retried trial is not one of the `trials` new ones
             board.total += 1
-        params = ", ".join(f"{k}={_short(v)}" for k, v in ticket.params.items())
+        params = params_text(ticket.params)
         resumes = f" (continues trial-{ticket.origin})" if ticket.origin != ticket.number else ""
         return Task(f"trial {ticket.number} [{params}]{resumes}", sweep.run_folder(ticket.origin).path, run_trial,
                     (sweep, ticket.number, ticket.trial_id, ticket.origin))
@@ -60,8 +61,10 @@ def optimize(sweep: Sweep, study: SweepStudy, trials: int, launcher: Launcher,
     return completed, outcomes
 
 
-def _short(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+def params_text(params: dict) -> str:
+    """{'train.lr': 0.0026124, 'model.activation': 'gelu'} -> 'train.lr=0.002612, model.activation=gelu'"""
+    return ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+                     for key, value in params.items())
 
 
 def status(sweep: Sweep) -> str:
