@@ -58,9 +58,9 @@ class DataConfig:
     dataset: str = component("dataset", "shakespeare_char", "a built-in corpus, used when `path` is not set")
     path: str | None = None  # UTF-8 text: a file, a folder or a glob; relative paths resolve against the spec file
     val_path: str | None = None  # the val split's own text (file, folder or glob); null: the last 10% of `path`
-    format: str = "auto"  # text, nanogpt_bin (a folder of train.bin, val.bin, meta.pkl), or auto: either
+    format: str = "auto"  # text, nanogpt_bin (a folder of train.bin, val.bin [, meta.pkl]), or auto: either
     tokenizer: str = component("tokenizer", "char")
-    vocab_size: int | None = None  # BPE vocabulary size; null = the tokenizer's default (char ignores it)
+    vocab_size: int | None = None  # BPE vocabulary size, or that of GPT-2 .bin files (no meta); null = the default
     block_size: int = 64  # context length in tokens
 
     def __post_init__(self):

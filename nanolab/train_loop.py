@@ -227,8 +227,9 @@ class Loop:
         ctx, state = self.ctx, self.ctx.state
         ctx.model.eval()
         val, train = self.estimate_loss("val"), self.estimate_loss("train")
-        bpc = val / ctx.data.chars_per_token("val") / LN2  # nats per token -> bits per character
-        metrics = {v.VAL_LOSS: val, v.VAL_PPL: v.perplexity(val), v.VAL_BPC: bpc, v.TRAIN_EVAL_LOSS: train}
+        metrics = {v.VAL_LOSS: val, v.VAL_PPL: v.perplexity(val), v.TRAIN_EVAL_LOSS: train}
+        if chars_per_token := ctx.data.chars_per_token("val"):
+            metrics[v.VAL_BPC] = val / chars_per_token / LN2  # nats per token -> bits per character
         sample = self.sample()
         ctx.model.train()
         state.last_eval, state.last_eval_step = metrics, state.step

@@ -101,6 +101,27 @@ def test_later_runs_open_the_entry_and_a_changed_corpus_gets_a_new_one(corpus, c
     assert len([p for p in (cache_root / "tokens").iterdir() if p.is_dir()]) == 2
 
 
+def test_a_file_is_hashed_once_until_it_changes_even_with_its_mtime_set_back(corpus, cache_root, monkeypatch):
+    from nanolab.data import cache
+
+    hashed = []
+    monkeypatch.setattr(cache, "sha256_file", lambda path: hashed.append(path) or sources_sha256(path))
+    first = load_data(DataConfig(path=str(corpus), block_size=8))
+    load_data(DataConfig(path=str(corpus), block_size=8))
+    assert hashed == [corpus]  # the second lookup read the remembered hash
+
+    stat = corpus.stat()
+    corpus.write_text(corpus.read_text().replace("First", "Fir$t"), encoding="utf-8")  # same size
+    os.utime(corpus, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # mtime set back: the ctime still tells
+    assert corpus.stat().st_size == stat.st_size and corpus.stat().st_mtime_ns == stat.st_mtime_ns
+    edited = load_data(DataConfig(path=str(corpus), block_size=8))
+    assert hashed == [corpus, corpus] and edited.tokenizer.chars != first.tokenizer.chars
+
+
+def sources_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 @pytest.mark.parametrize("vocab_size, dtype", [(65, "uint8"), (256, "uint8"), (257, "uint16"), (65_536, "uint16"),
                                                (65_537, "uint32")])
 def test_tokens_take_the_smallest_dtype_that_holds_the_vocabulary(vocab_size, dtype):
@@ -340,13 +361,13 @@ def test_a_malicious_meta_pkl_is_refused_before_it_runs(tmp_path, shakespeare):
      "{d}/val.bin: 3 bytes is not a whole number of uint16 tokens (nanoGPT's dtype)"),
     (lambda d: (d / "val.bin").write_bytes(b""), "{d}/val.bin: empty: the split has no tokens"),
     (lambda d: np.array([1, 2, 3, 4, 0, 70], np.uint16).tofile(d / "train.bin"),
-     "{d}/train.bin: token id 70 at position 5 is >= the vocabulary size 5 of the meta file"),
+     "{d}/train.bin: token id 70 at position 5 is >= the vocabulary size 5"),
     (lambda d: (d / "meta.pkl").write_bytes(pickle.dumps({"vocab_size": 4, "itos": {0: "a"}, "stoi": {"a": 0}})),
      "{d}/meta.pkl: not nanoGPT's meta: expected {{'vocab_size': V, 'itos': {{id: char}}, 'stoi': {{char: id}}}} "
      "with ids 0 to V - 1 and one character each"),
     (lambda d: (d / "meta.pkl").unlink(),
-     "{d}: no meta.pkl or meta.json beside the .bin files; nanolab reads nanoGPT's char datasets, whose meta "
-     "holds the vocabulary (GPT-2 BPE .bin files are not supported)"),
+     "{d}: no meta.pkl or meta.json beside the .bin files: for GPT-2 BPE tokens set data.vocab_size (50304 for "
+     "nanoGPT's openwebtext: GPT-2's 50,257 padded), for char tokens add the meta file prepare.py wrote"),
 ])
 def test_bad_nanogpt_files_are_one_line(tmp_path, damage, message):
     folder = tmp_path / "data"
@@ -355,6 +376,54 @@ def test_bad_nanogpt_files_are_one_line(tmp_path, damage, message):
     with pytest.raises(NanolabError) as err:
         load_data(DataConfig(path=str(folder), format="nanogpt_bin", block_size=8))
     assert str(err.value) == message.format(d=folder)
+
+
+def gpt2_prepare(folder: Path, text: str) -> list[int]:
+    """What nanoGPT's data/shakespeare/prepare.py writes (uint16 BPE ids, 90/10, no meta file), with a BPE of 512
+    tokens trained here standing in for tiktoken's GPT-2 encoding, which needs a download."""
+    ids = BPETokenizer.from_texts([text], 512).encode(text)
+    folder.mkdir(parents=True)
+    n = int(len(ids) * 0.9)
+    np.array(ids[:n], dtype=np.uint16).tofile(folder / "train.bin")
+    np.array(ids[n:], dtype=np.uint16).tofile(folder / "val.bin")
+    return ids
+
+
+def test_gpt2_bpe_files_without_a_meta_train_on_the_spec_vocabulary(tmp_path, cache_root, shakespeare, capsys):
+    ids = gpt2_prepare(tmp_path / "shakespeare", shakespeare[:20_000])
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("data: {path: shakespeare, vocab_size: 576, block_size: 16}\n"  # format: auto
+                    "model: {n_layer: 1, n_head: 2, n_embd: 16}\n"
+                    "train: {batch_size: 4, max_iters: 4, warmup_iters: 1, eval_interval: 4, eval_iters: 1, "
+                    "sample_tokens: 8}\ntracking: {wandb: {mode: disabled}}\n")
+    result = run(load_spec(spec), show_progress=False)
+
+    assert result.status == "finished" and not (cache_root / "tokens").exists()
+    assert json.loads((result.run_dir / "tokenizer.json").read_text()) == {"type": "ids", "vocab_size": 576}
+    evaluation = [row for row in result.folder.metrics() if "val/loss" in row][0]
+    assert "val/bpc" not in evaluation  # the characters behind GPT-2's ids are not known without its tokenizer
+    [(step, text)] = result.folder.samples()
+    sample = text.split()
+    assert step == 4 and len(sample) == 1 + 8 and all(0 <= int(i) < 576 for i in sample)  # the generated ids, written out
+
+    assert main(["sample", str(result.run_dir), "--prompt", f"{ids[0]} {ids[1]}", "--tokens", "3"]) == 0
+    assert capsys.readouterr().out.split()[:2] == [str(ids[0]), str(ids[1])]
+    assert main(["sample", str(result.run_dir), "--prompt", "ROMEO:"]) == 2
+    assert capsys.readouterr().err == ("nanolab: error: this run's tokens have no text: give them as ids below 576 "
+                                       "separated by spaces, not 'ROMEO:'\n")
+
+    assert main(["data", "info", str(spec)]) == 0
+    n = len(ids) * 9 // 10
+    assert f"tokens:     {n:,} train / {len(ids) - n:,} val (uint16)" in capsys.readouterr().out
+
+
+def test_gpt2_bpe_ids_beyond_the_spec_vocabulary_are_refused(tmp_path, shakespeare):
+    ids = gpt2_prepare(tmp_path / "shakespeare", shakespeare[:5_000])
+    with pytest.raises(NanolabError) as err:
+        load_data(DataConfig(path=str(tmp_path / "shakespeare"), vocab_size=300, block_size=8))
+    first = next(i for i, t in enumerate(ids) if t >= 300)
+    assert str(err.value) == (f"{tmp_path}/shakespeare/train.bin: token id {ids[first]} at position {first} is >= "
+                              "the vocabulary size 300")
 
 
 # ----------------------------------------------------------------------------- spec keys and the command

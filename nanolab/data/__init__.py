@@ -7,8 +7,8 @@
 | --- | --- |
 | `sources.py` | which files a spec names (a file, folder or glob; `val_path`), and their text in pieces |
 | `download.py` | Tiny Shakespeare downloaded once and verified by SHA-256: the `shakespeare_char` dataset |
-| `nanogpt.py` | nanoGPT's train.bin, val.bin and meta.pkl read in place, the meta unpickled without any class |
-| `tokenizer.py` | the `char` and `bpe` tokenizers (registry kind `tokenizer`) |
+| `nanogpt.py` | nanoGPT's train.bin, val.bin (and meta.pkl) read in place, the meta unpickled without any class |
+| `tokenizer.py` | the `char`, `bpe` and `ids` tokenizers (registry kind `tokenizer`) |
 | `cache.py` | the token cache: each (corpus, tokenizer) pair tokenized once, under a lock, atomically |
 | `batches.py` | `Data`: the memory-mapped splits and their seeded random windows |
 | `report.py` | what `nanolab data prepare` and `nanolab data info` print |
@@ -22,10 +22,10 @@ from nanolab.data.batches import Data
 from nanolab.data.cache import TRAIN_FRACTION
 from nanolab.data.download import SHAKESPEARE_SHA256, cache_dir, tiny_shakespeare
 from nanolab.data.sources import resolve_source
-from nanolab.data.tokenizer import BPETokenizer, CharTokenizer, Tokenizer, tokenizer_from_dict
+from nanolab.data.tokenizer import BPETokenizer, CharTokenizer, TokenIds, Tokenizer, tokenizer_from_dict
 from nanolab.errors import NanolabError
 
-__all__ = ["Data", "load_data", "tokenizer_from_dict", "Tokenizer", "CharTokenizer", "BPETokenizer",
+__all__ = ["Data", "load_data", "tokenizer_from_dict", "Tokenizer", "CharTokenizer", "BPETokenizer", "TokenIds",
            "TRAIN_FRACTION", "SHAKESPEARE_SHA256", "cache_dir", "tiny_shakespeare"]
 
 
@@ -34,8 +34,10 @@ def load_data(cfg: DataConfig) -> Data:
     (prepared first if this is the first run that needs it); each split longer than `data.block_size`."""
     source = resolve_source(cfg)
     if source.format == "nanogpt_bin":
-        splits, tokenizer = nanogpt.open_splits(*source.train, *source.val, source.meta)
-        chars, tokenizer_name = {split: len(tokens) for split, tokens in splits.items()}, f"char ({source.meta.name})"
+        splits, tokenizer = nanogpt.open_splits(*source.train, *source.val, source.meta, cfg.vocab_size)
+        # a char token is a character; GPT-2's ids come without their text, so their characters are unknown
+        chars = {split: len(tokens) for split, tokens in splits.items()} if source.meta else None
+        tokenizer_name = f"char ({source.meta.name})" if source.meta else "GPT-2 BPE ids (no meta file)"
     else:
         entry = cache.find_entry(source, cfg)
         cache.prepare(entry, source)
@@ -46,6 +48,7 @@ def load_data(cfg: DataConfig) -> Data:
         raise NanolabError(
             f"{source.name}: too short for data.block_size = {cfg.block_size}: each split needs more tokens "
             f"than that, and it has {len(train):,} train / {len(val):,} val tokens")
-    description = (f"{source.name}: {sum(chars.values()):,} characters, {tokenizer_name} tokenizer "
+    size = f"{sum(chars.values()):,} characters" if chars else f"{len(train) + len(val):,} tokens"
+    description = (f"{source.name}: {size}, {tokenizer_name} tokenizer "
                    f"(vocab {tokenizer.vocab_size}), {len(train):,} train / {len(val):,} val tokens")
     return Data(train, val, tokenizer, description, chars)

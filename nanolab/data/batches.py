@@ -23,7 +23,7 @@ class Data:
     val: np.ndarray
     tokenizer: Tokenizer
     description: str
-    chars: dict[str, int]  # split -> characters of its text
+    chars: dict[str, int] | None  # split -> characters of its text; None: unknown (token files without text)
 
     @property
     def vocab_size(self) -> int:
@@ -34,9 +34,9 @@ class Data:
             raise ValueError(f"split must be 'train' or 'val', not {name!r}")
         return self.train if name == "train" else self.val
 
-    def chars_per_token(self, name: str) -> float:
-        """Characters of the split's text per token: 1.0 under the char tokenizer, ~3 under BPE."""
-        return self.chars[name] / len(self.split(name))
+    def chars_per_token(self, name: str) -> float | None:
+        """Characters of the split's text per token: 1.0 under the char tokenizer, ~3 under BPE; None: unknown."""
+        return self.chars[name] / len(self.split(name)) if self.chars else None
 
     def get_batch(
         self,

@@ -1,6 +1,6 @@
 """The token cache: each (corpus, tokenizer) pair is tokenized once, into token files that runs memory-map.
 
-    entry = find_entry(source, cfg.data)   # where the pair's tokens live (hashing the files' contents)
+    entry = find_entry(source, cfg.data)   # where the pair's tokens live (the files' contents' SHA-256)
     prepare(entry, source)                 # make the entry unless it exists; True if this process made it
     splits, tokenizer, provenance = open_entry(entry)
 
@@ -78,9 +78,26 @@ def find_entry(source: Source, cfg: DataConfig) -> Entry:
 
 def fingerprint(path: Path) -> dict:
     try:
-        return {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        return {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": content_hash(path)}
     except OSError as exc:
         raise NanolabError(f"{path}: cannot read it ({exc.strerror})") from None
+
+
+def content_hash(path: Path) -> str:
+    """The file's SHA-256, remembered under `$NANOLAB_CACHE/hashes/` for as long as its inode, size, mtime and
+    ctime stay the same (git's test for an unchanged file): hashing a 50 GB corpus takes minutes, and every run,
+    trial and cell looks its entry up. ctime changes with any write and cannot be set back, unlike mtime."""
+    stat = path.stat()
+    state = f"{path.resolve()}\0{stat.st_ino}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ctime_ns}"
+    memo = cache_dir() / "hashes" / hashlib.sha256(state.encode()).hexdigest()
+    if memo.is_file():
+        return memo.read_text(encoding="utf-8")
+    digest = sha256_file(path)
+    try:
+        files.write_text(memo, digest)
+    except files.WriteFailed:
+        pass  # a read-only cache: the hash is computed again next time
+    return digest
 
 
 def prepare(entry: Entry, source: Source) -> bool:

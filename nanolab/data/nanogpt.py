@@ -1,5 +1,7 @@
-"""nanoGPT's prepared data, read as it is: train.bin and val.bin (uint16 tokens written with `.tofile`) beside
-meta.pkl (`{'vocab_size': V, 'itos': {id: char}, 'stoi': {char: id}}`, pickled) or a meta.json of that mapping.
+"""nanoGPT's prepared data, read as it is: train.bin and val.bin (uint16 tokens written with `.tofile`), beside
+meta.pkl (`{'vocab_size': V, 'itos': {id: char}, 'stoi': {char: id}}`, pickled) or a meta.json of that mapping for
+its char datasets, or alone for its GPT-2 BPE datasets (openwebtext, shakespeare), whose vocabulary size the spec
+states as `data.vocab_size` (50304 in nanoGPT: GPT-2's 50,257 padded to a multiple of 64).
 
 meta.pkl is unpickled without any class or function: the plain dict nanoGPT writes needs none, and naming one
 is how a malicious pickle runs code, so a pickle that names one is refused before anything in it runs.
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nanolab.data.tokenizer import CharTokenizer
+from nanolab.data.tokenizer import CharTokenizer, TokenIds, Tokenizer
 from nanolab.errors import NanolabError
 
 BIN_FILES = ("train.bin", "val.bin")
@@ -23,8 +25,7 @@ SCAN_TOKENS = 1 << 24  # token ids are checked this many at a time: memory stays
 
 
 def is_nanogpt_folder(path: Path) -> bool:
-    return (path.is_dir() and all((path / name).is_file() for name in BIN_FILES)
-            and any((path / name).is_file() for name in META_FILES))
+    return path.is_dir() and all((path / name).is_file() for name in BIN_FILES)
 
 
 def bin_files(folder: Path) -> tuple[Path, Path]:
@@ -38,12 +39,9 @@ def bin_files(folder: Path) -> tuple[Path, Path]:
     return folder / BIN_FILES[0], folder / BIN_FILES[1]
 
 
-def meta_file(folder: Path) -> Path:
-    found = [folder / name for name in META_FILES if (folder / name).is_file()]
-    if not found:
-        raise NanolabError(f"{folder}: no {' or '.join(META_FILES)} beside the .bin files; nanolab reads nanoGPT's "
-                           "char datasets, whose meta holds the vocabulary (GPT-2 BPE .bin files are not supported)")
-    return found[0]
+def meta_file(folder: Path) -> Path | None:
+    """The char vocabulary's file, or None for GPT-2 BPE files, which have none."""
+    return next((folder / name for name in META_FILES if (folder / name).is_file()), None)
 
 
 class _NoGlobals(pickle.Unpickler):
@@ -100,11 +98,23 @@ def check_ids(path: Path, vocab_size: int) -> None:
             if (bad := np.flatnonzero(ids >= vocab_size)).size:
                 position = start + int(bad[0])
                 raise NanolabError(f"{path}: token id {ids[bad[0]]} at position {position} is >= the vocabulary "
-                                   f"size {vocab_size} of the meta file")
+                                   f"size {vocab_size}")
             start += ids.size
 
 
-def open_splits(train: Path, val: Path, meta: Path) -> tuple[dict[str, np.ndarray], CharTokenizer]:
-    """The two splits memory-mapped from their .bin files, and the vocabulary of the meta file."""
-    tokenizer = read_meta(meta)
+def bin_tokenizer(folder: Path, meta: Path | None, vocab_size: int | None) -> Tokenizer:
+    """The vocabulary of the meta file; without one (GPT-2 BPE files), token ids below `data.vocab_size`."""
+    if meta is not None:
+        return read_meta(meta)
+    if vocab_size is None:
+        raise NanolabError(f"{folder}: no {' or '.join(META_FILES)} beside the .bin files: for GPT-2 BPE tokens set "
+                           "data.vocab_size (50304 for nanoGPT's openwebtext: GPT-2's 50,257 padded), for char "
+                           "tokens add the meta file prepare.py wrote")
+    return TokenIds(vocab_size)
+
+
+def open_splits(train: Path, val: Path, meta: Path | None,
+                vocab_size: int | None) -> tuple[dict[str, np.ndarray], Tokenizer]:
+    """The two splits memory-mapped from their .bin files, and their vocabulary."""
+    tokenizer = bin_tokenizer(train.parent, meta, vocab_size)
     return {"train": open_bin(train, tokenizer.vocab_size), "val": open_bin(val, tokenizer.vocab_size)}, tokenizer

@@ -122,6 +122,41 @@ class BPETokenizer:
         return cls(tokenizers.Tokenizer.from_str(json.dumps(state["tokenizer"])))
 
 
+@registry.register("tokenizer", "ids", "token ids as they are, written as numbers: nanoGPT's GPT-2 .bin files "
+                   "without a meta file (not for text)")
+class TokenIds:
+    """The vocabulary of token files that came without their tokenizer (nanoGPT's GPT-2 BPE train.bin): ids below
+    `vocab_size`, whose text form is the ids written out ("464 2068 7586"), so that samples and prompts still
+    work. tiktoken's GPT-2 encoding turns them into text: `enc.decode([int(i) for i in text.split()])`."""
+
+    type: ClassVar[str] = "ids"
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str], vocab_size: int | None = None) -> TokenIds:
+        raise NanolabError("data.tokenizer = 'ids' tokenizes no text: it reads token files "
+                           "(data.format nanogpt_bin); for text use char or bpe")
+
+    def encode(self, text: str) -> list[int]:
+        words = text.split()
+        if not all(w.isdigit() and int(w) < self.vocab_size for w in words):
+            raise NanolabError(f"this run's tokens have no text: give them as ids below {self.vocab_size} "
+                               f"separated by spaces, not {text!r}")
+        return [int(w) for w in words]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return " ".join(map(str, ids))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "vocab_size": self.vocab_size}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> TokenIds:
+        return cls(state["vocab_size"])
+
+
 def tokenizer_from_dict(state: dict[str, Any]) -> Tokenizer:
     """Rebuild a saved tokenizer (the output of its `to_dict()`) whatever its type."""
     return registry.get("tokenizer", state["type"]).from_dict(state)
