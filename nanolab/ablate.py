@@ -7,11 +7,13 @@
     grid: {model.activation: [relu, gelu, relu2, swiglu]}   # the product of all keys
     seeds: [1, 2, 3]
     tune: {space: {train.lr: {float: [3e-4, 1e-2], log: true}}, trials: 6}   # optional: see nanolab.tuning
+    launcher: {partition: gpu, gpus: 1, time: 60}                    # optional: for --launcher slurm
 
 Run `<variant>-s<seed>` lives in `$NANOLAB_RUNS/<name>/`. With `tune:`, each variant's study runs first and
 the variant's seeds run at its best trial's values (in meta.json's `tuned`). Repeating the command skips runs that ended
 (finished, diverged), continues the ones that stopped with a checkpoint, and sets aside (renames, never
 deletes) any other before starting it again. The plan file and the launcher are shared with `nanolab sweep`.
+With `--launcher slurm` every cell that is neither done nor queued is submitted as a Slurm job (nanolab.slurm).
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nanolab.config import Config, ConfigError
-from nanolab.errors import SpecError
+from nanolab.errors import NanolabError, SpecError
 from nanolab.launcher import Board, LocalLauncher, Outcome, Task
-from nanolab.plan import Plan, ended, load_plan, start_or_resume
+from nanolab.plan import Plan, ended, load_plan, run_outcome, start_or_resume
 from nanolab.runfolder import RunFolder, RunStore
+from nanolab import slurm
+from nanolab.slurm import Job, SlurmLauncher, SlurmOptions
 from nanolab.spec import check_key, flatten, format_override, to_dict
 from nanolab.tuning import tune, tuning_sweeps
 from nanolab.vocab import BEST_VAL_LOSS, ENDED, EXIT_FAILED, EXIT_OK, EXIT_SIGINT, RunStatus
@@ -38,6 +42,7 @@ class AblationFile:
     overrides: Any = None  # a list of KEY=VALUE or a mapping; normalised by `load_plan`
     seeds: list = field(default_factory=lambda: [1337])
     tune: Any = None  # a `nanolab.tuning.TuneBlock`, read by `tuning_sweeps`
+    launcher: SlurmOptions = field(default_factory=SlurmOptions)
 
     def __post_init__(self):
         if not self.grid:
@@ -77,6 +82,7 @@ class Ablation:
     cells: tuple[Cell, ...]
     baseline: dict | None  # the experiment's own values of the grid keys, when the grid holds them
     tuning: dict = field(default_factory=dict)  # variant id -> the Sweep that tunes it (with a `tune:` block)
+    slurm: SlurmOptions = SlurmOptions()
 
     @property
     def name(self) -> str:
@@ -107,17 +113,15 @@ def load_ablation(path, seeds: list[int] | None = None, extra: tuple[str, ...] =
     tuning = {} if raw.tune is None else tuning_sweeps(
         plan, raw.tune, raw.grid, {c.variant_id: tuple(format_override(k, v) for k, v in c.variant.items())
                                    for c in cells}, tuple(extra))
-    return Ablation(plan, tuple(cells), baseline if any(c.variant == baseline for c in cells) else None, tuning)
+    return Ablation(plan, tuple(cells), baseline if any(c.variant == baseline for c in cells) else None, tuning,
+                    raw.launcher)
 
 
 def run_cell(ablation: Ablation, cell: Cell, tuned: dict, *, progress: bool) -> Outcome:
     """Run (or continue) one cell, at its variant's `tuned` values."""
     cfg = ablation.plan.config((*cell.overrides, *(format_override(k, v) for k, v in tuned.items())))
     meta = {"variant": cell.variant, "ablation": ablation.name, **({"tuned": tuned} if ablation.tuning else {})}
-    result = start_or_resume(cfg, ablation.folder(cell), progress=progress, meta=meta)
-    best = result.summary.get(BEST_VAL_LOSS)
-    text = f"{BEST_VAL_LOSS} {best:.4f}" if best is not None else ""
-    return Outcome(RunStatus(result.status), ", ".join(filter(None, [text, result.reason])), best)
+    return run_outcome(start_or_resume(cfg, ablation.folder(cell), progress=progress, meta=meta))
 
 
 def ablate(path, seeds: list[int] | None = None, workers: int = 1,
@@ -145,10 +149,50 @@ def ablate(path, seeds: list[int] | None = None, workers: int = 1,
     return ablation, results
 
 
+def submit(ablation: Ablation, options: SlurmOptions, wait: bool) -> dict[str, RunStatus]:
+    """Submit every cell that is neither done nor queued as a Slurm job; with `wait`, follow all of them."""
+    if ablation.tuning:
+        raise NanolabError(f"{ablation.plan.path}: tune: runs with the local launcher only; run the ablation "
+                           "without --launcher slurm, or tune it in a sweep file with --launcher slurm")
+    launcher = SlurmLauncher(options, RunStore().root / ablation.name)
+    queued = launcher.queued()
+    done = [c for c in ablation.cells if ended(ablation.folder(c))]
+    todo = [c for c in ablation.cells if c not in done and c.run_id not in queued]
+    print(f"ablation {ablation.name}: {len(ablation.cells)} runs, {len(done)} already done, {len(queued)} in Slurm's "
+          f"queue, {len(todo)} to submit", flush=True)
+    jobs = {c.run_id: Job(Task(c.run_id, ablation.folder(c).path, run_cell, (ablation, c, {})))
+            for c in ablation.cells if c not in done}
+    for run_id, job_id in launcher.submit([jobs[c.run_id] for c in todo]).items():
+        print(f"{run_id}: job {job_id}, log {launcher.paths(run_id).stdout}", flush=True)
+    results: dict[str, RunStatus] = {}
+    if wait or options.cluster == "local":  # the local executor's jobs are this process's children
+        launcher.follow(list(jobs.values()), Board(len(jobs), BEST_VAL_LOSS),
+                        lambda task, outcome: results.__setitem__(task.label, outcome.status))
+    return results
+
+
+def status(ablation: Ablation, options: SlurmOptions) -> str:
+    """Each cell: its Slurm job and state (when it was submitted), its run's status and best val/loss."""
+    def describe(run_id: str) -> str:
+        folder = ablation.folder(next(c for c in ablation.cells if c.run_id == run_id))
+        best = folder.read_summary().get(BEST_VAL_LOSS) if folder.is_run() else None
+        return f"{folder.status or 'not started'}" + (f", {BEST_VAL_LOSS} {best:.4f}" if best is not None else "")
+
+    launcher = SlurmLauncher(options, RunStore().root / ablation.name)
+    return launcher.jobs_table([c.run_id for c in ablation.cells], describe)
+
+
 def ablate_command(args) -> int:
     from nanolab.analysis import compare_command
 
-    ablation, results = ablate(args.ablation_file, args.seeds, args.workers, tuple(args.set))
+    if args.launcher == "local":
+        ablation, results = ablate(args.ablation_file, args.seeds, args.workers, tuple(args.set))
+    else:
+        ablation = load_ablation(args.ablation_file, args.seeds, tuple(args.set))
+        results = submit(ablation, slurm.options(ablation.slurm, args), args.wait)
+        if not results:
+            print(f"follow them: nanolab status {args.ablation_file}")
+            return EXIT_OK
     print(compare_command([RunStore().root / ablation.name], group=ablation.name, baseline=ablation.baseline))
     if RunStatus.INTERRUPTED in results.values():
         return EXIT_SIGINT

@@ -24,6 +24,8 @@ EPILOG = """examples:
   nanolab sample runs/baseline/20261127-101500-ab12 --prompt "ROMEO:" --tokens 300
   nanolab sweep sweeps/lr.yaml --workers 2
   nanolab ablate experiments/ablations/position.yaml
+  nanolab ablate experiments/ablations/position.yaml --launcher slurm --partition gpu --gpus 1
+  nanolab status experiments/ablations/position.yaml
   nanolab compare runs/ --group position --plot position.png
   nanolab report experiments/ablations/position.yaml --out reports/position
   nanolab components
@@ -40,7 +42,9 @@ def cmd_run(args) -> int:
         the_file(args, "spec", "a SPEC file (or --resume RUN_FOLDER)")
     if args.nproc < 1:
         raise NanolabError(f"--nproc {args.nproc}: expected a number of processes >= 1")
-    if args.nproc > 1 and not args.print_config:
+    if args.launcher != "local" and args.resume:
+        raise NanolabError("--resume runs here; with --launcher slurm a requeued job continues its run by itself")
+    if args.nproc > 1 and args.launcher == "local" and not args.print_config:
         from nanolab.distributed import launch
 
         argv = ["run", *([args.spec] if args.spec else []), *(["--resume", args.resume] if args.resume else []),
@@ -53,6 +57,11 @@ def cmd_run(args) -> int:
     if args.print_config:
         print_config(cfg)
         return EXIT_OK
+    if args.launcher != "local":
+        from nanolab import slurm
+
+        options = slurm.options(slurm.SlurmOptions(), args)
+        return slurm.submit_run(cfg, options, options.gpus or args.nproc, args.wait)
     result = run(cfg, resume_dir=args.resume)
     figures = ", ".join(f"{k} {v:.4f}" for k, v in result.summary.items() if k.startswith("best/val_"))
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the job
@@ -122,6 +131,21 @@ def cmd_ablate(args) -> int:
     return EXIT_OK
 
 
+def cmd_status(args) -> int:
+    from nanolab.spec import read_yaml
+
+    if "space" in read_yaml(Path(args.plan_file)):
+        from nanolab.sweep import load_sweep, status
+
+        print(status(load_sweep(args.plan_file, tuple(args.set))))
+    else:
+        from nanolab.ablate import load_ablation, status
+
+        ablation = load_ablation(args.plan_file, args.seeds, tuple(args.set))
+        print(status(ablation, ablation.slurm))
+    return EXIT_OK
+
+
 def the_file(args, dest: str, what: str) -> None:
     """The verb's file: its positional, or the last word after --set (which takes every word it can) without '='."""
     if getattr(args, dest) is None and args.set and "=" not in args.set[-1]:
@@ -175,6 +199,27 @@ SAMPLE_RANGES = {  # nanolab sample's numbers: dest -> (what is accepted, the ch
 }
 
 
+def launcher_flags(p: argparse.ArgumentParser, jobs: str) -> None:
+    """--launcher and the Slurm options, which win over the file's `launcher:` block."""
+    p.add_argument("--launcher", choices=["local", "slurm", "submitit-local"], default="local",
+                   help=f"local (default): processes here; slurm: submit {jobs}, print their ids and logs, and return; "
+                   "submitit-local: the same jobs as "
+                   "subprocesses through submitit's local executor, followed to the end")
+    p.add_argument("--wait", action="store_true", help="with --launcher slurm: follow the jobs until they end")
+    g = p.add_argument_group("Slurm options (with --launcher slurm; they win over the file's launcher: block)")
+    g.add_argument("--partition", help="sbatch --partition")
+    g.add_argument("--time", type=int, metavar="MIN", help="minutes a job may run (default 60); the run saves and "
+                   "the job requeues itself 90 s before")
+    g.add_argument("--gpus", "--gpus-per-node", type=int, dest="gpus", metavar="N", help="GPUs per node (default 0)")
+    g.add_argument("--cpus", type=int, metavar="N", help="CPUs per task = the run's torch threads (default: 8 with "
+                   "GPUs, else 1)")
+    g.add_argument("--mem-gb", type=float, metavar="GB", help="memory per node")
+    g.add_argument("--account", help="sbatch --account")
+    g.add_argument("--qos", help="sbatch --qos")
+    g.add_argument("--sbatch", action="append", metavar="OPTION", help="another sbatch option, written with '=': "
+                   "--sbatch=--constraint=a100 (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nanolab", description="Ablations of small GPT models.", epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -194,7 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the resolved config as YAML and exit: nothing runs, nothing is written")
     p.add_argument("--resume", metavar="RUN_FOLDER", help="continue an interrupted run in its own folder")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
-                   help="data-parallel over N processes on this machine (starts torchrun; one GPU each on CUDA)")
+                   help="data-parallel over N processes on this machine (starts torchrun; one GPU each on CUDA); "
+                   "with --launcher slurm and no GPUs, N tasks per node")
+    launcher_flags(p, "one job of --nodes x (GPUs per node, else --nproc) ranks")
+    p.add_argument("--nodes", type=int, metavar="N", help="with --launcher slurm: nodes of the job (default 1)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sample", help="generate text from a trained run", description="Generate text from a run "
@@ -241,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="an Optuna storage URL (e.g. postgresql://...) that workers on many machines "
                    "share, or a journal file path")
     p.add_argument("--status", action="store_true", help="print the table of trials and run nothing")
+    launcher_flags(p, "--workers worker jobs sharing the study, for the file's `trials` in all (--trials N: N "
+                   "more), none while its workers are queued")
     p.add_argument("--set", **sets)
     p.add_argument("--print-config", action="store_true", help="print the experiment's resolved config, then the "
                    "objectives, space, sampler, pruner, trials and storage, as YAML; runs and writes nothing")
@@ -254,10 +304,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an ablation YAML file (see experiments/ablations/)")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the file's `seeds`)")
     p.add_argument("--workers", type=int, default=1, help="runs at once on this machine (as for sweep)")
+    launcher_flags(p, "every cell that is neither done nor queued, a job each")
     p.add_argument("--set", **sets)
     p.add_argument("--print-config", action="store_true", help="print the experiment's resolved config, then every "
                    "run's id and overrides, as YAML; runs and writes nothing")
     p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("status", help="the jobs of an ablation or a sweep: Slurm state, run status, metric",
+                       description="Print each run of an ablation (a sweep: its table of trials, then its worker "
+                       "jobs) with its last Slurm job, the job's state while it is in Slurm's queue (squeue), the "
+                       "run's status and best/val_loss. Runs nothing.")
+    p.add_argument("plan_file", metavar="FILE", help="an ablation file (grid:) or a sweep file (space:)")
+    p.add_argument("--seeds", type=int, nargs="+", help="an ablation's seeds, if they were given to ablate")
+    p.add_argument("--set", **sets)
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("compare", help="compare runs in a table (and a plot)",
                        description="Load run folders into pandas and compare variants across seeds: mean, std, "

@@ -41,7 +41,7 @@ class Task:
     """One job: `fn(*args, progress=bool) -> Outcome`, a module-level function so a worker process can run it."""
 
     label: str  # e.g. "position=rotary-s2", "trial 3 [train.lr=0.001]"
-    folder: Path  # the run folder it writes: marked failed if the worker dies
+    folder: Path | None  # the run folder it writes, marked failed if the worker dies; None: several (a sweep worker)
     fn: Callable[..., Outcome]
     args: tuple = ()
 
@@ -89,7 +89,8 @@ def execute(task: Task, progress: bool) -> Outcome:
         outcome = task.fn(*task.args, progress=progress)
     except Exception as exc:  # noqa: BLE001 - a crashed job is recorded and the others go on
         reason = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
-        RunFolder(task.folder).mark_failed(reason)
+        if task.folder is not None:
+            RunFolder(task.folder).mark_failed(reason)
         outcome = Outcome(RunStatus.FAILED, reason)
     return Outcome(outcome.status, outcome.text, outcome.value, time.perf_counter() - started)
 
@@ -219,7 +220,8 @@ class _Pool:
         code = worker.process.exitcode
         how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit status {code}"
         reason = f"worker process {worker.process.pid} died ({how})"
-        RunFolder(task.folder).mark_failed(reason)
+        if task.folder is not None:
+            RunFolder(task.folder).mark_failed(reason)
         self.workers[worker.index] = self._start(worker.index)  # same GPU and threads: no core idles
         return Outcome(RunStatus.FAILED, reason)
 

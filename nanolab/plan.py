@@ -12,15 +12,17 @@ counted) before the job starts afresh. Front-ends skip the runs that ended (fini
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from nanolab.config import NAME_PATTERN, NAME_RULE, Config
 from nanolab.errors import SpecError
+from nanolab.launcher import Outcome
 from nanolab.runfolder import RunFolder, RunStore
 from nanolab.spec import from_dict, load_spec, normalize_overrides, parse_override, read_yaml
-from nanolab.vocab import ENDED, RunStatus
+from nanolab.vocab import BEST_VAL_LOSS, ENDED, RunStatus
 
 FileSchema = TypeVar("FileSchema")
 
@@ -79,10 +81,22 @@ def start_or_resume(cfg: Config, folder: RunFolder, *, meta: dict[str, Any], pro
     status = folder.status
     if status in (RunStatus.INTERRUPTED, RunStatus.RUNNING) and folder.ckpt("last").is_file():
         return run(cfg, resume_dir=folder.path, show_progress=progress, on_eval=on_eval)
-    if folder.path.exists():
+    if folder.path.exists() and os.environ.get("RANK", "0") == "0":  # one DDP rank moves it; all start afresh
         aside = RunStore.set_aside(folder)
         say(f"nanolab: {folder.path} ended as {status or 'unknown'}; moved to {aside.path}")
     return run(cfg, run_id=folder.run_id, extra_meta=meta, show_progress=progress, on_eval=on_eval)
+
+
+def run_outcome(result) -> Outcome:
+    """A launcher's summary of a RunResult: its status, best val/loss (or why it stopped)."""
+    best = result.summary.get(BEST_VAL_LOSS)
+    text = f"{BEST_VAL_LOSS} {best:.4f}" if best is not None else ""
+    return Outcome(RunStatus(result.status), ", ".join(filter(None, [text, result.reason])), best)
+
+
+def run_spec(cfg: Config, run_id: str, *, progress: bool) -> Outcome:
+    """`nanolab run SPEC --launcher slurm`'s job, on every rank: the run, continued after a requeue."""
+    return run_outcome(start_or_resume(cfg, RunStore().folder(cfg.name, run_id), meta={}, progress=progress))
 
 
 def ended(folder: RunFolder) -> bool:

@@ -44,9 +44,9 @@ from nanolab.runfolder import RunFolder, RunStore, now
 from nanolab.spec import dump_spec, to_dict
 from nanolab.tracking import open_trackers
 from nanolab.train_loop import Diverged, Loop, LoopContext, TrainState, restore_rng, seed_everything
-from nanolab.vocab import EXIT_FAILED, EXIT_SIGINT, EXIT_SIGTERM, STATUS_EXIT, RunStatus
+from nanolab.vocab import EXIT_FAILED, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SIGUSR2, STATUS_EXIT, RunStatus
 
-SIGNAL_EXIT = {signal.SIGINT: EXIT_SIGINT, signal.SIGTERM: EXIT_SIGTERM}
+SIGNAL_EXIT = {signal.SIGINT: EXIT_SIGINT, signal.SIGTERM: EXIT_SIGTERM, signal.SIGUSR2: EXIT_SIGUSR2}
 
 
 class Stop(Exception):
@@ -89,7 +89,8 @@ class Session:
 
 
 class SignalFlag:
-    """SIGINT/SIGTERM only set a flag: the loop finishes its step, saves, and stops. A second signal is ignored."""
+    """SIGINT/SIGTERM/SIGUSR2 only set a flag: the loop finishes its step, saves, and stops. A second signal is
+    ignored."""
 
     def __init__(self):
         self.signum: int | None = None

@@ -18,7 +18,7 @@ TRAIN_GRAD_NORM = "train/grad_norm"  # pre-clip
 TRAIN_EVAL_LOSS = "train/eval_loss"  # mean over eval_iters batches of the train split
 VAL_LOSS = "val/loss"
 VAL_PPL = "val/ppl"  # exp(val/loss)
-VAL_BPC = "val/bpc"  # bits per character: loss x tokens / characters / ln 2, under every tokenizer
+VAL_BPC = "val/bpc"  # bits per character: loss x tokens / characters / ln 2; absent where the text is unknown
 TOKENS_PER_SEC = "perf/tokens_per_sec"
 STEP_MS = "perf/step_ms"
 MFU = "perf/mfu"
@@ -80,6 +80,7 @@ EXIT_FAILED = 1  # a run diverged or failed; some job of a plan failed; a sweep 
 EXIT_USAGE = 2  # bad input: one line on stderr
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
+EXIT_SIGUSR2 = 140  # Slurm's warning before a time limit or a preemption (sbatch --signal=USR2@90, as submitit asks)
 STATUS_EXIT = {RunStatus.FINISHED: EXIT_OK, RunStatus.PRUNED: EXIT_OK, RunStatus.INTERRUPTED: EXIT_SIGINT,
                RunStatus.DIVERGED: EXIT_FAILED, RunStatus.FAILED: EXIT_FAILED, RunStatus.RUNNING: EXIT_FAILED}
 

@@ -15,6 +15,8 @@ import time
 
 from nanolab.errors import NanolabError
 from nanolab.launcher import Board, Launcher, LocalLauncher, Outcome, Task
+from nanolab.slurm import Job, SlurmLauncher, SlurmOptions
+from nanolab import slurm
 from nanolab.sweep.results import format_table, write_results
 from nanolab.sweep.schema import Sweep, load_sweep
 from nanolab.sweep.storage import safe
@@ -67,12 +69,44 @@ def params_text(params: dict) -> str:
                      for key, value in params.items())
 
 
+def work(sweep: Sweep, trials: int, *, progress: bool) -> Outcome:
+    """A Slurm job of `nanolab sweep --launcher slurm`: any trials waiting to resume, then `trials` new ones."""
+    completed, outcomes = optimize(sweep, SweepStudy.create(sweep), trials, LocalLauncher(1))
+    failed = sum(o.status is RunStatus.FAILED for o in outcomes)
+    stops = [o.text for o in outcomes if o.status is RunStatus.INTERRUPTED]
+    text = f"{len(outcomes)} trials, {failed} failed" + "".join(f"; interrupted: {stop}" for stop in stops)
+    status = RunStatus.INTERRUPTED if not completed else RunStatus.FAILED if failed else RunStatus.FINISHED
+    return Outcome(status, text)
+
+
+def submit(sweep: Sweep, options: SlurmOptions, workers: int, trials: int | None, wait: bool) -> list[Outcome]:
+    """Submit worker jobs for the trials not yet begun (the file's `trials` in all, or `trials` more) and any
+    waiting to resume; nothing while workers of this sweep are still in Slurm's queue."""
+    launcher, study = SlurmLauncher(options, sweep.folder), SweepStudy.create(sweep)
+    queued = launcher.queued()
+    new = trials if trials is not None else max(0, sweep.trials - study.started())
+    count = 0 if queued else min(workers, max(new, int(study.waiting())))
+    print(f"sweep {sweep.name}: {study.started()} trials begun, {len(queued)} worker job(s) in Slurm's queue; "
+          f"submitting {count} worker(s) for {new if count else 0} new trial(s), storage {safe(sweep.storage)}",
+          flush=True)
+    jobs = [Job(Task(f"worker-{i}", None, work, (sweep, new // count + (i < new % count)))) for i in range(count)]
+    for label, job_id in launcher.submit(jobs).items():
+        print(f"{label}: job {job_id}, log {launcher.paths(label).stdout}", flush=True)
+    outcomes: list[Outcome] = []
+    if wait or options.cluster == "local":
+        followed = jobs or [Job(Task(label, None, work)) for label in queued]
+        launcher.follow(followed, Board(len(followed), "trials"), lambda task, outcome: outcomes.append(outcome))
+    return outcomes
+
+
 def status(sweep: Sweep) -> str:
-    """The table of the study as it stands; nothing runs."""
+    """The table of the study as it stands, then its Slurm worker jobs if it has any; nothing runs."""
     study = SweepStudy.load(sweep)
-    if study is None:
-        return f"sweep {sweep.name}: no trial yet in {safe(sweep.storage)}"
-    return format_table(sweep, study)
+    table = f"sweep {sweep.name}: no trial yet in {safe(sweep.storage)}" if study is None else format_table(sweep, study)
+    launcher = SlurmLauncher(sweep.slurm, sweep.folder)
+    if not (workers := list(launcher.submitted())):
+        return table
+    return f"{table}\n\n{launcher.jobs_table(workers, lambda label: 'a worker of the study')}"
 
 
 def sweep_command(args) -> int:
@@ -82,11 +116,21 @@ def sweep_command(args) -> int:
         return EXIT_OK
     if args.trials is not None and args.trials < 1:
         raise NanolabError(f"--trials {args.trials}: expected a number of trials >= 1")
-    trials = args.trials or sweep.trials
-    launcher = LocalLauncher(args.workers)  # checks --workers before the study exists
-    study = SweepStudy.create(sweep)
-    print(f"sweep {sweep.name}: {trials} trials on {args.workers} worker(s), storage {safe(sweep.storage)}", flush=True)
-    completed, outcomes = optimize(sweep, study, trials, launcher, args.timeout)
+    if args.launcher != "local":
+        if args.workers < 1:
+            raise NanolabError(f"--workers {args.workers}: expected a number of worker jobs >= 1")
+        outcomes = submit(sweep, slurm.options(sweep.slurm, args), args.workers, args.trials, args.wait)
+        if not outcomes:
+            print(f"follow them: nanolab status {args.sweep_file}")
+            return EXIT_OK
+        study, completed = SweepStudy.create(sweep), RunStatus.INTERRUPTED not in {o.status for o in outcomes}
+    else:
+        trials = args.trials or sweep.trials
+        launcher = LocalLauncher(args.workers)  # checks --workers before the study exists
+        study = SweepStudy.create(sweep)
+        print(f"sweep {sweep.name}: {trials} trials on {args.workers} worker(s), storage {safe(sweep.storage)}",
+              flush=True)
+        completed, outcomes = optimize(sweep, study, trials, launcher, args.timeout)
     has_best = write_results(sweep, study)
     print(format_table(sweep, study))
     print(f"results: {sweep.folder} (trials.csv, {'best.yaml, ' if has_best else ''}table.txt)")

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from nanolab.errors import SpecError
 from nanolab.plan import Plan, load_plan
 from nanolab.registry import closest
 from nanolab.runfolder import RunFolder, RunStore, runs_root
+from nanolab.slurm import SlurmOptions
 from nanolab.spec import check_key, format_override, from_dict, parse_override, to_dict
 from nanolab.sweep import study as optuna_study
 from nanolab.sweep.storage import safe
@@ -55,6 +57,7 @@ class SweepFile:
     pruner: Any = DEFAULTS["pruner"]
     trials: int = 20
     storage: str | None = None
+    launcher: SlurmOptions = field(default_factory=SlurmOptions)  # for --launcher slurm
 
     def __post_init__(self):
         if not self.experiment:
@@ -122,6 +125,7 @@ class Sweep:
     storage: str  # an Optuna RDB URL, or the path of a journal file
     group: str  # the runs' W&B group: the sweep's name, or `<ablation>-tune` for an ablation's tuning studies
     job_type: str = "sweep"
+    slurm: SlurmOptions = SlurmOptions()  # the file's `launcher:` block
 
     @property
     def name(self) -> str:
@@ -170,7 +174,8 @@ class Sweep:
 def load_sweep(path: str | Path, overrides: tuple[str, ...] = (), storage: str | None = None) -> Sweep:
     """Read a sweep file and check everything (every choice built into a Config) before any trial runs."""
     plan, raw = load_plan(path, SweepFile, tuple(overrides))
-    return build_sweep(plan, raw, _storage_url(storage, raw.storage, plan.path, plan.name), overrides)
+    sweep = build_sweep(plan, raw, _storage_url(storage, raw.storage, plan.path, plan.name), overrides)
+    return dataclasses.replace(sweep, slurm=raw.launcher)
 
 
 def build_sweep(plan: Plan, raw, storage: str, cli_overrides: tuple[str, ...] = (), *, at: str = "",

@@ -1,0 +1,213 @@
+"""The Slurm launcher (issue #15) on a real single-node Slurm that `slurm_cluster.py` starts (slurmctld + slurmd
++ munge), and on submitit's local executor, which runs the same job objects as subprocesses with no daemons."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nanolab.ablate import ablate
+from nanolab.analysis import load_runs
+
+from slurm_cluster import slurm  # noqa: F401 - the session fixture
+from test_ablate import EXPERIMENT
+from test_sweep_postgres import URL, fresh_database
+
+ABLATION = """\
+name: act
+experiment: tiny.yaml
+overrides: {{train.max_iters: {steps}, train.eval_interval: {evals}}}
+grid: {{model.activation: [relu, swiglu]}}
+seeds: [1, 2]
+"""
+SWEEP = """\
+experiment: tiny.yaml
+overrides: {train.max_iters: 10, train.eval_interval: 10}
+space: {train.lr: {float: [1.0e-3, 1.0e-2], log: true}}
+sampler: {name: random, seed: 0}
+trials: 4
+"""
+RUN_IDS = ["activation=relu-s1", "activation=relu-s2", "activation=swiglu-s1", "activation=swiglu-s2"]
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch) -> Path:
+    """A folder with the tiny experiment, its own runs root, and cwd there (submitit's folders are relative)."""
+    monkeypatch.setenv("NANOLAB_RUNS", str(tmp_path / "runs"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.yaml").write_text(EXPERIMENT)
+    return tmp_path
+
+
+def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nanolab", *args], capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ))
+
+
+def job_ids(stdout: str) -> dict[str, str]:
+    """label -> job id from the lines `<label>: job <id>, log <path>` that submitting prints."""
+    return dict(re.findall(r"^(\S+): job (\d+)", stdout, flags=re.M))
+
+
+def best_losses(runs: Path, group: str) -> dict[str, float]:
+    frame = load_runs(runs, group=group)
+    return dict(zip(frame["run_id"], frame["best/val_loss"]))
+
+
+def train_steps(folder: Path) -> list[int]:
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return [row["step"] for row in rows if "train/loss" in row]
+
+
+def wait_until(condition, timeout: float = 120, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def squeue(job_id: str) -> str:
+    out = subprocess.run(["squeue", "-h", "-o", "%T", "-j", job_id], capture_output=True, text=True).stdout
+    return out.strip()
+
+
+# ----------------------------------------------------------------------------- on a real Slurm
+
+
+def test_an_ablation_runs_as_slurm_jobs_and_a_cancelled_cell_continues(slurm, work, tmp_path,  # noqa: F811
+                                                                       monkeypatch):
+    (work / "act.yaml").write_text(ABLATION.format(steps=1500, evals=500))
+    first = cli("ablate", "act.yaml", "--launcher", "slurm", "--partition", slurm.partition, "--cpus", "1")
+    assert first.returncode == 0, first.stderr
+    ids = job_ids(first.stdout)
+    assert sorted(ids) == RUN_IDS and "4 to submit" in first.stdout  # it returned once they were queued
+
+    cancelled = work / "runs/act/activation=relu-s1"
+    wait_until(lambda: (cancelled / "metrics.jsonl").is_file() and
+               any(json.loads(line)["step"] >= 20 for line in (cancelled / "metrics.jsonl").read_text().splitlines()),
+               what="the first cell's step 20")
+    subprocess.run(["scancel", ids["activation=relu-s1"]], check=True)
+    wait_until(lambda: squeue(ids["activation=relu-s1"]) in ("", "CANCELLED"), what="the cancelled job to leave")
+    meta = json.loads((cancelled / "meta.json").read_text())
+    assert meta["status"] == "interrupted" and meta["reason"] == "SIGTERM"  # it saved on scancel's SIGTERM
+
+    status = cli("status", "act.yaml")
+    assert status.returncode == 0 and "activation=relu-s1" in status.stdout and "interrupted" in status.stdout
+
+    second = cli("ablate", "act.yaml", "--launcher", "slurm", "--partition", slurm.partition, "--cpus", "1", "--wait")
+    assert second.returncode == 0, second.stderr
+    assert list(job_ids(second.stdout)) == ["activation=relu-s1"]  # only the cancelled cell, nothing twice
+    assert sorted(p.name for p in (work / "runs/act").iterdir()) == [".slurm", *RUN_IDS]  # nothing set aside
+    assert train_steps(cancelled) == list(range(5, 1501, 5))  # continued from its checkpoint, no step twice
+
+    monkeypatch.setenv("NANOLAB_RUNS", str(tmp_path / "local"))
+    ablate(work / "act.yaml", workers=2)  # the local backend, 1 thread per run as in the 1-CPU jobs
+    assert best_losses(tmp_path / "local", "act") == best_losses(work / "runs", "act")
+
+
+@pytest.mark.parametrize("storage", ["journal", "postgresql"])
+def test_a_two_worker_slurm_sweep_accounts_for_every_trial(slurm, work, storage):  # noqa: F811
+    if storage == "postgresql" and not URL:
+        pytest.skip("NANOLAB_TEST_POSTGRES (a PostgreSQL URL) is not set")
+    (work / "sw.yaml").write_text(SWEEP)
+    with fresh_database(URL) if storage == "postgresql" else contextlib.nullcontext() as url:
+        where = ["--storage", url] if url else []  # the journal file in the sweep's folder, on a shared file system
+        submit = ["sweep", "sw.yaml", "--launcher", "slurm", "--workers", "2", *where, "--partition", slurm.partition]
+        result = cli(*submit, "--cpus", "1", "--wait")
+        assert result.returncode == 0, result.stderr
+        assert sorted(job_ids(result.stdout)) == ["worker-0", "worker-1"]
+        assert "sweep sw: 4 trials (4 complete)" in result.stdout
+        again = cli(*submit)
+        assert "submitting 0 worker(s)" in again.stdout and not job_ids(again.stdout)  # all 4 begun: nothing more
+    trials = sorted(p.name for p in (work / "runs/sw").iterdir() if not p.name.startswith("."))
+    assert trials == ["trial-0", "trial-1", "trial-2", "trial-3"]
+
+
+def test_a_ddp_run_on_slurm_equals_the_same_run_in_one_process(slurm, work, tmp_path, monkeypatch):  # noqa: F811
+    sets = ["--set", "train.max_iters=10", "train.eval_interval=10", "seed=3"]
+    result = cli("run", "tiny.yaml", *sets, "--launcher", "slurm", "--nproc", "2", "--cpus", "1", "--partition",
+                 slurm.partition, "--wait")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 node(s) x 2 task(s)" in result.stdout
+    monkeypatch.setenv("NANOLAB_RUNS", str(tmp_path / "one"))
+    assert cli("run", "tiny.yaml", *sets).returncode == 0
+    [ddp], [one] = (load_runs(root, group=None)["best/val_loss"].tolist() for root in (work / "runs", tmp_path / "one"))
+    assert ddp == pytest.approx(one, abs=1e-3)  # the world-size-invariant batch, as under torchrun
+
+
+def test_sigusr2_before_the_time_limit_saves_requeues_and_continues(slurm, work):  # noqa: F811
+    (work / "act.yaml").write_text(ABLATION.format(steps=1500, evals=500).replace("seeds: [1, 2]", "seeds: [1]")
+                                   .replace("[relu, swiglu]", "[relu]"))
+    first = cli("ablate", "act.yaml", "--launcher", "slurm", "--partition", slurm.partition, "--cpus", "1")
+    [job] = job_ids(first.stdout).values()
+    folder = work / "runs/act/activation=relu-s1"
+    wait_until(lambda: (folder / "ckpt/last.pt").is_file() or (folder / "metrics.jsonl").is_file() and
+               len((folder / "metrics.jsonl").read_text().splitlines()) >= 3, what="the run's progress")
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)  # what Slurm sends 90 s before the limit
+    wait_until(lambda: json.loads((folder / "meta.json").read_text()).get("reason") == "SIGUSR2" or
+               json.loads((folder / "meta.json").read_text())["status"] == "finished", what="the save")
+    wait_until(lambda: json.loads((folder / "meta.json").read_text())["status"] == "finished", timeout=180,
+               what="the requeued job to finish the run")
+    assert train_steps(folder) == list(range(5, 1501, 5))
+    assert (work / "runs/act/.slurm/jobs.json").is_file() and json.loads(
+        (work / "runs/act/.slurm/jobs.json").read_text()) == {"activation=relu-s1": job}  # the same job, requeued
+
+
+# ----------------------------------------------------------------------------- submitit's local executor
+
+
+def test_submitit_local_runs_the_same_jobs_with_the_local_backends_losses(work, tmp_path, monkeypatch):
+    (work / "act.yaml").write_text(ABLATION.format(steps=20, evals=10))
+    result = cli("ablate", "act.yaml", "--launcher", "submitit-local")
+    assert result.returncode == 0, result.stderr
+    assert sorted(job_ids(result.stdout)) == RUN_IDS and "done 4/4, running 0, failed 0" in result.stdout
+    monkeypatch.setenv("NANOLAB_RUNS", str(tmp_path / "local"))
+    ablate(work / "act.yaml")
+    assert best_losses(tmp_path / "local", "act") == best_losses(work / "runs", "act")
+
+
+def test_submitit_local_sweep_workers_share_the_study(work):
+    (work / "sw.yaml").write_text(SWEEP)
+    result = cli("sweep", "sw.yaml", "--launcher", "submitit-local", "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    assert "sweep sw: 4 trials (4 complete)" in result.stdout and "worker-1: finished, 2 trials, 0 failed" in result.stdout
+
+
+@pytest.mark.parametrize("block, message", [
+    ("{gpus: -1}", "act.yaml: launcher.gpus = -1: must be >= 0"),
+    ("{partiton: gpu}", "act.yaml: launcher.partiton: unknown key; accepted: partition, time, gpus, cpus, mem_gb, "
+     "account, qos, sbatch, nodes, cluster (did you mean 'partition'?)"),
+    ("{sbatch: [constraint=a100]}", "act.yaml: launcher.sbatch = 'constraint=a100': sbatch options as on its command "
+     "line, e.g. --constraint=a100"),
+])
+def test_a_bad_launcher_block_is_one_line(work, block, message):
+    (work / "act.yaml").write_text(ABLATION.format(steps=20, evals=10) + f"launcher: {block}\n")
+    result = cli("ablate", "act.yaml", "--launcher", "slurm")
+    assert (result.returncode, result.stderr) == (2, f"nanolab: error: {message}\n")
+    assert not (work / "runs").exists()
+
+
+def test_sigusr2_stops_a_run_like_sigterm_and_resume_continues_it(work):
+    spec = work / "long.yaml"
+    spec.write_text(EXPERIMENT.replace("max_iters: 20", "max_iters: 100000").replace("eval_interval: 10",
+                                                                                      "eval_interval: 100000"))
+    proc = subprocess.Popen([sys.executable, "-m", "nanolab", "run", str(spec)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    runs = work / "runs/tiny"
+    wait_until(lambda: runs.is_dir() and any((d / "metrics.jsonl").is_file() for d in runs.iterdir()),
+               what="the first logged step")
+    proc.send_signal(signal.SIGUSR2)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 140, err
+    [folder] = runs.iterdir()
+    meta = json.loads((folder / "meta.json").read_text())
+    assert (meta["status"], meta["reason"]) == ("interrupted", "SIGUSR2") and (folder / "ckpt/last.pt").is_file()
