@@ -36,6 +36,11 @@ space: {train.lr: {float: [1.0e-3, 1.0e-2], log: true}}
 sampler: {name: random, seed: 0}
 trials: 4
 """
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "data.block_size=16", "train.batch_size=4",
+        "train.max_iters=1500", "train.eval_interval=500", "train.eval_iters=2", "train.log_interval=5",
+        "train.sample_tokens=0", "tracking.wandb.mode=disabled"]
+ACTIVATION_RUNS = [f"activation={a}-s{s}" for a in ("gelu", "relu", "relu2", "swiglu") for s in (1, 2)]
 RUN_IDS = ["activation=relu-s1", "activation=relu-s2", "activation=swiglu-s1", "activation=swiglu-s2"]
 
 
@@ -83,35 +88,35 @@ def squeue(job_id: str) -> str:
 # ----------------------------------------------------------------------------- on a real Slurm
 
 
-def test_an_ablation_runs_as_slurm_jobs_and_a_cancelled_cell_continues(slurm, work, tmp_path,  # noqa: F811
-                                                                       monkeypatch):
-    (work / "act.yaml").write_text(ABLATION.format(steps=1500, evals=500))
-    first = cli("ablate", "act.yaml", "--launcher", "slurm", "--partition", slurm.partition, "--cpus", "1")
+def test_the_activation_ablation_runs_as_slurm_jobs_and_a_cancelled_cell_continues(slurm, work, tmp_path,  # noqa: F811
+                                                                                   monkeypatch):
+    plan = str(REPO / "experiments/ablations/activation.yaml")
+    slurm_flags = ["--launcher", "slurm", "--partition", slurm.partition, "--cpus", "1"]
+    first = cli("ablate", plan, *slurm_flags, "--seeds", "1", "2", "--set", *TINY)
     assert first.returncode == 0, first.stderr
     ids = job_ids(first.stdout)
-    assert sorted(ids) == RUN_IDS and "4 to submit" in first.stdout  # it returned once they were queued
+    assert sorted(ids) == ACTIVATION_RUNS and "8 to submit" in first.stdout  # it returned once they were queued
 
-    cancelled = work / "runs/act/activation=relu-s1"
-    wait_until(lambda: (cancelled / "metrics.jsonl").is_file() and
-               any(json.loads(line)["step"] >= 20 for line in (cancelled / "metrics.jsonl").read_text().splitlines()),
+    cancelled = work / "runs/activation/activation=relu-s1"
+    wait_until(lambda: (cancelled / "metrics.jsonl").is_file() and train_steps(cancelled)[-1:] >= [20],
                what="the first cell's step 20")
     subprocess.run(["scancel", ids["activation=relu-s1"]], check=True)
     wait_until(lambda: squeue(ids["activation=relu-s1"]) in ("", "CANCELLED"), what="the cancelled job to leave")
     meta = json.loads((cancelled / "meta.json").read_text())
-    assert meta["status"] == "interrupted" and meta["reason"] == "SIGTERM"  # it saved on scancel's SIGTERM
+    assert (meta["status"], meta["reason"]) == ("interrupted", "SIGTERM")  # it saved on scancel's SIGTERM
 
-    status = cli("status", "act.yaml")
-    assert status.returncode == 0 and "activation=relu-s1" in status.stdout and "interrupted" in status.stdout
+    status = cli("status", plan, "--seeds", "1", "2", "--set", *TINY)
+    assert re.search(rf"^activation=relu-s1 +{ids['activation=relu-s1']} +- +interrupted$", status.stdout, re.M)
 
-    second = cli("ablate", "act.yaml", "--launcher", "slurm", "--partition", slurm.partition, "--cpus", "1", "--wait")
+    second = cli("ablate", plan, *slurm_flags, "--wait", "--seeds", "1", "2", "--set", *TINY)
     assert second.returncode == 0, second.stderr
     assert list(job_ids(second.stdout)) == ["activation=relu-s1"]  # only the cancelled cell, nothing twice
-    assert sorted(p.name for p in (work / "runs/act").iterdir()) == [".slurm", *RUN_IDS]  # nothing set aside
+    assert sorted(p.name for p in (work / "runs/activation").iterdir()) == [".slurm", *ACTIVATION_RUNS]
     assert train_steps(cancelled) == list(range(5, 1501, 5))  # continued from its checkpoint, no step twice
 
     monkeypatch.setenv("NANOLAB_RUNS", str(tmp_path / "local"))
-    ablate(work / "act.yaml", workers=2)  # the local backend, 1 thread per run as in the 1-CPU jobs
-    assert best_losses(tmp_path / "local", "act") == best_losses(work / "runs", "act")
+    ablate(plan, seeds=[1, 2], workers=2, overrides=tuple(TINY))  # 1 thread per run, as in the 1-CPU jobs
+    assert best_losses(tmp_path / "local", "activation") == best_losses(work / "runs", "activation")
 
 
 @pytest.mark.parametrize("storage", ["journal", "postgresql"])
