@@ -1,7 +1,8 @@
 """Plan files (ablations and sweeps) and the one way a job of a plan becomes a run.
 
 A plan file names an `experiment:` (a spec, relative to the file), `overrides:` for every run, and a `name:`
-(default: the file's stem) that is the runs' folder, the W&B group and the study. `load_plan` reads the
+(default: the file's stem) that is the runs' folder, the W&B group and the study. Its runs generate no sample
+at their evaluations unless its overrides (or `--set`) set `train.sample_tokens`. `load_plan` reads the
 keys shared by every plan; the front-end (ablate, sweep) reads its own and checks every variant with
 `Plan.check` before the first run starts.
 
@@ -25,6 +26,9 @@ from nanolab.spec import from_dict, load_spec, normalize_overrides, parse_overri
 from nanolab.vocab import BEST_VAL_LOSS, ENDED, RunStatus
 
 FileSchema = TypeVar("FileSchema")
+# every run of a plan, unless the plan file or --set says otherwise: no sample at each evaluation (a plan is many
+# short runs, and a sample costs as much as a few evaluations, for text nobody reads in an ablation)
+PLAN_DEFAULTS = ("train.sample_tokens=0",)
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,7 @@ def load_plan(path: str | Path, schema: type[FileSchema], cli_overrides: tuple[s
                          ((*file_overrides, *cli_overrides), "--set")):
         if problem := Plan(path, name, experiment, extra).problem():
             raise SpecError(f"{where}: {problem}")
-    plan = Plan(path, name, experiment, (*file_overrides, *cli_overrides))
+    plan = Plan(path, name, experiment, (*PLAN_DEFAULTS, *file_overrides, *cli_overrides))
     return plan, raw
 
 

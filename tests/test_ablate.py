@@ -46,6 +46,14 @@ def cli(*args, env=None):
                           env={**os.environ, **(env or {})})
 
 
+def test_plan_runs_sample_nothing_unless_the_file_or_set_asks(plan, tmp_path):
+    assert load_ablation(plan).plan.config().train.sample_tokens == 0  # the experiment says 8
+    assert load_ablation(plan, extra=("train.sample_tokens=16",)).plan.config().train.sample_tokens == 16
+    plan.write_text(ABLATION.replace("overrides: {train.max_iters: 20}",
+                                     "overrides: {train.max_iters: 20, train.sample_tokens: 4}"))
+    assert load_ablation(plan).plan.config().train.sample_tokens == 4
+
+
 def test_two_variants_two_seeds_make_four_runs_then_nothing_new(plan, tmp_path):
     ablation, results = ablate(plan)
     assert sorted(results) == ["activation=relu-s1", "activation=relu-s2", "activation=swiglu-s1",

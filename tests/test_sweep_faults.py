@@ -129,6 +129,17 @@ def test_an_edited_sweep_file_does_not_continue_the_study(tmp_path, capsys):
     assert len(trial_rows("edited")) == 2
 
 
+def test_the_sample_length_does_not_make_another_study(tmp_path, capsys):
+    """Samples draw from their own generator, and plans stopped sampling by default after studies had begun: a
+    study begun with samples continues without them."""
+    path = sweep_file(tmp_path, "samples", LR + "trials: 1\noverrides: {train.sample_tokens: 8}\n")
+    assert main(["sweep", str(path)]) == 0
+    path.write_text(path.read_text().replace("overrides: {train.sample_tokens: 8}\n", ""))
+    assert main(["sweep", str(path), "--trials", "1"]) == 0
+    assert len(trial_rows("samples")) == 2
+    assert RunStore().folder("samples", "trial-1").read_config()["train"]["sample_tokens"] == 0  # plans' default
+
+
 def test_set_on_a_swept_key_is_an_error(tmp_path, capsys):
     path = sweep_file(tmp_path, "conflict", LR)
     assert main(["sweep", str(path), "--set", "train.lr=0.1"]) == 2

@@ -124,6 +124,19 @@ def fingerprint(resolved: dict) -> str:
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def same_sweep(stored: dict, resolved: dict) -> bool:
+    """Whether a study's stored fingerprint (and resolved sweep) is the sweep `resolved`, up to keys that do not
+    change what a trial trains: the sample length (samples draw from their own generator; plans turned it off by
+    default after studies had begun)."""
+    if "resolved" not in stored:
+        return stored["fingerprint"] == fingerprint(resolved)
+
+    def trained(sweep: dict) -> dict:
+        return {**sweep, "experiment": {**sweep["experiment"], "train": {
+            k: v for k, v in sweep["experiment"].get("train", {}).items() if k != "sample_tokens"}}}
+    return fingerprint(trained(stored["resolved"])) == fingerprint(trained(resolved))
+
+
 def _what_changed(old: dict, new: dict) -> str:
     """'space.0.high: 0.01 -> 0.03; experiment.train.max_iters: 300 -> 400' (the first three differences)."""
     a, b = flatten(old), flatten(new)
@@ -166,7 +179,7 @@ class SweepStudy:
         if "fingerprint" not in study.user_attrs:
             study.set_user_attr("fingerprint", fingerprint(resolved))
             study.set_user_attr("resolved", resolved)
-        elif study.user_attrs["fingerprint"] != fingerprint(resolved):
+        elif not same_sweep(study.user_attrs, resolved):
             raise SpecError(f"{sweep.path}: {where} was started from another sweep "
                             f"({_what_changed(study.user_attrs.get('resolved', {}), resolved)}); continuing it would "
                             "mix two experiments. To start a new study on purpose, give the file another `name:`")
