@@ -100,6 +100,8 @@ class ModelConfig:
     rope_base: float = 10000.0  # RoPE frequency base, used by `position: rotary`
     mlp_ratio: float = 4.0  # MLP hidden size / n_embd (GLU variants take 2/3 of it)
     checkpoint_activations: bool = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
+    logit_softcap: float | None = None  # logits = c * tanh(logits / c) (Gemma 2; modded-nanogpt); None: uncapped
+    value_embeds: int = 0  # the first N layers add a token embedding table's output to their values V (modded-nanogpt)
     block_size: int = field(default=64, metadata={"derived": "data.block_size"})
 
     def __post_init__(self):
@@ -112,6 +114,10 @@ class ModelConfig:
                "must be >= 2: the MLP needs a hidden unit, also at the 2/3 width of swiglu and geglu")
         _check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1)")
         _check(self.norm_placement in ("pre", "post"), "norm_placement", self.norm_placement, "one of: pre, post")
+        _check(self.logit_softcap is None or self.logit_softcap > 0, "logit_softcap", self.logit_softcap,
+               "must be > 0 (or null for uncapped logits)")
+        _check(0 <= self.value_embeds <= self.n_layer, "value_embeds", self.value_embeds,
+               f"must be in [0, n_layer={self.n_layer}]: the number of layers, from the first, that get a table")
 
     @property
     def head_dim(self) -> int:
@@ -136,6 +142,10 @@ class TrainConfig:
     min_lr: float = 1.0e-4
     schedule: str = component("schedule", "cosine", "decay after warmup: cosine, linear, constant")
     warmup_iters: int = 100
+    # wsd's decay: the last cooldown_frac of the schedule's span (warmup_iters to lr_decay_iters or max_iters). A
+    # fraction, not a step, so that it follows max_iters when a max_tokens / max_flops budget sets it; a key of its
+    # own because the schedule is called with the arguments it names, and only wsd names this one
+    cooldown_frac: float = 0.2
     lr_decay_iters: int | None = None  # None: decay until max_iters
     weight_decay: float = 0.1
     beta1: float = 0.9
@@ -150,12 +160,15 @@ class TrainConfig:
     device: str = "auto"  # auto picks cuda, then mps, then cpu
     dtype: str = "auto"  # auto: bfloat16 autocast on CUDA, float32 elsewhere
     compile: bool = False
+    final_eval: bool = False  # at the end of a finished run, val/loss_whole: the loss over the whole val split
 
     def __post_init__(self):
         _check_fields(self)
         _positive(self, "batch_size", "grad_accum", "max_iters", "lr", "eval_interval", "eval_iters", "log_interval")
         _check(0 <= self.min_lr <= self.lr, "min_lr", self.min_lr, f"must be in [0, lr={self.lr}]")
         _check(self.warmup_iters >= 0, "warmup_iters", self.warmup_iters, "must be >= 0")
+        _check(0 < self.cooldown_frac <= 1, "cooldown_frac", self.cooldown_frac,
+               "must be in (0, 1]: the fraction of the steps after warmup that wsd decays over")
         for budget in ("max_tokens", "max_flops"):
             value = getattr(self, budget)
             _check(value is None or value > 0, budget, value, "must be > 0 (or null for max_iters)")

@@ -81,10 +81,13 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x, position, pos, bias=None, cache=None):
-        """x (B, T, C) at positions pos (T,); `bias` the position scheme's attention bias (nh, T, Tk) or None."""
+    def forward(self, x, position, pos, bias=None, cache=None, ve=None):
+        """x (B, T, C) at positions pos (T,); `bias` the position scheme's attention bias (nh, T, Tk) or None;
+        `ve` (B, T, C) this layer's value embedding of the tokens, or None."""
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, C) each
+        if ve is not None:  # before the cache: a cached position keeps the value its own token gave it
+            v = v + ve  # (B, T, C)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         if self.qk_norm:  # modded-nanogpt (github.com/KellerJordan/modded-nanogpt)
             q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
@@ -108,17 +111,23 @@ class Block(nn.Module):
         self.norm2 = build("norm", cfg.norm, args)
         self.mlp = build("activation", cfg.activation, args)
 
-    def forward(self, x, position, pos, bias=None, cache=None):
+    def forward(self, x, position, pos, bias=None, cache=None, ve=None):
         if self.pre_norm:
-            x = x + self.attn(self.norm1(x), position, pos, bias, cache)
+            x = x + self.attn(self.norm1(x), position, pos, bias, cache, ve)
             return x + self.mlp(self.norm2(x))
-        x = self.norm1(x + self.attn(x, position, pos, bias, cache))
+        x = self.norm1(x + self.attn(x, position, pos, bias, cache, ve))
         return self.norm2(x + self.mlp(x))
 
 
 class GPT(nn.Module):
     """Token embedding, position scheme, n_layer Blocks, final norm (pre-norm only: a post-norm stack already
-    ends in a norm), LM head (optionally tied to the token embedding)."""
+    ends in a norm), LM head (optionally tied to the token embedding), optional logit soft-capping.
+
+    Value embeddings (modded-nanogpt, Jordan et al. 2024, github.com/KellerJordan/modded-nanogpt): each of the
+    first `value_embeds` layers has its own vocab x n_embd table, looked up with the input tokens and added to
+    that layer's attention values V: a path from the token straight into the values, past the residual stream.
+    They live here, not in the attention kernel, which sees only q, k, v (its own arguments).
+    """
 
     def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__()
@@ -127,6 +136,7 @@ class GPT(nn.Module):
         self.position = build("position", cfg.position, args)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, args) for _ in range(cfg.n_layer))
+        self.value_embeds = nn.ModuleList(nn.Embedding(vocab_size, cfg.n_embd) for _ in range(cfg.value_embeds))
         self.norm_f = build("norm", cfg.norm, args) if cfg.norm_placement == "pre" else nn.Identity()
         self.lm_head = nn.Linear(cfg.n_embd, vocab_size, bias=False)
         if cfg.tie_weights:  # Press & Wolf 2017, arXiv:1608.05859
@@ -159,11 +169,14 @@ class GPT(nn.Module):
         bias = self.position.bias(pos, pos_k)  # (nh, T, Tk) or None, the same in every layer
         x = self.drop(self.position.embed(self.wte(idx), pos))  # (B, T, C)
         for i, block in enumerate(self.blocks):
+            ve = self.value_embeds[i](idx) if i < len(self.value_embeds) else None  # (B, T, C) or None
             if self.cfg.checkpoint_activations and self.training and cache is None:  # recompute in backward
-                x = checkpoint(block, x, self.position, pos, bias, use_reentrant=False)  # Chen et al. 2016
+                x = checkpoint(block, x, self.position, pos, bias, ve=ve, use_reentrant=False)  # Chen et al. 2016
             else:
-                x = block(x, self.position, pos, bias, None if cache is None else cache[i])
+                x = block(x, self.position, pos, bias, None if cache is None else cache[i], ve)
         logits = self.lm_head(self.norm_f(x))  # (B, T, vocab)
+        if (cap := self.cfg.logit_softcap) is not None:  # bounded smoothly: no runaway logits (Gemma 2, 2408.00118)
+            logits = cap * torch.tanh(logits / cap)
         if targets is None:
             return logits
         return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten())
@@ -196,10 +209,12 @@ class GPT(nn.Module):
         return idx
 
     def num_params(self, non_embedding: bool = False) -> int:
-        """Parameters, tied ones once; non_embedding leaves out the token and the position tables."""
+        """Parameters, tied ones once; non_embedding leaves out the tables looked up, not multiplied: the token,
+        the position and the value embeddings."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n -= self.wte.weight.numel() + sum(p.numel() for p in self.position.parameters())
+            tables = (self.wte, self.position, self.value_embeds)
+            n -= sum(p.numel() for module in tables for p in module.parameters())
         return n
 
     def flops_per_token(self) -> int:

@@ -38,8 +38,8 @@ BUILTIN_NAMES: dict[str, tuple[str, ...]] = {  # what BUILTIN_MODULES register, 
     "norm": ("layernorm", "rmsnorm"),
     "optimizer": ("adamw", "muon"),
     "position": ("alibi", "learned", "none", "rotary", "sinusoidal"),
-    "schedule": ("constant", "cosine", "linear"),
-    "tokenizer": ("bpe", "char"),
+    "schedule": ("constant", "cosine", "linear", "wsd"),
+    "tokenizer": ("bpe", "char", "ids"),
 }
 
 

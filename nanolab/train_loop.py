@@ -16,7 +16,9 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Callable, Mapping
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from nanolab import device as dev
 from nanolab import vocab as v
@@ -131,6 +133,37 @@ def train_step(model: torch.nn.Module, optimizer, next_batch: Callable[[], tuple
     return StepResult(loss_f, mean_loss, norm_f, skipped)
 
 
+@torch.inference_mode()
+def whole_split_loss(model: torch.nn.Module, tokens: np.ndarray, block_size: int, batch_size: int,
+                     world: World = World(), device: torch.device | str = "cpu",
+                     amp: torch.dtype | None = None) -> float:
+    """The mean loss per token over a whole split (val/loss_whole). The inputs are cut into non-overlapping
+    windows tokens[iT:(i+1)T], each one's targets the next T tokens, so that every token but the split's first
+    is predicted exactly once, from the context of its own window only (the first target of a window sees one
+    token, the last sees T). The last window is padded after its end, where a causal model's padding changes no
+    prediction, and its padded targets are left out.
+
+    The windows go in batches of `batch_size`, rank r taking batches r, r + world size, ...; the ranks' loss sums
+    and target counts are then added, so every token weighs alike whatever each rank's share. `model` is the plain
+    module: a DDP wrapper could reach for collectives that ranks with fewer batches would never join.
+    """
+    T, n = block_size, len(tokens) - 1  # n targets
+    windows = math.ceil(n / T)
+    padded = np.full(windows * T + 1, -1, dtype=np.int64)  # -1: no target (cross_entropy's ignore_index)
+    padded[: n + 1] = tokens
+    x, y = np.maximum(padded[:-1], 0).reshape(windows, T), padded[1:].reshape(windows, T)  # (windows, T) each
+    loss_sum, count = 0.0, 0
+    for start in range(world.rank * batch_size, windows, world.size * batch_size):
+        xb, yb = (torch.from_numpy(a[start:start + batch_size]).to(device) for a in (x, y))  # (B, T) each
+        with dev.autocast(device, amp):
+            logits = model(xb)  # (B, T, vocab)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), yb.flatten(), ignore_index=-1, reduction="sum")
+        loss_sum, count = loss_sum + loss.item(), count + int((yb >= 0).sum())  # a host sum in float64
+    if world.distributed:  # the mean over the ranks of (sum, count): their ratio is that of the totals
+        loss_sum, count = world.mean(torch.tensor([loss_sum, count], dtype=torch.float64, device=device)).tolist()
+    return loss_sum / count
+
+
 @dataclass
 class LoopContext:
     """What the loop works with: the run's config, where it runs, what it trains, where it records."""
@@ -189,7 +222,10 @@ class Loop:
                 logged = self.log_train(t.lr * factor, time.perf_counter() - tick, peak)
                 tick = time.perf_counter()
             if state.step % t.eval_interval == 0 or last:
-                self.evaluate()
+                # the whole-val pass ends the run's last step only: a session that a signal stops earlier never
+                # gets there, and its resumed session does (a signal during the last step is too late to skip it:
+                # the resumed run would have no step left to end with one)
+                self.evaluate(whole_val=last and t.final_eval)
                 tick = time.perf_counter()  # perf/* time training steps, not evaluations, samples or checkpoints
             if logged is not None:  # after this step's evaluation: the bar shows the latest one, at its step
                 bar.update(state.step, logged[v.TRAIN_LOSS], state.last_eval.get(v.VAL_LOSS),
@@ -223,17 +259,22 @@ class Loop:
             losses[i] = loss.float()
         return ctx.world.mean(losses.mean()).item()
 
-    def evaluate(self) -> None:
-        ctx, state = self.ctx, self.ctx.state
+    def evaluate(self, whole_val: bool = False) -> None:
+        """The loss estimates of both splits (and, with `whole_val`, the whole val split's loss) and a sample."""
+        ctx, state, started = self.ctx, self.ctx.state, time.perf_counter()
         ctx.model.eval()
         val, train = self.estimate_loss("val"), self.estimate_loss("train")
         metrics = {v.VAL_LOSS: val, v.VAL_PPL: v.perplexity(val), v.TRAIN_EVAL_LOSS: train}
         if chars_per_token := ctx.data.chars_per_token("val"):
             metrics[v.VAL_BPC] = val / chars_per_token / LN2  # nats per token -> bits per character
+        if whole_val:
+            metrics[v.VAL_LOSS_WHOLE] = whole_split_loss(ctx.model, ctx.data.split("val"), ctx.cfg.data.block_size,
+                                                         self.t.batch_size // ctx.world.size,  # a rank's share
+                                                         ctx.world, ctx.device, ctx.amp)
         sample = self.sample()
         ctx.model.train()
-        state.last_eval, state.last_eval_step = metrics, state.step
-        self.log(metrics, state.step)
+        state.last_eval, state.last_eval_step = metrics, state.step  # the summary's final/*: no machine-bound perf/*
+        self.log({**metrics, v.EVAL_S: time.perf_counter() - started}, state.step)
         for tracker in ctx.trackers:
             tracker.log_samples(state.step, sample)
         if val < state.best_val_loss:

@@ -19,9 +19,11 @@ TRAIN_EVAL_LOSS = "train/eval_loss"  # mean over eval_iters batches of the train
 VAL_LOSS = "val/loss"
 VAL_PPL = "val/ppl"  # exp(val/loss)
 VAL_BPC = "val/bpc"  # bits per character: loss x tokens / characters / ln 2; absent where the text is unknown
+VAL_LOSS_WHOLE = "val/loss_whole"  # train.final_eval: the mean loss over the whole val split, at the end of a run
 TOKENS_PER_SEC = "perf/tokens_per_sec"
 STEP_MS = "perf/step_ms"
 MFU = "perf/mfu"
+EVAL_S = "perf/eval_s"  # seconds of the evaluation logged in the same row
 # cumulative counters, in every logged row (train and eval), for comparisons at equal compute; perf/* (only)
 # depend on the machine, so everything else in a row is reproducible
 TOKENS = "compute/tokens"  # training tokens seen, over every rank
@@ -30,9 +32,10 @@ WALL = "perf/wall_time"  # seconds since the run started, over every session of 
 EVAL_METRICS = (VAL_LOSS, VAL_PPL, VAL_BPC, TRAIN_EVAL_LOSS)
 TRAIN_METRICS = (TRAIN_LOSS, TRAIN_LR, TRAIN_GRAD_NORM, TOKENS_PER_SEC, STEP_MS, MFU)
 COUNTERS = (TOKENS, FLOPS, WALL)
-LOGGED_METRICS = (*EVAL_METRICS, *TRAIN_METRICS, *COUNTERS)
+LOGGED_METRICS = (*EVAL_METRICS, VAL_LOSS_WHOLE, EVAL_S, *TRAIN_METRICS, *COUNTERS)
 AXES = {"step": "step", "tokens": TOKENS, "flops": FLOPS, "wall": WALL}  # compare --at / --x: name -> row key
-LOSSES = (TRAIN_LOSS, TRAIN_EVAL_LOSS, VAL_LOSS, VAL_PPL, VAL_BPC)  # lower is better; W&B keeps min and last
+# lower is better; W&B keeps min and last
+LOSSES = (TRAIN_LOSS, TRAIN_EVAL_LOSS, VAL_LOSS, VAL_PPL, VAL_BPC, VAL_LOSS_WHOLE)
 
 # --------------------------------------------------------------------------- summary.json
 BEST_VAL_LOSS = "best/val_loss"
@@ -53,7 +56,7 @@ def final(metric: str) -> str:
     return "final/" + metric.replace("/", "_")
 
 
-SUMMARY_METRICS = (BEST_VAL_LOSS, BEST_VAL_PPL, BEST_STEP, *(final(m) for m in EVAL_METRICS),
+SUMMARY_METRICS = (BEST_VAL_LOSS, BEST_VAL_PPL, BEST_STEP, *(final(m) for m in (*EVAL_METRICS, VAL_LOSS_WHOLE)),
                    TOKENS_SEEN, STEPS, WALL_TIME)
 
 

@@ -95,7 +95,9 @@ def build_optimizer(model: nn.Module, train: TrainConfig, device_type: str) -> O
     return registry.get("optimizer", train.optimizer)(model, train, device_type)
 
 
-# ----------------------------------------------------------------------------- schedules: step -> factor in [0, 1]
+# ----------------------------------------------------------------------------- schedules: progress -> factor in [0, 1]
+# A schedule maps the progress through the decay span (0 after warmup, 1 at decay_iters) to a factor (1 at the peak,
+# 0 at min_lr); `lr_factor` calls it with the arguments it names out of `schedule_args`, as components are built.
 
 
 @registry.register("schedule", "cosine", "linear warmup, then cosine decay to min_lr (Loshchilov & Hutter, 2017)")
@@ -113,11 +115,25 @@ def constant(progress: float) -> float:
     return 1.0
 
 
+@registry.register("schedule", "wsd", "linear warmup, constant peak, then a linear cooldown to min_lr over the last "
+                   "train.cooldown_frac (Hägele et al. 2024, arXiv:2405.18392)")
+def wsd(progress: float, cooldown_frac: float) -> float:
+    """Warmup-stable-decay: the peak until 1 - cooldown_frac, then linear to 0 at 1 (modded-nanogpt's cooldown).
+    A checkpoint of the stable phase can be cooled down for any shorter budget, and cooldown_frac = 1 is `linear`."""
+    return min(1.0, (1.0 - progress) / cooldown_frac)
+
+
+def schedule_args(progress: float, train: TrainConfig) -> dict:
+    """What a schedule may name: the progress, and the `train` keys that shape a schedule."""
+    return {"progress": progress, "cooldown_frac": train.cooldown_frac}
+
+
 def lr_factor(step: int, train: TrainConfig) -> float:
-    """The multiplier of the peak rate at `step`: warmup, then the schedule from 1 down to min_lr/lr."""
+    """The multiplier of the peak rate at `step`, a function of the step alone (so a resumed run continues it):
+    warmup, then the schedule from 1 down to min_lr/lr."""
     if step < train.warmup_iters:
         return (step + 1) / (train.warmup_iters + 1)
     floor = train.min_lr / train.lr
     span = max(1, train.decay_iters - train.warmup_iters)
     progress = min(1.0, (step - train.warmup_iters) / span)
-    return floor + (1.0 - floor) * registry.get("schedule", train.schedule)(progress)
+    return floor + (1.0 - floor) * registry.construct("schedule", train.schedule, schedule_args(progress, train))
