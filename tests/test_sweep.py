@@ -129,6 +129,17 @@ trials: 2
     assert "failed: diverged" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_seeded_grid_tries_every_point_once(tmp_path, seed):
+    """The seed shuffles the grid, and a trial's grid id names a point of it: with a seed per trial, trials 0 and
+    1 of seeds 0 and 1 drew the same point of two (found by the GPU check's sweep)."""
+    path = sweep_file(tmp_path, f"grid{seed}", "overrides: {train.max_iters: 5}\n"
+                      f"space: {{model.activation: {{choice: [relu, gelu]}}}}\nsampler: {{name: grid, seed: {seed}}}\n"
+                      "trials: 2\n")
+    assert main(["sweep", str(path)]) == 0
+    assert sorted(r["params_model.activation"] for r in trial_rows(f"grid{seed}")) == ["gelu", "relu"]
+
+
 def test_infinite_objective_fails_the_trial_and_no_best_trial_exits_1(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("nanolab.sweep.trial.objective_value", lambda *args: float("inf"))  # Optuna: COMPLETE
     path = sweep_file(tmp_path, "inf", "space: {train.lr: {choice: [3.0e-3]}}\ntrials: 1\n")

@@ -85,7 +85,8 @@ def make_pruner(sweep) -> optuna.pruners.BasePruner:
 
 
 class TrialSeeded(optuna.samplers.BaseSampler):
-    """The sweep's sampler, seeded with `seed + trial.number` for each trial (see the module docstring)."""
+    """The sweep's sampler, seeded with `seed + trial.number` for each trial (see the module docstring); the grid
+    sampler with `seed` for every trial."""
 
     def __init__(self, sweep):
         self.sweep, self.seed = sweep, sweep.sampler.options.get("seed")
@@ -93,7 +94,9 @@ class TrialSeeded(optuna.samplers.BaseSampler):
 
     def _for(self, trial) -> optuna.samplers.BaseSampler:
         if self.current is None or self.current[0] != trial.number:
-            seed = None if self.seed is None else self.seed + trial.number
+            # grid: one seed for all, since the seed shuffles the grid and a trial's grid id names a point in it
+            per_trial = 0 if self.sweep.sampler.name == "grid" else trial.number
+            seed = None if self.seed is None else self.seed + per_trial
             self.current = (trial.number, make_sampler(self.sweep, seed))
         return self.current[1]
 
