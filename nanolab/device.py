@@ -13,8 +13,10 @@ import torch
 
 from nanolab.errors import NanolabError
 
-# dense bf16 tensor-core peaks (FLOP/s) of common GPUs, from the vendors' data sheets
-GPU_PEAK_FLOPS = {"A100": 312e12, "H100": 989e12, "A10": 125e12, "L4": 121e12, "4090": 165e12, "3090": 71e12}
+# dense bf16 tensor-core peaks (FLOP/s) of common GPUs, from the vendors' data sheets; the first key that the
+# device's name contains wins, so a card's variants come before its plain name (H100 PCIe before H100 SXM's)
+GPU_PEAK_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "A10": 125e12, "L4": 121e12,
+                  "4090": 165e12, "3090": 71e12}
 
 
 def available_devices() -> list[str]:
