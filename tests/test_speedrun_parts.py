@@ -25,18 +25,10 @@ from nanolab.distributed import World
 from nanolab.model import build_model
 from nanolab.runfolder import RunFolder
 from nanolab.train_loop import whole_split_loss
+from test_model import one_thread  # noqa: F401 - autouse: the recorded logits below were taken on one thread
 from test_runner import build_fingerprint, rows
 
 VOCAB = 11
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one intra-op thread, and the recorded logits below were taken on one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(**changes) -> ModelConfig:
