@@ -99,18 +99,10 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
     return peak
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def machine(device: torch.device) -> dict:
     """What the figures were measured on."""
     info = {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
-            "cpu": cpu_name(), "cores": os.cpu_count(),
+            "cpu": dev.device_name(torch.device("cpu")), "cores": os.cpu_count(),
             "threads": torch.get_num_threads(), "load_average_1min": round(os.getloadavg()[0], 2),
             "memory_method": MEMORY_METHOD.get(device.type, "n/a")}
     if device.type == "cuda":

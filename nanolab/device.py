@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import platform
 import re
 import time
 from pathlib import Path
 
 import torch
 
+from nanolab import files
 from nanolab.errors import NanolabError
 
 # dense bf16 tensor-core peaks (FLOP/s) of common GPUs, from the vendors' data sheets; the first key that the
@@ -108,12 +110,30 @@ def synchronize(device: torch.device) -> None:
 @functools.cache
 def peak_flops(device: torch.device, size: int = 1024, repeats: int = 8) -> float:
     """The device's peak FLOP/s: a data-sheet figure for known GPUs, else a measured fp32 matmul rate, the
-    fastest of `repeats` size^3 matmuls (the fastest, not the median: other processes only ever slow one down)."""
+    fastest of `repeats` size^3 matmuls (the fastest, not the median: other processes only ever slow one down).
+    A measured rate is remembered in `$NANOLAB_CACHE/peak_flops.json` per (device, torch, threads): measuring
+    takes ~0.15 s of every run's start on a CPU, for a figure that only MFU uses."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         for key, flops in GPU_PEAK_FLOPS.items():
             if key in name:
                 return flops
+    from nanolab.data.download import cache_dir
+
+    memo, key = cache_dir() / "peak_flops.json", f"{device_name(device)} | torch {torch.__version__} | " \
+                                                  f"{torch.get_num_threads()} threads | {size}^3 fp32 matmul"
+    try:
+        known = files.read_json(memo) if memo.is_file() else {}
+    except NanolabError:  # a damaged memo is measured over
+        known = {}
+    if key not in known:
+        known[key] = measured_matmul_flops(device, size, repeats)
+        with contextlib.suppress(files.WriteFailed):  # a read-only cache: measured again next time
+            files.write_json(memo, known)
+    return known[key]
+
+
+def measured_matmul_flops(device: torch.device, size: int, repeats: int) -> float:
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)
     a @ b  # warm-up
@@ -125,3 +145,14 @@ def peak_flops(device: torch.device, size: int = 1024, repeats: int = 8) -> floa
         synchronize(device)
         times.append(time.perf_counter() - start)
     return 2 * size**3 / min(times)
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()

@@ -281,3 +281,21 @@ def test_sample_from_a_run_folder_needs_no_corpus(tmp_path):
     assert greedy[0].stdout == greedy[1].stdout  # the KV cache changes the speed, not the text
     bad = cli("sample", str(result.run_dir), "--prompt", "\u00e9", env=env)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_a_measured_peak_is_remembered_per_machine(tmp_path, monkeypatch):
+    """The CPU's peak FLOP/s (MFU's denominator) is measured once per (device, torch, threads), not at every run's
+    start; a damaged memo is measured over."""
+    from nanolab import device as dev
+
+    monkeypatch.setenv("NANOLAB_CACHE", str(tmp_path))
+    measured = []
+    monkeypatch.setattr(dev, "measured_matmul_flops", lambda *args: measured.append(args) or 1.5e11)
+    cpu = torch.device("cpu")
+    assert dev.peak_flops.__wrapped__(cpu) == dev.peak_flops.__wrapped__(cpu) == 1.5e11  # past functools.cache
+    assert len(measured) == 1
+    [key] = json.loads((tmp_path / "peak_flops.json").read_text())
+    assert key == f"{dev.device_name(cpu)} | torch {torch.__version__} | {torch.get_num_threads()} threads | " \
+                  "1024^3 fp32 matmul"
+    (tmp_path / "peak_flops.json").write_text("{not json")
+    assert dev.peak_flops.__wrapped__(cpu) == 1.5e11 and len(measured) == 2
