@@ -45,6 +45,7 @@ class TrainState:
     best_val_loss: float = math.inf
     best_step: int = -1
     wall_time: float = 0.0  # seconds of training over all sessions of this run
+    train_time: float = 0.0  # of which in training steps alone: no evaluation, sample or checkpoint
     # sums over the steps since the last train/* log, so that train/loss is their mean, also across a resume
     loss_sum: float = 0.0
     grad_norm_sum: float = 0.0
@@ -209,7 +210,7 @@ class Loop:
         peak = dev.peak_flops(ctx.device) * ctx.world.size  # tokens/s count the global batch, over every rank
         tick, stop = time.perf_counter(), False
         while state.step < t.max_iters and not stop:
-            factor = lr_factor(state.step, t)
+            factor, started = lr_factor(state.step, t), time.perf_counter()
             result = train_step(ctx.trained, ctx.optimizer, lambda: self.batch("train", ctx.gen), lr_factor=factor,
                                 grad_accum=t.grad_accum, grad_clip=t.grad_clip, params=params, amp=ctx.amp,
                                 world=ctx.world, step=state.step + 1, scaler=ctx.scaler)
@@ -217,6 +218,7 @@ class Loop:
                 raise Diverged(f"step {state.step + 1}: the float16 gradients overflowed in {MAX_OVERFLOWS + 1} "
                                f"steps in a row (loss scale now {ctx.scaler.get_scale():g})")
             state.add(result, self.tokens_per_step)
+            state.train_time += time.perf_counter() - started
             last, logged = state.step == t.max_iters, None
             if state.step % t.log_interval == 0 or last:
                 logged = self.log_train(t.lr * factor, time.perf_counter() - tick, peak)
@@ -317,7 +319,7 @@ class Loop:
     def summary(self) -> dict:
         s = self.ctx.state
         out = {v.BEST_VAL_LOSS: s.best_val_loss, v.BEST_VAL_PPL: v.perplexity(s.best_val_loss), v.BEST_STEP: s.best_step,
-               v.TOKENS_SEEN: s.tokens_seen, v.STEPS: s.step, v.WALL_TIME: s.wall_time}
+               v.TOKENS_SEEN: s.tokens_seen, v.STEPS: s.step, v.WALL_TIME: s.wall_time, v.TRAIN_TIME: s.train_time}
         out.update({v.final(name): value for name, value in s.last_eval.items()})
         return {k: value for k, value in out.items() if not (isinstance(value, float) and math.isinf(value))}
 

@@ -44,6 +44,7 @@ BEST_STEP = "best/step"
 TOKENS_SEEN = "tokens_seen"
 STEPS = "steps"
 WALL_TIME = "wall_time"
+TRAIN_TIME = "train_time"  # seconds in training steps alone, over every session: no evaluation, sample or checkpoint
 
 
 def perplexity(loss: float) -> float:
@@ -57,7 +58,7 @@ def final(metric: str) -> str:
 
 
 SUMMARY_METRICS = (BEST_VAL_LOSS, BEST_VAL_PPL, BEST_STEP, *(final(m) for m in (*EVAL_METRICS, VAL_LOSS_WHOLE)),
-                   TOKENS_SEEN, STEPS, WALL_TIME)
+                   TOKENS_SEEN, STEPS, WALL_TIME, TRAIN_TIME)
 
 
 # --------------------------------------------------------------------------- run statuses and exit codes

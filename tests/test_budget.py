@@ -24,6 +24,9 @@ def test_every_logged_row_carries_tokens_flops_and_wall_time(tmp_path):
         assert row[FLOPS] == row[TOKENS] * flops_per_token
     walls = [row[WALL] for row in rows]
     assert walls == sorted(walls) and 0 < walls[-1] <= result.summary["wall_time"]
+    # the speedrun's clock: the steps alone, less than the wall time by the two evaluations and checkpoints
+    evaluations = sum(row["perf/eval_s"] for row in rows if "perf/eval_s" in row)
+    assert 0 < result.summary["train_time"] < result.summary["wall_time"] - evaluations
 
 
 @pytest.mark.parametrize("budget, steps", [("max_tokens=1000", math.ceil(1000 / TOKENS_PER_STEP)),
