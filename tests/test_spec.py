@@ -209,3 +209,23 @@ assert "torch" not in sys.modules, "checking component names imported torch"
 def test_checking_component_names_does_not_import_torch():
     proc = subprocess.run([sys.executable, "-c", NO_TORCH], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(REPO) for p in (REPO / "experiments").glob("*.yaml")), ids=str)
+def test_every_shipped_spec_loads(path):
+    assert load_spec(REPO / path).name
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(REPO) for p in (REPO / "sweeps").glob("*.yaml")), ids=str)
+def test_every_shipped_sweep_file_loads(path):
+    from nanolab.sweep import load_sweep
+
+    assert load_sweep(REPO / path).space
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(REPO) for p in (REPO / "experiments/ablations").glob("*.yaml")),
+                         ids=str)
+def test_every_shipped_ablation_file_loads(path):
+    from nanolab.ablate import load_ablation
+
+    assert load_ablation(REPO / path).cells
