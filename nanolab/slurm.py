@@ -122,9 +122,9 @@ class SlurmLauncher:
 
     def queued(self) -> dict[str, str]:
         """label -> Slurm state of this plan's jobs that are still in the queue (pending, running, requeued)."""
-        book = self.submitted()
         if self.options.cluster == "local":
             return {label: "RUNNING" for label, job in self._local.items() if not job.done()}
+        book = self.submitted()
         states = squeue(set(book.values()))
         return {label: states[job_id] for label, job_id in book.items() if job_id in states}
 
@@ -167,8 +167,8 @@ class SlurmLauncher:
         return JobPaths(self.folder / "%j", self.submitted()[label])
 
     def follow(self, jobs: list[Job], board: Board, on_end: Callable[[Task, Outcome], None]) -> None:
-        """Show each job's start and end on `board` until none of them is queued; an outcome is read from its
-        run folder (a sweep worker's from its last line of output)."""
+        """Show each job's start and end on `board` until none of them is queued; an outcome is what the job
+        returned, else what its run folder says (`finished_outcome`)."""
         waiting = {job.task.label: job.task for job in jobs}
         running: set[str] = set()
         while waiting:
