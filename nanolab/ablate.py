@@ -5,11 +5,13 @@
     experiment: ../baseline.yaml         # relative to this file
     overrides: [train.max_iters=600]     # for every run (a list of KEY=VALUE, or a mapping)
     grid: {model.activation: [relu, gelu, relu2, swiglu]}   # the product of all keys
+    # or, instead of grid, named variants (leave-one-out: each undoes one change; {} is the experiment itself):
+    # variants: {record: {}, learned: {model.position: learned}, adamw: {train.optimizer: adamw}}
     seeds: [1, 2, 3]
     tune: {space: {train.lr: {float: [3e-4, 1e-2], log: true}}, trials: 6}   # optional: see nanolab.tuning
     launcher: {partition: gpu, gpus: 1, time: 60}                    # optional: for --launcher slurm
 
-Run `<variant>-s<seed>` lives in `$NANOLAB_RUNS/<name>/`. With `tune:`, each variant's study runs first and
+Run `<variant>-s<seed>` lives in `$NANOLAB_RUNS/<name>/` (a named variant's id is its name). With `tune:`, each variant's study runs first and
 the variant's seeds run at its best trial's values (in meta.json's `tuned`). Repeating the command skips runs that ended
 (finished, diverged), continues the ones that stopped with a checkpoint, and sets aside (renames, never
 deletes) any other before starting it again. The plan file and the launcher are shared with `nanolab sweep`.
@@ -22,7 +24,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from nanolab.config import Config, ConfigError
+from nanolab.config import NAME_PATTERN, NAME_RULE, Config, ConfigError
 from nanolab.errors import NanolabError, SpecError
 from nanolab.launcher import Board, LocalLauncher, Outcome, Task
 from nanolab.plan import Plan, ended, load_plan, run_outcome, start_or_resume
@@ -37,7 +39,8 @@ from nanolab.vocab import BEST_VAL_LOSS, ENDED, EXIT_FAILED, EXIT_OK, EXIT_SIGIN
 @dataclass(frozen=True)
 class AblationFile:
     experiment: str
-    grid: dict
+    grid: dict = field(default_factory=dict)
+    variants: dict = field(default_factory=dict)  # name -> {dotted key: value}: the runs, when not a grid's product
     name: str | None = None
     overrides: Any = None  # a list of KEY=VALUE or a mapping; normalised by `load_plan`
     seeds: list = field(default_factory=lambda: [1337])
@@ -45,11 +48,18 @@ class AblationFile:
     launcher: SlurmOptions = field(default_factory=SlurmOptions)
 
     def __post_init__(self):
-        if not self.grid:
-            raise ConfigError("grid", self.grid, "expected at least one key with a list of values")
+        if bool(self.grid) == bool(self.variants):
+            raise ConfigError("grid", self.grid or None, "expected a grid (dotted key -> list of values) or named "
+                              "variants (name -> {dotted key: value}), one of them")
         for key, values in self.grid.items():
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"grid.{key}", values, "expected a non-empty list of values")
+        for name, overrides in self.variants.items():
+            if not isinstance(overrides, dict):
+                raise ConfigError(f"variants.{name}", overrides, "expected a mapping of dotted keys ({} for the "
+                                  "experiment itself)")
+            if not NAME_PATTERN.match(str(name)):
+                raise ConfigError("variants", name, f"a variant's name {NAME_RULE} (it names its runs)")
         if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
             raise ConfigError("seeds", self.seeds, "expected a non-empty list of integers")
 
@@ -63,13 +73,14 @@ def label(variant: dict) -> str:
 class Cell:
     """One run of the ablation: a variant of the grid and a seed, as overrides of the experiment."""
 
-    variant: dict  # dotted key -> value
+    variant: dict  # dotted key -> value, for every key the ablation varies
     seed: int
     overrides: tuple[str, ...]
+    name: str | None = None  # a named variant's
 
     @property
     def variant_id(self) -> str:
-        return label(self.variant).replace(",", "_")
+        return self.name or label(self.variant).replace(",", "_")
 
     @property
     def run_id(self) -> str:
@@ -95,24 +106,28 @@ class Ablation:
 def load_ablation(path, seeds: list[int] | None = None, extra: tuple[str, ...] = ()) -> Ablation:
     """Read an ablation file and build (and validate) the config of every cell before anything runs."""
     plan, raw = load_plan(path, AblationFile, tuple(extra))
-    for key in raw.grid:
-        check_key(Config, key, f"{plan.path}: grid")
+    for where, keys in [("grid", raw.grid), *((f"variants.{n}", o) for n, o in raw.variants.items())]:
+        for key in keys:
+            check_key(Config, key, f"{plan.path}: {where}")
+    base = flatten(to_dict(plan.config()))
+    keys = list(raw.grid) or list(dict.fromkeys(k for overrides in raw.variants.values() for k in overrides))
+    named = [(name, {key: own.get(key, base[key]) for key in keys}, own) for name, own in raw.variants.items()]
+    products = [(None, dict(zip(keys, values)), dict(zip(keys, values))) for values in itertools.product(
+        *raw.grid.values())] if raw.grid else []
     cells = []
-    for values in itertools.product(*raw.grid.values()):
-        variant = dict(zip(raw.grid, values))
-        tags = format_override("tracking.tags", [plan.name, *label(variant).split(",")])
+    for name, variant, own in named or products:
+        tags = format_override("tracking.tags", [plan.name, *([name] if name else label(variant).split(","))])
         for seed in seeds or raw.seeds:
-            overrides = (*(format_override(k, v) for k, v in variant.items()), f"seed={seed}", f"name={plan.name}",
+            overrides = (*(format_override(k, v) for k, v in own.items()), f"seed={seed}", f"name={plan.name}",
                          f"tracking.group={plan.name}", "tracking.job_type=ablate", tags)
-            cell = Cell(variant, seed, overrides)
+            cell = Cell(variant, seed, overrides, name)
             if problem := plan.problem(overrides):  # every cell is checked before the first run starts
                 raise SpecError(f"{plan.path}: run {cell.run_id}: {problem}")
             cells.append(cell)
-    base = flatten(to_dict(plan.config()))
-    baseline = {key: base[key] for key in raw.grid}
+    baseline = {key: base[key] for key in keys}
     tuning = {} if raw.tune is None else tuning_sweeps(
-        plan, raw.tune, raw.grid, {c.variant_id: tuple(format_override(k, v) for k, v in c.variant.items())
-                                   for c in cells}, tuple(extra))
+        plan, raw.tune, keys, {c.variant_id: tuple(format_override(k, v) for k, v in c.variant.items())
+                               for c in cells}, tuple(extra))
     return Ablation(plan, tuple(cells), baseline if any(c.variant == baseline for c in cells) else None, tuning,
                     raw.launcher)
 

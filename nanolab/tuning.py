@@ -49,7 +49,7 @@ class TuneBlock:
             raise ConfigError("trials", self.trials, "must be >= 1")
 
 
-def tuning_sweeps(plan: Plan, raw: Any, grid: dict, variants: dict[str, tuple[str, ...]],
+def tuning_sweeps(plan: Plan, raw: Any, varied: list[str], variants: dict[str, tuple[str, ...]],
                   cli_overrides: tuple[str, ...]) -> dict:
     """variant id -> the Sweep that tunes it, every one checked before anything runs; `variants` maps a variant
     id to its overrides, `plan.overrides` ends with `cli_overrides`."""
@@ -58,8 +58,8 @@ def tuning_sweeps(plan: Plan, raw: Any, grid: dict, variants: dict[str, tuple[st
     source = str(plan.path)
     block = from_dict(TuneBlock, raw, source, "tune.")
     for key in block.space:
-        if key in grid:
-            raise SpecError(f"{source}: tune.space.{key}: the grid varies this key; tune other keys")
+        if key in varied:
+            raise SpecError(f"{source}: tune.space.{key}: the ablation varies this key; tune other keys")
     tune_overrides = normalize_overrides(block.overrides, source, "tune.overrides")
     for text in tune_overrides:
         parse_override(text, Config, f"{source}: tune.overrides")

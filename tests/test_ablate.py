@@ -112,6 +112,12 @@ def test_bad_ablation_files(tmp_path):
         "grid: {model.activation: [relu]}\nseeds: [a]\n": ["seeds", "list of integers"],
         "grid: {model.activation: [relu]}\nsedes: [1]\n": ["sedes", "did you mean 'seeds'"],
         "grid: {model.activation: [relu]}\noverrides: [train.max_iter=5]\n": ["overrides", "train.max_iter"],
+        "seeds: [1]\n": ["act.yaml: grid = None: expected a grid", "or named variants"],
+        "grid: {model.activation: [relu]}\nvariants: {a: {}}\n": ["grid = ", "one of them"],
+        "variants: {a: relu}\n": ["variants.a = 'relu'", "a mapping of dotted keys"],
+        "variants: {a b: {}}\n": ["variants = 'a b'", "it names its runs"],
+        "variants: {a: {model.activaton: relu}}\n": ["act.yaml: variants.a: model.activaton", "did you mean"],
+        "variants: {a: {model.activation: relu3}}\n": ["run a-s1", "relu3"],
     }
     for body, fragments in cases.items():
         path = tmp_path / "act.yaml"
@@ -122,6 +128,23 @@ def test_bad_ablation_files(tmp_path):
             assert fragment in str(info.value), str(info.value)
     proc = cli("ablate", str(tmp_path / "act.yaml"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def test_named_variants_each_change_their_own_keys_and_the_empty_one_is_the_baseline(plan, tmp_path):
+    plan.write_text("name: loo\nexperiment: tiny.yaml\nseeds: [1]\noverrides: {train.max_iters: 4}\n"
+                    "variants: {record: {}, relu: {model.activation: relu}, wide: {model.n_embd: 32}}\n")
+    ablation = load_ablation(plan)
+    assert [c.run_id for c in ablation.cells] == ["record-s1", "relu-s1", "wide-s1"]
+    assert ablation.baseline == {"model.activation": "gelu", "model.n_embd": 16}
+    assert [c.variant for c in ablation.cells] == [{"model.activation": "gelu", "model.n_embd": 16},
+                                                   {"model.activation": "relu", "model.n_embd": 16},
+                                                   {"model.activation": "gelu", "model.n_embd": 32}]
+    ablation, results = ablate(plan)
+    assert set(results.values()) == {"finished"}
+    frame = load_runs(tmp_path / "runs", group="loo").set_index("run_id")
+    assert frame.loc["relu-s1", "model.activation"] == "relu" and frame.loc["relu-s1", "model.n_embd"] == 16
+    assert frame.loc["wide-s1", "model.activation"] == "gelu" and frame.loc["wide-s1", "model.n_embd"] == 32
+    assert set(frame.loc["record-s1", "tracking.tags"]) == {"loo", "record"}
 
 
 def test_the_experiments_own_variant_is_the_baseline(plan, tmp_path):

@@ -83,7 +83,7 @@ def test_a_tuned_key_may_not_also_be_a_grid_key_or_set(tmp_path, capsys):
     text = path.read_text()
     path.write_text(text.replace("grid: {model.activation: [relu, swiglu]}", "grid: {train.lr: [0.001, 0.002]}"))
     assert main(["ablate", str(path)]) == 2
-    assert f"{path}: tune.space.train.lr: the grid varies this key; tune other keys" in capsys.readouterr().err
+    assert f"{path}: tune.space.train.lr: the ablation varies this key; tune other keys" in capsys.readouterr().err
     path.write_text(text.replace("{choice: [0.001, 0.03]}", "{choice: [0.001, 'x']}"))
     assert main(["ablate", str(path)]) == 2
     assert f"{path}: tune.space: train.lr = 'x': expected a number" in capsys.readouterr().err
