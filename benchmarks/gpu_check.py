@@ -100,9 +100,9 @@ class Check:
     def peak(self) -> tuple[float | None, str]:
         if self.dry or self.device.type != "cuda":
             return None, NM
-        name = torch.cuda.get_device_name(self.device)
-        if key := next((k for k in dev.GPU_PEAK_FLOPS if k in name), None):
-            peak = dev.GPU_PEAK_FLOPS[key]
+        name = dev.device_name(self.device)
+        if sheet := dev.datasheet_peak(name):
+            key, peak = sheet
             return peak, f"{name}: {peak / 1e12:.0f} TFLOP/s dense bf16 (nanolab.device.GPU_PEAK_FLOPS[{key!r}])"
         flops = dev.peak_flops(self.device)
         return flops, f"{name}: in no table; a measured fp32/TF32 matmul rate, {flops / 1e12:.0f} TFLOP/s"

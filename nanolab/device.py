@@ -113,11 +113,8 @@ def peak_flops(device: torch.device, size: int = 1024, repeats: int = 8) -> floa
     fastest of `repeats` size^3 matmuls (the fastest, not the median: other processes only ever slow one down).
     A measured rate is remembered in `$NANOLAB_CACHE/peak_flops.json` per (device, torch, threads): measuring
     takes ~0.15 s of every run's start on a CPU, for a figure that only MFU uses."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, flops in GPU_PEAK_FLOPS.items():
-            if key in name:
-                return flops
+    if device.type == "cuda" and (sheet := datasheet_peak(device_name(device))):
+        return sheet[1]
     from nanolab.data.download import cache_dir
 
     memo, key = cache_dir() / "peak_flops.json", f"{device_name(device)} | torch {torch.__version__} | " \
@@ -131,6 +128,11 @@ def peak_flops(device: torch.device, size: int = 1024, repeats: int = 8) -> floa
         with contextlib.suppress(files.WriteFailed):  # a read-only cache: measured again next time
             files.write_json(memo, known)
     return known[key]
+
+
+def datasheet_peak(name: str) -> tuple[str, float] | None:
+    """The first GPU_PEAK_FLOPS key that the device's `name` contains, with its peak; None for other devices."""
+    return next(((key, flops) for key, flops in GPU_PEAK_FLOPS.items() if key in name), None)
 
 
 def measured_matmul_flops(device: torch.device, size: int, repeats: int) -> float:

@@ -299,3 +299,12 @@ def test_a_measured_peak_is_remembered_per_machine(tmp_path, monkeypatch):
                   "1024^3 fp32 matmul"
     (tmp_path / "peak_flops.json").write_text("{not json")
     assert dev.peak_flops.__wrapped__(cpu) == 1.5e11 and len(measured) == 2
+
+
+def test_a_gpus_datasheet_peak_takes_the_most_specific_name():
+    from nanolab import device as dev
+
+    assert dev.datasheet_peak("NVIDIA H100 PCIe") == ("H100 PCIe", 756e12)
+    assert dev.datasheet_peak("NVIDIA H100 80GB HBM3") == ("H100", 989e12)
+    assert dev.datasheet_peak("NVIDIA H200") == ("H200", 989e12)
+    assert dev.datasheet_peak("AMD EPYC") is None
