@@ -177,8 +177,7 @@ def submit(ablation: Ablation, options: SlurmOptions, wait: bool) -> dict[str, R
           f"queue, {len(todo)} to submit", flush=True)
     jobs = {c.run_id: Job(Task(c.run_id, ablation.folder(c).path, run_cell, (ablation, c, {})))
             for c in ablation.cells if c not in done}
-    for run_id, job_id in launcher.submit([jobs[c.run_id] for c in todo]).items():
-        print(f"{run_id}: job {job_id}, log {launcher.paths(run_id).stdout}", flush=True)
+    launcher.submit([jobs[c.run_id] for c in todo])
     results: dict[str, RunStatus] = {}
     if wait or options.cluster == "local":  # the local executor's jobs are this process's children
         launcher.follow(list(jobs.values()), Board(len(jobs), BEST_VAL_LOSS),

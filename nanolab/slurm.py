@@ -129,7 +129,8 @@ class SlurmLauncher:
         return {label: states[job_id] for label, job_id in book.items() if job_id in states}
 
     def submit(self, jobs: list[Job]) -> dict[str, str]:
-        """Submit `jobs` (one Slurm job each); returns label -> job id, also recorded in jobs.json."""
+        """Submit `jobs` (one Slurm job each), a line each with its id and log; returns label -> job id, also
+        recorded in jobs.json."""
         import submitit
 
         executor = submitit.AutoExecutor(folder=self.folder / "%j", cluster=self.options.cluster)
@@ -143,6 +144,7 @@ class SlurmLauncher:
             ids[job.task.label] = str(submitted.job_id)
             self._local[job.task.label] = submitted
             files.write_json(self.book, {**self.submitted(), job.task.label: ids[job.task.label]})
+            print(f"{job.task.label}: job {submitted.job_id}, log {self.paths(job.task.label).stdout}", flush=True)
         return ids
 
     def _parameters(self, job: Job) -> dict[str, Any]:
@@ -198,9 +200,8 @@ def submit_run(cfg, options: SlurmOptions, tasks_per_node: int, wait: bool) -> i
     run_id, store = new_run_id(), RunStore()
     job = Job(Task(run_id, store.folder(cfg.name, run_id).path, run_spec, (cfg, run_id)), tasks_per_node)
     launcher = SlurmLauncher(options, store.root / cfg.name)
-    job_id = launcher.submit([job])[run_id]
-    print(f"run {cfg.name}/{run_id}: job {job_id} ({options.nodes} node(s) x {tasks_per_node} task(s)), "
-          f"log {launcher.paths(run_id).stdout}", flush=True)
+    print(f"run {cfg.name}/{run_id}: one job of {options.nodes} node(s) x {tasks_per_node} task(s)", flush=True)
+    launcher.submit([job])
     if not (wait or options.cluster == "local"):
         return EXIT_OK
     ended: list[Outcome] = []

@@ -90,8 +90,7 @@ def submit(sweep: Sweep, options: SlurmOptions, workers: int, trials: int | None
           f"submitting {count} worker(s) for {new if count else 0} new trial(s), storage {safe(sweep.storage)}",
           flush=True)
     jobs = [Job(Task(f"worker-{i}", None, work, (sweep, new // count + (i < new % count)))) for i in range(count)]
-    for label, job_id in launcher.submit(jobs).items():
-        print(f"{label}: job {job_id}, log {launcher.paths(label).stdout}", flush=True)
+    launcher.submit(jobs)
     outcomes: list[Outcome] = []
     if wait or options.cluster == "local":
         followed = jobs or [Job(Task(label, None, work)) for label in queued]
