@@ -1,4 +1,4 @@
-"""modded-nanogpt's parts: the wsd schedule, the whole-val evaluation, logit soft-capping, value embeddings, and
+"""modded-nanogpt's parts: Muon's batched float32 iteration, the wsd schedule, the whole-val evaluation, logit soft-capping, value embeddings, and
 perf/eval_s; each against a reference written here, and all of them through a stopped and resumed run."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from nanolab import load_spec, run
-from nanolab.components.optim import lr_factor
+from nanolab.components.optim import Muon, build_optimizer, lr_factor
 from nanolab.config import ConfigError, ModelConfig, TrainConfig
 from nanolab.data import load_data
 from nanolab.distributed import World
@@ -222,6 +222,39 @@ def whole_loss_reference(model, val: torch.Tensor, T: int) -> float:
         tail_x, tail_y = val[full * T:n], val[full * T + 1:]
         total += F.cross_entropy(model(tail_x[None])[0].double(), tail_y, reduction="sum").item()
     return total / n
+
+
+def muon_steps(make_optimizer, steps: int = 3) -> list[torch.Tensor]:
+    """Parameters of three shapes (two alike, so that one batch holds two matrices; one tall, one wide) after
+    `steps` Muon steps on the same random gradients."""
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(0.1 * torch.randn(shape)) for shape in ((16, 48), (16, 48), (64, 16), (16, 16))]
+    optimizer, gen = make_optimizer(params), torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen)
+        optimizer.step()
+    return [p.detach() for p in params]
+
+
+def test_muon_in_bfloat16_is_torchs_muon_bit_for_bit():
+    theirs = muon_steps(lambda ps: torch.optim.Muon(ps, lr=0.02, weight_decay=0.1))
+    ours = muon_steps(lambda ps: Muon(ps, lr=0.02, weight_decay=0.1, ns_dtype=torch.bfloat16))
+    assert all(torch.equal(a, b) for a, b in zip(theirs, ours))
+
+
+def test_muon_in_float32_is_the_float64_iteration_where_torchs_bfloat16_is_not():
+    exact = muon_steps(lambda ps: Muon(ps, lr=0.02, weight_decay=0.1, ns_dtype=torch.float64))
+    ours = muon_steps(lambda ps: Muon(ps, lr=0.02, weight_decay=0.1, ns_dtype=torch.float32))
+    theirs = muon_steps(lambda ps: torch.optim.Muon(ps, lr=0.02, weight_decay=0.1))
+    assert max((a - b).abs().max().item() for a, b in zip(ours, exact)) < 1e-6
+    assert max((a - b).abs().max().item() for a, b in zip(theirs, exact)) > 1e-5
+
+
+def test_the_muon_optimizer_iterates_in_float32_on_the_cpu_and_bfloat16_on_cuda():
+    model = make(tiny())
+    muons = {device: build_optimizer(model, TrainConfig(optimizer="muon"), device).optimizers[0] for device in ("cpu", "cuda")}
+    assert (muons["cpu"].ns_dtype, muons["cuda"].ns_dtype) == (torch.float32, torch.bfloat16)
 
 
 @pytest.mark.parametrize("length", [8 * 37 + 1, 8 * 37 + 6, 8 * 37], ids=["whole", "last-5", "last-7"])
