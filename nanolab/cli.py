@@ -22,6 +22,7 @@ EPILOG = """examples:
   nanolab run --resume runs/baseline/20261127-101500-ab12
   nanolab run experiments/baseline.yaml --nproc 2      (= torchrun --nproc-per-node 2 -m nanolab run ...)
   nanolab sample runs/baseline/20261127-101500-ab12 --prompt "ROMEO:" --tokens 300
+  nanolab export runs/baseline/20261127-101500-ab12 --to hf exports/baseline
   nanolab sweep sweeps/lr.yaml --workers 2
   nanolab ablate experiments/ablations/position.yaml
   nanolab ablate experiments/ablations/position.yaml --launcher slurm --partition gpu --gpus 1
@@ -85,6 +86,13 @@ def cmd_sample(args) -> int:
                          use_cache=not args.no_cache, generator=gen)
     print(tokenizer.decode(out[0].tolist()))
     return 0
+
+
+def cmd_export(args) -> int:
+    from nanolab.export import export_hf
+
+    print(export_hf(Path(args.run_dir), Path(args.out_dir), args.checkpoint))
+    return EXIT_OK
 
 
 def cmd_data(args) -> int:
@@ -259,6 +267,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which checkpoint: best (default; last when there is no best) or last")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context at every token")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("export", help="write a run's model and tokenizer as a Hugging Face directory",
+                       description="Write a run folder's checkpoint and tokenizer to OUT_DIR (new or empty) as a "
+                       "Hugging Face directory: config.json, model.safetensors and the tokenizer, which "
+                       "transformers' AutoModelForCausalLM and AutoTokenizer load without nanolab (needs the hf "
+                       "extra: pip install 'nanolab[hf]'). Learned, sinusoidal or no positions with LayerNorm and "
+                       "gelu, relu or relu2 become GPT2LMHeadModel; rotary with RMSNorm and swiglu or geglu "
+                       "LlamaForCausalLM. Only exact mappings: any other component (ALiBi, post-norm, qk_norm, "
+                       "logit_softcap, value_embeds, ...) is refused with exit status 2 and nothing written. A run "
+                       "on token ids without text (tokenizer ids) gets no tokenizer.")
+    p.add_argument("run_dir", metavar="RUN_FOLDER", help="a run folder (its config, checkpoint and tokenizer)")
+    p.add_argument("--to", required=True, choices=["hf"], dest="format",
+                   help="the format: hf (Hugging Face transformers, safetensors weights)")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="the folder to write: new, or empty (never overwritten)")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best",
+                   help="which checkpoint: best (default) or last; a run without it is refused")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("data", help="prepare the token cache, or show what a spec trains on",
                        description="prepare: tokenize a spec's corpus into the token cache ($NANOLAB_CACHE/tokens) "

@@ -72,6 +72,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         for file in tmp.iterdir():
             with open(file, "rb") as f:
                 os.fsync(f.fileno())
+            os.chmod(file, 0o666 & ~_umask())  # some writers make 0600 (transformers' model.safetensors)
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: others could not read a shared cache
         os.rename(tmp, path)
     except OSError as exc:
