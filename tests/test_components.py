@@ -77,6 +77,19 @@ def test_plain_mlp_applies_its_activation(name, act):
     torch.testing.assert_close(mlp(x), mlp.c_proj(act(mlp.c_fc(x))))
 
 
+def test_relu_squared_has_the_gradient_of_its_formula():
+    from nanolab.components.mlp import relu_squared
+
+    x = torch.randn(4, 7, dtype=torch.float64, requires_grad=True)
+    x.data[0, :3] = 0.0  # relu's kink: both give 0 there
+    g = torch.randn(4, 7, dtype=torch.float64)
+    (ours,) = torch.autograd.grad(relu_squared(x), x, g)
+    (autograd,) = torch.autograd.grad(F.relu(x).square(), x, g)
+    assert torch.equal(relu_squared(x), F.relu(x).square())
+    torch.testing.assert_close(ours, autograd, rtol=0, atol=1e-15)
+    assert torch.autograd.gradcheck(relu_squared, (x,))
+
+
 @pytest.mark.parametrize("name, act", [("swiglu", F.silu), ("geglu", F.gelu)])
 def test_glu_gates_the_up_projection(name, act):
     torch.manual_seed(0)
