@@ -22,7 +22,9 @@ runner   nanolab's run() (W&B offline, every tracker on) against the bare loop f
          The overhead is the median over rounds of the ratio of each round's pair (the order alternates).
 runs     the wall time of `nanolab run` on the baseline spec for --run-steps steps, each in a new process as a
          user starts it (imports, W&B's service, evaluations, samples, checkpoints and all): W&B disabled,
-         W&B offline and, with --variants, torch.compile. These are the only figures not taken in this process.
+         W&B offline and, with --variants, torch.compile; with --nanogpt DIR, nanoGPT's own train.py on its
+         README's CPU recipe (the same model and schedule; run DIR/data/shakespeare_char/prepare.py first).
+         These are the only figures not taken in this process.
 
 torch.compile starts from an empty inductor cache (TORCHINDUCTOR_CACHE_DIR in a temporary folder) unless
 --warm-compile-cache: the compile times are those of a first run; a run whose graphs were compiled before
@@ -230,16 +232,28 @@ RUN_VARIANTS = {  # name -> overrides of the baseline spec; the first is the ref
 }
 
 
+def nanogpt_train(directory: str, steps: int, out_dir: str) -> list[str]:
+    """nanoGPT's own train.py with its README's CPU recipe (the baseline spec's model, batch and schedule); it reads
+    DIR/data/shakespeare_char/{train,val}.bin, which DIR/data/shakespeare_char/prepare.py writes."""
+    return [sys.executable, "train.py", "config/train_shakespeare_char.py", "--device=cpu", "--compile=False",
+            "--eval_iters=20", "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4",
+            "--n_head=4", "--n_embd=128", f"--max_iters={steps}", f"--lr_decay_iters={steps}", "--dropout=0.0",
+            f"--out_dir={out_dir}"]
+
+
 def run_rows(args) -> list[dict]:
-    """Wall time of `nanolab run` on the baseline spec, each in a fresh process as a user starts it; in turns."""
-    variants = {name: RUN_VARIANTS[name] for name in args.variants}
-    walls: dict[str, list[float]] = {name: [] for name in variants}
+    """Wall time of `nanolab run` on the baseline spec, each in a fresh process as a user starts it, and with
+    --nanogpt of nanoGPT's train.py on the same recipe; in turns."""
+    commands = {name: ([sys.executable, "-m", "nanolab", "run", str(SPEC), "--set",
+                        f"train.max_iters={args.run_steps}", *RUN_VARIANTS[name]], None) for name in args.variants}
+    if args.nanogpt:
+        out_dir = tempfile.mkdtemp(prefix="nanogpt-out-")
+        commands["nanoGPT train.py"] = nanogpt_train(args.nanogpt, args.run_steps, out_dir), args.nanogpt
+    walls: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(args.run_rounds):
-        for name, overrides in variants.items():
-            command = [sys.executable, "-m", "nanolab", "run", str(SPEC), "--set",
-                       f"train.max_iters={args.run_steps}", *overrides]
+        for name, (command, cwd) in commands.items():
             start = time.perf_counter()
-            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(command, check=True, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             walls[name].append(time.perf_counter() - start)
     reference = median(next(iter(walls.values())))
     return [{"run": name, "rounds": args.run_rounds, "steps": args.run_steps, "wall_s": median(w),
