@@ -4,6 +4,7 @@ seeds, each run a fresh `nanolab run` process (W&B disabled) on this machine, on
     python benchmarks/speedrun.py --json speedrun.json --markdown speedrun.md    # ~15 min on 2 quiet cores
     python benchmarks/speedrun.py --only record --seeds 1 2 3 4 5                # one line, more seeds
     python benchmarks/speedrun.py --step --profile --only                        # the step's figures alone
+    python benchmarks/speedrun.py --from-json speedrun.json --markdown F --plot F.png   # again, from saved runs
 
 --profile first prints where the record's step goes, by op (torch.profiler, self CPU time, 50 steps).
 --step first times the record's training step (`train_step`, this process, 2 threads, candidates in turns) as
@@ -168,6 +169,33 @@ def profile_rows(device, steps: int = 50) -> list[dict]:
              "share_pct": 100 * e.self_cpu_time_total / total} for e in top]
 
 
+def plot(recipes: list[Recipe], runs: dict[str, list[dict]], path: str) -> None:
+    """Every run as a point (training seconds, whole-split loss), a colour per recipe, with each record's box."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for recipe in recipes:
+        done = runs.get(recipe.name, [])
+        points = ax.scatter([r["train_time"] for r in done], [r["val_loss_whole"] for r in done],
+                            label=f"{recipe.name} (n {len(done)})", alpha=0.8)
+        if recipe.seconds:  # the record's box: within the budget and at or below the target
+            ax.plot([0, recipe.seconds, recipe.seconds], [recipe.target] * 2 + [0], ls="--", lw=1,
+                    color=points.get_facecolor()[0])
+    ax.set_xscale("log")
+    ax.set_ylim(top=max(r["val_loss_whole"] for done in runs.values() for r in done) + 0.03,
+                bottom=min(r["val_loss_whole"] for done in runs.values() for r in done) - 0.03)
+    ax.set_xlabel("training seconds (train_time, log scale)")
+    ax.set_ylabel("whole-split val loss")
+    ax.set_title("CPU speedrun: each run of each recipe; dashed: a record's budget and target")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     p = parser(__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
@@ -175,6 +203,8 @@ def main() -> None:
     p.add_argument("--step", action="store_true", help="first, the record's step before and after this round's changes")
     p.add_argument("--profile", action="store_true", help="first, the record's step by op (torch.profiler)")
     p.add_argument("--markdown", metavar="FILE", help="also write README's record table to FILE")
+    p.add_argument("--plot", metavar="FILE", help="also plot every run's seconds and loss to FILE (.png, .svg, ...)")
+    p.add_argument("--from-json", metavar="FILE", help="read the runs of an earlier --json instead of training")
     args = p.parse_args()
     recipes = [r for r in RECIPES if args.only is None or r.name in args.only]
     figures: dict = {}
@@ -186,14 +216,14 @@ def main() -> None:
         figures["profile"] = profile_rows(setup(args))
         print_table("the record's step by op (self CPU time, torch.profiler, 50 steps)", figures["profile"],
                     ["op", "calls_per_step", "ms_per_step", "share_pct"])
-    runs: dict[str, list[dict]] = {}
+    runs: dict[str, list[dict]] = json.loads(Path(args.from_json).read_text())["runs"] if args.from_json else {}
     with tempfile.TemporaryDirectory(prefix="nanolab-speedrun-") as tmp:
         (Path(tmp) / "cache/tinyshakespeare").mkdir(parents=True)
         (Path(tmp) / "cache/tinyshakespeare/input.txt").write_bytes(SHAKESPEARE.read_bytes())
         rounds = [(seed, recipes) for seed in args.seeds]  # seed-major: a change in load hits every recipe alike
         rounds += [(seed, [r for r in recipes if seed in r.more_seeds]) for seed in sorted({
             seed for r in recipes for seed in r.more_seeds if seed not in args.seeds})]
-        for seed, round_recipes in rounds:
+        for seed, round_recipes in ([] if args.from_json else rounds):
             for recipe in round_recipes:
                 runs.setdefault(recipe.name, []).append(train(recipe, seed, Path(tmp)))
                 print(recipe.name, runs[recipe.name][-1], flush=True)
@@ -208,6 +238,8 @@ def main() -> None:
     if args.markdown:
         Path(args.markdown).write_text(markdown(lines))
         print(f"wrote {args.markdown}")
+    if args.plot:
+        plot(recipes, runs, args.plot)
 
 
 if __name__ == "__main__":
