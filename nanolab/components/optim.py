@@ -87,8 +87,8 @@ def adamw(model: nn.Module, train: TrainConfig, device_type: str) -> Optimizers:
 class Muon(torch.optim.Muon):
     """torch.optim.Muon's update (Nesterov momentum, Newton-Schulz orthogonalisation, rate x sqrt(max(1, rows/cols)),
     decoupled weight decay), its iteration run in `ns_dtype` on all matrices of one shape at once. torch runs it in
-    bfloat16 one matrix at a time: right on a GPU, but a CPU without bfloat16 matrix units takes 5.3 ms of the
-    speedrun's ~21 ms step that way, 2.3 ms in float32 and batched (benchmarks/NOTES.md)."""
+    bfloat16 one matrix at a time: right on a GPU, but on a CPU without bfloat16 matrix units the speedrun's step
+    took 36.8 ms that way and takes 32.5 ms in float32 and batched (benchmarks/NOTES.md)."""
 
     def __init__(self, params, *, lr: float, weight_decay: float, ns_dtype: torch.dtype):
         super().__init__(params, lr=lr, weight_decay=weight_decay)
