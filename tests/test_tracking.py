@@ -21,6 +21,7 @@ from nanolab.runfolder import RunFolder
 from nanolab.spec import spec_from_dict
 from nanolab.tracking import (LocalTracker, WandbTracker, find_offline_runs, open_trackers, resolve_mode,
                               sync_runs)
+from nanolab.tracking.sync import offline_run_dirs
 
 TRAIN = [(10, {"train/loss": 3.5, "train/lr": 1e-3}), (20, {"train/loss": 3.0, "train/lr": 9e-4})]
 VAL = [(10, {"val/loss": 3.25, "val/ppl": 25.79, "val/bpc": 4.69, "train/eval_loss": 3.2}),
@@ -263,7 +264,7 @@ def test_resumed_run_keeps_wandb_id_and_skips_steps_wandb_holds(wb, tmp_path, ca
     assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == \
         [10, 20, 30, 40, 50, 60, 70]
     runs = offline_runs(run_dir)
-    assert len(runs) == 2 and all(r.name.endswith("-" + wandb_id) for r in runs)
+    assert runs == offline_run_dirs(run_dir, wandb_id) and len(runs) == 2
     assert (runs[1] / f"run-{wandb_id}.wandb").is_file()
     assert inspect(runs[1])["run_id"] == wandb_id
     assert sorted(history(runs[1])) == [60, 70]  # 40 and 50 are already in the first session's history
@@ -415,11 +416,14 @@ def test_sync_finds_offline_runs_and_refuses_folders_without_one(tmp_path, monke
     for d in ("offline-run-20240102_000000-abc", "offline-run-20240101_000000-abc"):
         (run_dir / "wandb" / d).mkdir(parents=True)
     (elsewhere / "wandb/offline-run-20240103_000000-abc").mkdir(parents=True)
+    # wandb's name for a second session started in the same second as the first
+    (elsewhere / "wandb/offline-run-20240103_000000-abc-1").mkdir(parents=True)
     (elsewhere / "wandb/offline-run-20240103_000000-other").mkdir(parents=True)  # another run's
+    (elsewhere / "wandb/offline-run-20240103_000000-abcd").mkdir(parents=True)  # another run's, same prefix
     RunFolder(run_dir).write_meta({"run_id": "run", "wandb_id": "abc", "wandb_dir": str(elsewhere)})
     found = find_offline_runs(run_dir)
     assert [p.name for p in found] == ["offline-run-20240101_000000-abc", "offline-run-20240102_000000-abc",
-                                       "offline-run-20240103_000000-abc"]
+                                       "offline-run-20240103_000000-abc", "offline-run-20240103_000000-abc-1"]
 
     calls = []
 

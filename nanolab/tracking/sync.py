@@ -7,6 +7,7 @@ named in meta.json), and that it must not hang forever when a key is set but the
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,12 +18,19 @@ from nanolab.runfolder import RunFolder
 SYNC_TIMEOUT = 300.0  # seconds for the whole upload; NANOLAB_SYNC_TIMEOUT changes it
 
 
+def offline_run_dirs(root: Path, wandb_id: str) -> list[Path]:
+    """W&B run `wandb_id`'s offline folders in `root/wandb`: `offline-run-<time>-<id>`, and `...-<id>-<n>` where
+    wandb found that name taken (two sessions of the run started in the same second)."""
+    name = re.compile(rf"offline-run-\d{{8}}_\d{{6}}-{re.escape(wandb_id)}(-\d+)?")
+    return sorted(d for d in Path(root).glob(f"wandb/offline-run-*-{wandb_id}*") if name.fullmatch(d.name))
+
+
 def find_offline_runs(run_dir: str | os.PathLike) -> list[Path]:
     """The offline W&B run directories of a run folder, oldest first (a resumed run has one per session), as
     absolute paths, each once.
 
     Looks in `<run_dir>/wandb/` and, when the run used another W&B dir (WANDB_DIR, tracking.wandb.dir), for
-    `offline-run-*-<wandb_id>` in the `wandb_dir` that meta.json names.
+    the run's `offline_run_dirs` in the `wandb_dir` that meta.json names.
     """
     folder = RunFolder(run_dir)
     found = set(folder.path.glob("wandb/offline-run-*"))
@@ -31,7 +39,7 @@ def find_offline_runs(run_dir: str | os.PathLike) -> list[Path]:
     except NanolabError:
         meta = {}
     if meta.get("wandb_dir") and meta.get("wandb_id"):
-        found.update(Path(meta["wandb_dir"]).glob(f"wandb/offline-run-*-{meta['wandb_id']}"))
+        found.update(offline_run_dirs(Path(meta["wandb_dir"]), meta["wandb_id"]))
     unique = {p.resolve() for p in found if p.is_dir()}  # a relative folder and meta's absolute dir meet here
     return sorted(unique, key=lambda p: (p.name, str(p)))
 

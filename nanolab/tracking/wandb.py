@@ -23,6 +23,7 @@ from nanolab.runfolder import RunFolder, plain
 from nanolab.spec import to_dict
 from nanolab.tracking import Tracker, note
 from nanolab.tracking.local import LocalTracker
+from nanolab.tracking.sync import offline_run_dirs
 from nanolab.vocab import EXIT_FAILED, LOSSES, STATUS_EXIT, RunStatus
 
 WANDB_INIT_TIMEOUT = 20.0  # seconds; wandb's default (90) is too long to wait for an unreachable server
@@ -198,7 +199,7 @@ def _offline_held(root: Path, meta: Mapping, local: LocalTracker) -> int | None:
     (or were online), assume W&B holds all that earlier sessions logged."""
     if meta.get("wandb_mode") in (None, "offline"):
         roots = {p.resolve() for p in (root, *([Path(meta["wandb_dir"])] if meta.get("wandb_dir") else []))}
-        held = offline_last_step([d for r in roots for d in r.glob(f"wandb/offline-run-*-{meta['wandb_id']}")])
+        held = offline_last_step([d for r in roots for d in offline_run_dirs(r, meta["wandb_id"])])
         if held is not False:
             return held
     return local.last_step_before_resume
