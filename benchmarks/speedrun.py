@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from common import interleave, load_warning, parser, print_table, setup, write_json  # noqa: E402
 
 SHAKESPEARE = REPO.parent / "shared/data/tinyshakespeare/input.txt"
-QUIET = ["train.final_eval=true", "train.sample_tokens=0", "tracking.wandb.mode=disabled"]
+QUIET = ["train.final_eval=true", "train.sample_tokens=0"]  # and WANDB_MODE=disabled, which wins over any spec
 
 
 @dataclass(frozen=True)

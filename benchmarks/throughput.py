@@ -241,13 +241,13 @@ def nanogpt_train(directory: str, steps: int, out_dir: str) -> list[str]:
             f"--out_dir={out_dir}"]
 
 
-def run_rows(args) -> list[dict]:
+def run_rows(args, root: Path) -> list[dict]:
     """Wall time of `nanolab run` on the baseline spec, each in a fresh process as a user starts it, and with
     --nanogpt of nanoGPT's train.py on the same recipe; in turns."""
     commands = {name: ([sys.executable, "-m", "nanolab", "run", str(SPEC), "--set",
                         f"train.max_iters={args.run_steps}", *RUN_VARIANTS[name]], None) for name in args.variants}
     if args.nanogpt:
-        out_dir = tempfile.mkdtemp(prefix="nanogpt-out-")
+        out_dir = tempfile.mkdtemp(prefix="nanogpt-out-", dir=root)  # its checkpoints go with the script's folder
         commands["nanoGPT train.py"] = nanogpt_train(args.nanogpt, args.run_steps, out_dir), args.nanogpt
     walls: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(args.run_rounds):
@@ -298,7 +298,7 @@ def main() -> None:
             figures["runner"] = rows = runner_rows(args, device, Path(tmp))
             print_table("harness overhead: run() against the bare loop (baseline)", rows, list(rows[-1]))
         if "runs" in args.sections:
-            figures["runs"] = rows = run_rows(args)
+            figures["runs"] = rows = run_rows(args, Path(tmp))
             print_table("`nanolab run` wall time (baseline spec, a new process each)", rows, list(rows[0]))
     figures["machine"]["load_average_1min_end"] = round(os.getloadavg()[0], 2)
     write_json(args.json, figures)

@@ -11,10 +11,10 @@
     tune: {space: {train.lr: {float: [3e-4, 1e-2], log: true}}, trials: 6}   # optional: see nanolab.tuning
     launcher: {partition: gpu, gpus: 1, time: 60}                    # optional: for --launcher slurm
 
-Run `<variant>-s<seed>` lives in `$NANOLAB_RUNS/<name>/` (a named variant's id is its name). With `tune:`, each variant's study runs first and
-the variant's seeds run at its best trial's values (in meta.json's `tuned`). Repeating the command skips runs that ended
-(finished, diverged), continues the ones that stopped with a checkpoint, and sets aside (renames, never
-deletes) any other before starting it again. The plan file and the launcher are shared with `nanolab sweep`.
+Run `<variant>-s<seed>` lives in `$NANOLAB_RUNS/<name>/` (a named variant's id is its name). With `tune:`, each
+variant's study runs first and the variant's seeds run at its best trial's values (in meta.json's `tuned`).
+Repeating the command skips runs that ended (finished, diverged), continues the ones that stopped with a
+checkpoint, and sets aside (renames, never deletes) any other before starting it again. The plan file and the launcher are shared with `nanolab sweep`.
 With `--launcher slurm` every cell that is neither done nor queued is submitted as a Slurm job (nanolab.slurm).
 """
 
