@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import os
 import platform
@@ -94,10 +95,30 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def configure(device: torch.device) -> None:
-    """Process-wide fast paths: TF32 matmuls on CUDA (fp32 results within TF32 precision)."""
+    """Process-wide fast paths: TF32 matmuls on CUDA (fp32 results within TF32 precision); on the CPU, freed
+    tensor memory kept for reuse (`keep_freed_memory`)."""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    elif device.type == "cpu":
+        keep_freed_memory()
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory in the process; whether it could (glibc only).
+
+    By default each allocation of 128 KB or more (a CPU tensor of 32k floats) is a fresh mmap, unmapped when
+    freed, so the kernel faults in and zeroes its pages at every first touch: ~1,000 page faults a step and 6%
+    of the CPU speedrun's step (benchmarks/NOTES.md). With these settings a step reuses the last step's memory;
+    the process keeps its peak heap, which a training loop reaches every step anyway.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    # 32 MiB is glibc's own ceiling for its mmap threshold on 64-bit, accepted by every version
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30))
 
 
 def synchronize(device: torch.device) -> None:
