@@ -8,8 +8,9 @@ seeds, each run a fresh `nanolab run` process (W&B disabled) on this machine, on
 
 --profile first prints where the record's step goes, by op (torch.profiler, self CPU time, 50 steps).
 --step first times the record's training step (`train_step`, this process, 2 threads, candidates in turns) as
-it was (torch.optim.Muon: Newton-Schulz in bfloat16, a matrix at a time; relu2 by autograd of relu(x).square())
-and with each change (nanolab's Muon: float32 on the CPU, matrices of one shape batched; relu2's one-pass backward).
+it was (torch.optim.Muon: Newton-Schulz in bfloat16, a matrix at a time; relu2 by autograd of relu(x).square();
+sdpa attention) and with each change (nanolab's Muon: float32 on the CPU, matrices of one shape batched; relu2's
+one-pass backward; the naive kernel). The heap setting's share is benchmarks/heap.py's.
 
 Every recipe runs --seeds; a recipe's `more_seeds` are added after them (the record: seeds 4 and 5). The clock is
 the run's summary `train_time`: seconds inside training steps (no evaluation, sample or checkpoint),
@@ -63,10 +64,10 @@ RECIPES = [
            "experiments/baseline.yaml", ("train.eval_interval=2000",)),
     Recipe("probe", "+ rotary, ReLU^2, QK-norm, Muon (issue #17's untuned probe), 400 steps",
            "experiments/baseline.yaml", (*PROBE, "train.max_iters=400", "train.eval_interval=400")),
-    Recipe("record", "+ 3 x 64, context 32, batch 48, untied head, soft-cap 30, wsd, no warmup, 300 steps, "
-           "rates from sweeps/speedrun_10s.yaml", "experiments/speedrun.yaml", more_seeds=(4, 5), seconds=10),
+    Recipe("record", "+ 3 x 64, context 32, batch 48, untied head, soft-cap 30, wsd, no warmup, naive attention, "
+           "300 steps, rates from sweeps/speedrun_10s.yaml", "experiments/speedrun.yaml", more_seeds=(4, 5), seconds=10),
     Recipe("record_60s", "the record's parts at 60 s: 4 x 128, context 64, batch 16, value embeddings, tied head, "
-           "680 steps",
+           "850 steps, rates from sweeps/speedrun_60s.yaml",
            "experiments/speedrun_60s.yaml", target=1.55, seconds=60),
 ]
 
@@ -120,10 +121,12 @@ def record_step(device):
 
 def step_rows(device) -> list[dict]:
     """The record's step as it was and with each of this round's changes: Muon's iteration (torch's bfloat16, one
-    matrix at a time -> nanolab's float32, batched) and relu2's backward (autograd of relu(x).square() -> one pass)."""
+    matrix at a time -> nanolab's float32, batched), relu2's backward (autograd of relu(x).square() -> one pass)
+    and the attention kernel (sdpa -> naive). Every row has the heap kept (`setup`; benchmarks/heap.py)."""
     import torch
     import torch.nn.functional as F
 
+    from nanolab.components.attention import NaiveAttention, SDPAttention
     from nanolab.components.optim import Optimizers
 
     built, step = record_step(device)
@@ -132,23 +135,27 @@ def step_rows(device) -> list[dict]:
     theirs = Optimizers(torch.optim.Muon(group["params"], lr=group["lr"], weight_decay=group["weight_decay"]), adamw)
     mlp = type(built.model.blocks[0].mlp)
     one_pass, autograd = mlp.__dict__["act"], staticmethod(lambda x: F.relu(x).square())
+    attentions = [block.attn for block in built.model.blocks]
 
-    def candidate(optimizer, act):
+    def candidate(optimizer, act, kernel):
         train = step(optimizer)
 
         def call():
             mlp.act = act
+            for attn in attentions:
+                attn.kernel = kernel
             train()
         return call
 
-    candidates = {"torch Muon, autograd relu2 (before)": candidate(theirs, autograd),
-                  "nanolab Muon, autograd relu2": candidate(built.optimizer, autograd),
-                  "nanolab Muon, one-pass relu2 (now)": candidate(built.optimizer, one_pass)}
+    before = "torch Muon, autograd relu2, sdpa (before)"
+    candidates = {before: candidate(theirs, autograd, SDPAttention()),
+                  "nanolab Muon, autograd relu2, sdpa": candidate(built.optimizer, autograd, SDPAttention()),
+                  "nanolab Muon, one-pass relu2, sdpa": candidate(built.optimizer, one_pass, SDPAttention()),
+                  "nanolab Muon, one-pass relu2, naive (now)": candidate(built.optimizer, one_pass, NaiveAttention())}
     times = interleave(candidates, steps=200, warmup=20, device=device)
-    mlp.act = one_pass
+    mlp.act = one_pass  # a class attribute: --profile's model is built afterwards
     ms = {name: 1000 * median(t) for name, t in times.items()}
-    before = ms["torch Muon, autograd relu2 (before)"]
-    return [{"step": name, "step_ms": v, "speedup": before / v} for name, v in ms.items()]
+    return [{"step": name, "step_ms": v, "speedup": ms[before] / v} for name, v in ms.items()]
 
 
 def profile_rows(device, steps: int = 50) -> list[dict]:
