@@ -305,12 +305,13 @@ FAULTS_PER_TENSOR = """
 import resource, sys, torch
 from nanolab import device as dev
 
-def faults(steps=20):  # minor page faults per 1.5 MB tensor of steps that each hold 8 (activations), then free them
+def faults(steps=10, held=48):  # minor page faults per 1.5 MB tensor of steps that each hold `held` of them
+    # (72 MB of activations: more than glibc's dynamic trim threshold can grow to, 64 MB, whatever ran before)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(steps):
-        activations = [torch.empty(384 * 1024).fill_(1.0) for _ in range(8)]
+        activations = [torch.empty(384 * 1024).fill_(1.0) for _ in range(held)]
         del activations
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / (8 * steps)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / (held * steps)
 
 default = faults()
 dev.configure(torch.device("cpu"))
@@ -321,11 +322,12 @@ print(default, faults(), dev.keep_freed_memory())
 
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc")
 def test_a_cpu_run_reuses_freed_tensor_memory_instead_of_faulting_it_in_again():
-    """Without `keep_freed_memory` every tensor of 128 KB or more is a fresh mmap whose pages fault in at first
-    touch (a 1.5 MB tensor: 384 pages); the CPU speedrun's step spent 6% of its time there."""
+    """Without `keep_freed_memory` a tensor of 128 KB or more is often a fresh mmap (or heap glibc has just trimmed)
+    whose pages fault in at first touch (a 1.5 MB tensor: 384 pages); the CPU speedrun's step spent ~10% of its time
+    there (benchmarks/heap.py)."""
     out = subprocess.run([sys.executable, "-c", FAULTS_PER_TENSOR], capture_output=True, text=True, check=True)
     default, kept, configured = out.stdout.split()
-    assert float(default) > 300 and float(kept) < 5 and configured == "True"
+    assert float(default) > 50 and float(kept) < 5 and configured == "True"  # default: 77 or 383, with the layout
 
 
 def test_a_gpus_datasheet_peak_takes_the_most_specific_name():
