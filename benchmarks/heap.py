@@ -1,5 +1,5 @@
-"""What `device.keep_freed_memory` saves: the record's training step with glibc's default malloc (every tensor of
-128 KB or more a fresh mmap, faulted in at first touch and unmapped when freed) and with freed memory kept.
+"""What `device.keep_freed_memory` saves: the record's training step with glibc's default malloc (tensors of 128 KB
+or more in fresh mmaps or a trimmed heap, faulted in at first touch) and with freed memory kept.
 
     python benchmarks/heap.py --pairs 5        # ~1.5 minutes on 2 cores
 
@@ -22,6 +22,7 @@ from common import load_warning, median, parser, print_table, write_json  # noqa
 
 CHILD = """\
 import json, resource, sys, time
+from statistics import median
 import torch
 sys.path.insert(0, {benchmarks!r})
 from nanolab import device as dev
@@ -38,8 +39,7 @@ for _ in range({steps}):
     train()
     times.append(time.perf_counter() - started)
 after = resource.getrusage(resource.RUSAGE_SELF)
-times.sort()
-print(json.dumps({{"kept": kept, "step_ms": 1000 * times[len(times) // 2],
+print(json.dumps({{"kept": kept, "step_ms": 1000 * median(times),
                   "faults_per_step": (after.ru_minflt - before.ru_minflt) / len(times),
                   "sys_ms_per_step": 1000 * (after.ru_stime - before.ru_stime) / len(times)}}))
 """

@@ -14,7 +14,8 @@
 Run `<variant>-s<seed>` lives in `$NANOLAB_RUNS/<name>/` (a named variant's id is its name). With `tune:`, each
 variant's study runs first and the variant's seeds run at its best trial's values (in meta.json's `tuned`).
 Repeating the command skips runs that ended (finished, diverged), continues the ones that stopped with a
-checkpoint, and sets aside (renames, never deletes) any other before starting it again. The plan file and the launcher are shared with `nanolab sweep`.
+checkpoint, and sets aside (renames, never deletes) any other before starting it again. The plan file and the
+launcher are shared with `nanolab sweep`.
 With `--launcher slurm` every cell that is neither done nor queued is submitted as a Slurm job (nanolab.slurm).
 """
 

@@ -110,8 +110,9 @@ def keep_freed_memory() -> bool:
 
     By default glibc serves allocations of 128 KB or more (a CPU tensor of 32k floats) with fresh mmaps, unmapped
     when freed, and trims its heap's free top: the kernel faults in and zeroes their pages at every first touch,
-    ~1,200 page faults and ~10% of a CPU speedrun step (benchmarks/heap.py, benchmarks/NOTES.md). With these settings a step reuses the last step's memory;
-    the process keeps its peak heap, which a training loop reaches every step anyway.
+    ~1,200 page faults and ~10% of a CPU speedrun step (benchmarks/heap.py, benchmarks/NOTES.md). With these
+    settings a step reuses the last step's memory; the process keeps its peak heap, which a training loop reaches
+    every step anyway.
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
