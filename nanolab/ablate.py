@@ -32,7 +32,8 @@ from nanolab.plan import Plan, ended, load_plan, run_outcome, start_or_resume
 from nanolab.runfolder import RunFolder, RunStore
 from nanolab import slurm
 from nanolab.slurm import Job, SlurmLauncher, SlurmOptions
-from nanolab.spec import check_key, flatten, format_override, to_dict
+from nanolab.spec import format_override
+from nanolab.config import check_key, flatten, to_dict
 from nanolab.tuning import tune, tuning_sweeps
 from nanolab.vocab import BEST_VAL_LOSS, ENDED, EXIT_FAILED, EXIT_OK, EXIT_SIGINT, RunStatus
 

@@ -22,7 +22,8 @@ from nanolab.config import NAME_PATTERN, NAME_RULE, Config
 from nanolab.errors import SpecError
 from nanolab.launcher import Outcome
 from nanolab.runfolder import RunFolder, RunStore
-from nanolab.spec import from_dict, load_spec, normalize_overrides, parse_override, read_yaml
+from nanolab.spec import load_spec, normalize_overrides, parse_override, read_yaml
+from nanolab.config import from_dict
 from nanolab.vocab import BEST_VAL_LOSS, ENDED, RunStatus
 
 FileSchema = TypeVar("FileSchema")

@@ -41,7 +41,8 @@ from nanolab.model import build_model
 from nanolab.progress import Progress
 from nanolab.files import WriteFailed
 from nanolab.runfolder import RunFolder, RunStore, now
-from nanolab.spec import dump_spec, to_dict
+from nanolab.spec import dump_spec
+from nanolab.config import to_dict
 from nanolab.tracking import open_trackers
 from nanolab.train_loop import Diverged, Loop, LoopContext, TrainState, restore_rng, seed_everything
 from nanolab.vocab import EXIT_FAILED, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SIGUSR2, STATUS_EXIT, RunStatus

@@ -1,4 +1,4 @@
-"""YAML specs -> typed `Config`: `extends`, `--set` overrides, type conversion and validation.
+"""YAML specs -> typed `Config`: reading files, `extends`, `--set` overrides (`nanolab.config.from_dict` converts).
 
 Every error is a `SpecError` with one line naming the file, the dotted key, the bad value and what is
 accepted. YAML is read with `SpecLoader` only: safe tags (no tag can build a Python object), no repeated keys.
@@ -6,17 +6,14 @@ accepted. YAML is read with `SpecLoader` only: safe tags (no tag can build a Pyt
 
 from __future__ import annotations
 
-import dataclasses
-import types
 import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from nanolab.config import Config, ConfigError
+from nanolab.config import Config, check_key, flatten, from_dict, to_dict
 from nanolab.errors import SpecError
-from nanolab.registry import closest
 
 OVERRIDE_SOURCE = "--set"
 
@@ -183,19 +180,6 @@ def normalize_overrides(value: Any, source: str, key: str = "overrides") -> tupl
     raise SpecError(f"{source}: {key} = {value!r}: expected a list of KEY=VALUE strings or a mapping of dotted keys")
 
 
-def check_key(cls: type, dotted: str, source: str) -> None:
-    """A SpecError unless `dotted` names a declared field of `cls` (nested dataclasses followed)."""
-    parts = dotted.split(".")
-    for i, part in enumerate(parts):
-        names = spec_fields(cls)
-        if part not in names:
-            raise SpecError(f"{source}: {_shown(dotted)}: {_unknown_key(part, names)}")
-        hint = _field_type(cls, part)
-        cls = hint
-        if i < len(parts) - 1 and not dataclasses.is_dataclass(hint):
-            raise SpecError(f"{source}: {_shown(dotted)}: {'.'.join(parts[:i + 1])} is a value, not a section")
-
-
 def set_dotted(raw: dict, dotted: str, value: Any) -> None:
     *path, last = dotted.split(".")
     node = raw
@@ -206,130 +190,9 @@ def set_dotted(raw: dict, dotted: str, value: Any) -> None:
     node[last] = value
 
 
-# ----------------------------------------------------------------------------- dict -> dataclass
-
-
-def spec_fields(cls: type) -> list[str]:
-    """The keys a spec may set for `cls` (derived fields are not among them)."""
-    return [f.name for f in dataclasses.fields(cls) if "derived" not in f.metadata]
-
-
-def _field_type(cls: type, name: str) -> Any:
-    return typing.get_type_hints(cls)[name]
-
-
-def _shown(key: Any) -> str:
-    """A key as typed, or quoted when it holds characters (newlines, controls) that would break the line."""
-    text = str(key)
-    return text if text.isprintable() else repr(text)
-
-
-def _unknown_key(key: str, names: list[str]) -> str:
-    hint = closest(key, names)
-    return f"unknown key; accepted: {', '.join(names)}" + (f" (did you mean {hint!r}?)" if hint else "")
-
-
-def from_dict(cls: type, raw: Any, source: str, prefix: str = "") -> Any:
-    """Build dataclass `cls` from `raw`, converting and checking every value; SpecError on the first problem."""
-    if not isinstance(raw, dict):
-        raise SpecError(f"{source}: {prefix.rstrip('.') or '<top>'} = {raw!r}: expected a mapping of keys")
-    derived = {f.name: f.metadata["derived"] for f in dataclasses.fields(cls) if "derived" in f.metadata}
-    kwargs = {}
-    for key, value in raw.items():
-        if key in derived:
-            raise SpecError(f"{source}: {prefix}{key}: derived from {derived[key]}; set that instead")
-        if key not in spec_fields(cls):
-            raise SpecError(f"{source}: {_shown(f'{prefix}{key}')}: {_unknown_key(str(key), spec_fields(cls))}")
-        kwargs[key] = _convert(value, _field_type(cls, key), source, f"{prefix}{key}")
-    try:
-        return cls(**kwargs)
-    except ConfigError as exc:
-        raise SpecError(f"{source}: {prefix}{exc}") from None
-
-
-def _convert(value: Any, hint: Any, source: str, key: str) -> Any:
-    def bad(accepted: str) -> SpecError:
-        return SpecError(f"{source}: {key} = {value!r}: expected {accepted}")
-
-    if hint is Any:
-        return value
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value if value is not None else {}, source, key + ".")
-    args = typing.get_args(hint)
-    if isinstance(hint, types.UnionType):  # `X | None`
-        if value is None:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(value, inner, source, key)
-    if hint is dict or typing.get_origin(hint) is dict:
-        if not isinstance(value, dict):
-            raise bad("a mapping")
-        return value
-    if hint is list or typing.get_origin(hint) is list:
-        if not isinstance(value, list):
-            raise bad("a list")
-        return value
-    if typing.get_origin(hint) is tuple:
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
-            raise bad("a list of strings")
-        return tuple(items)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise bad("true or false")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("an integer")
-        return value
-    if hint is float:
-        if isinstance(value, str):  # PyYAML (YAML 1.1) reads 1e-3 as a string
-            try:
-                return float(value)
-            except ValueError:
-                raise bad("a number") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad("a number")
-        try:
-            return float(value)
-        except OverflowError:  # an int beyond float's range
-            raise bad("a finite number") from None
-    if hint is str:
-        if not isinstance(value, str):
-            raise bad("a string")
-        return value
-    raise TypeError(f"unsupported config field type {hint!r} for {key}")
-
-
 # ----------------------------------------------------------------------------- Config -> YAML
-
-
-def to_dict(cfg: Any) -> dict:
-    """A dataclass config as plain nested dicts (tuples as lists, derived fields left out)."""
-    out = {}
-    for f in dataclasses.fields(cfg):
-        if "derived" in f.metadata:
-            continue
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            value = to_dict(value)
-        elif isinstance(value, tuple):
-            value = list(value)
-        out[f.name] = value
-    return out
 
 
 def dump_spec(cfg: Config) -> str:
     """YAML text that `load_spec` reads back to an equal Config."""
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """{'model': {'n_layer': 4}} -> {'model.n_layer': 4}"""
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out

@@ -26,7 +26,8 @@ from nanolab.errors import SpecError
 from nanolab.launcher import Launcher
 from nanolab.plan import Plan
 from nanolab.runfolder import runs_root
-from nanolab.spec import from_dict, normalize_overrides, parse_override
+from nanolab.spec import normalize_overrides, parse_override
+from nanolab.config import from_dict
 
 TUNE_JOB_TYPE = "tune"
 

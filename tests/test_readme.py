@@ -10,7 +10,7 @@ import torch
 from nanolab import build_model, registry
 from nanolab.cli import build_parser
 from nanolab.config import Config, ModelConfig
-from nanolab.spec import flatten, to_dict
+from nanolab.config import flatten, to_dict
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()

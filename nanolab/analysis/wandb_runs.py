@@ -8,7 +8,7 @@ import pandas as pd
 
 from nanolab.analysis.load import RUN_STATS, history_frame, runs_frame, with_run
 from nanolab.errors import NanolabError
-from nanolab.spec import flatten
+from nanolab.config import flatten
 from nanolab.vocab import WALL_TIME, RunStatus
 
 STATUSES = {s.value for s in RunStatus}

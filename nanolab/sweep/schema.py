@@ -28,7 +28,8 @@ from nanolab.plan import Plan, load_plan
 from nanolab.registry import closest
 from nanolab.runfolder import RunFolder, RunStore, runs_root
 from nanolab.slurm import SlurmOptions
-from nanolab.spec import check_key, format_override, from_dict, parse_override, to_dict
+from nanolab.spec import format_override, parse_override
+from nanolab.config import check_key, from_dict, to_dict
 from nanolab.sweep import study as optuna_study
 from nanolab.sweep.storage import safe
 from nanolab.vocab import OBJECTIVE_METRICS, PRUNED_ON_VAL_LOSS, VAL_LOSS

@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nanolab.errors import SpecError
 from nanolab.runfolder import RunFolder
-from nanolab.spec import flatten
+from nanolab.config import flatten
 from nanolab.sweep.storage import create_or_load_study, is_journal, open_storage, safe
 
 S = optuna.samplers

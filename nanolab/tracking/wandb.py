@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from nanolab.config import Config
 from nanolab.errors import NanolabError
 from nanolab.runfolder import RunFolder, plain
-from nanolab.spec import to_dict
+from nanolab.config import to_dict
 from nanolab.tracking import Tracker, note
 from nanolab.tracking.local import LocalTracker
 from nanolab.tracking.sync import offline_run_dirs
