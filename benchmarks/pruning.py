@@ -24,7 +24,8 @@ from pathlib import Path
 
 from nanolab.runfolder import runs_root
 from sweep_machines import data_cache
-from nanolab.launcher import LocalLauncher
+from nanolab.launch import Launched
+from nanolab.launch.local import LocalLauncher
 from nanolab.sweep import SweepStudy, load_sweep, optimize
 from nanolab.sweep.schema import Algorithm
 
@@ -39,8 +40,8 @@ def run_variant(args, label: str, root: Path) -> dict:
         sweep = replace(sweep, pruner=Algorithm("none"))
     study = SweepStudy.create(sweep)
     started, cpu = time.perf_counter(), time.process_time()
-    completed, outcomes = optimize(sweep, study, args.trials, LocalLauncher(args.workers))
-    if not completed:
+    launched, outcomes = optimize(sweep, study, args.trials, LocalLauncher(args.workers))
+    if launched is not Launched.DONE:
         sys.exit(f"{label}: interrupted")
     states = [t.state.name for t in study.trials()]
     if "COMPLETE" not in states:

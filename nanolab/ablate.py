@@ -11,31 +11,33 @@
     tune: {space: {train.lr: {float: [3e-4, 1e-2], log: true}}, trials: 6}   # optional: see nanolab.tuning
     launcher: {partition: gpu, gpus: 1, time: 60}                    # optional: for --launcher slurm
 
-Run `<variant>-s<seed>` lives in `$NANOLAB_RUNS/<name>/` (a named variant's id is its name). With `tune:`, each
+Run `<variant>-s<seed>` lives in `$NANOLAB_RUNS/<name>/`: the variant's id is its label (`activation=relu`, a
+named variant's name) when that is a safe folder name and no other variant's, else `v-<hash of its values>`
+(a data path, say, which is relative to this file); the label stays in meta.json and in tables. The file is
+resolved once (nanolab.plan): an edit made while the ablation runs changes none of its cells, and the next call
+after an edit stops in one line naming what changed; more seeds extend the same plan. With `tune:`, each
 variant's study runs first and the variant's seeds run at its best trial's values (in meta.json's `tuned`).
 Repeating the command skips runs that ended (finished, diverged), continues the ones that stopped with a
-checkpoint, and sets aside (renames, never deletes) any other before starting it again. The plan file and the
-launcher are shared with `nanolab sweep`.
-With `--launcher slurm` every cell that is neither done nor queued is submitted as a Slurm job (nanolab.slurm).
+checkpoint, and sets aside (renames, never deletes) any other before starting it again. This module proposes
+the cells; a launcher (nanolab.launch: local processes, or a Slurm job per cell) runs them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from nanolab.config import NAME_PATTERN, NAME_RULE, Config, ConfigError
-from nanolab.errors import NanolabError, SpecError
-from nanolab.launcher import Board, LocalLauncher, Outcome, Task
-from nanolab.plan import Plan, ended, load_plan, run_outcome, start_or_resume
-from nanolab.runfolder import RunFolder, RunStore
-from nanolab import slurm
-from nanolab.slurm import Job, SlurmLauncher, SlurmOptions
-from nanolab.spec import format_override
-from nanolab.config import check_key, flatten, to_dict
+from nanolab.config import NAME_PATTERN, NAME_RULE, Config, ConfigError, check_key, flatten
+from nanolab.errors import SpecError
+from nanolab.launch import Board, Launched, Launcher, LaunchOptions, Outcome, SlurmOptions, Task, open_launcher
+from nanolab.plan import Plan, ended, fingerprint, load_plan, run_outcome, start_or_resume
+from nanolab.runfolder import RunFolder, RunStore, variant_ids
+from nanolab.spec import parse_changes
 from nanolab.tuning import tune, tuning_sweeps
-from nanolab.vocab import BEST_VAL_LOSS, ENDED, EXIT_FAILED, EXIT_OK, EXIT_SIGINT, RunStatus
+from nanolab.vocab import BEST_VAL_LOSS, RunStatus
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,9 @@ class AblationFile:
             raise ConfigError("seeds", self.seeds, "expected a non-empty list of integers")
 
 
+MAX_TAG = 64  # W&B's limit: a longer label piece (a path) is tagged with the variant's id
+
+
 def label(variant: dict) -> str:
     """{'model.activation': 'relu', 'train.lr': 0.001} -> 'activation=relu,lr=0.001'"""
     return ",".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in variant.items())
@@ -73,16 +78,12 @@ def label(variant: dict) -> str:
 
 @dataclass(frozen=True)
 class Cell:
-    """One run of the ablation: a variant of the grid and a seed, as overrides of the experiment."""
+    """One run of the ablation: a variant (its values of every key the ablation varies) and a seed."""
 
+    variant_id: str  # the store's id of the variant: its label when that is a safe folder name, else a hash
+    label: str  # readable: 'activation=relu', or a named variant's name
     variant: dict  # dotted key -> value, for every key the ablation varies
     seed: int
-    overrides: tuple[str, ...]
-    name: str | None = None  # a named variant's
-
-    @property
-    def variant_id(self) -> str:
-        return self.name or label(self.variant).replace(",", "_")
 
     @property
     def run_id(self) -> str:
@@ -104,6 +105,22 @@ class Ablation:
     def folder(self, cell: Cell) -> RunFolder:
         return RunStore().folder(self.name, cell.run_id)
 
+    def config(self, cell: Cell, tuned: dict | None = None) -> Config:
+        """The cell's config from the snapshot, at its variant's tuned values."""
+        tags = [self.name, *(piece if len(piece) <= MAX_TAG else cell.variant_id for piece in cell.label.split(","))]
+        return self.plan.config({**cell.variant, **(tuned or {}), "seed": cell.seed, "name": self.name,
+                                 "tracking.group": self.name, "tracking.job_type": "ablate", "tracking.tags": tags})
+
+    def resolved(self) -> dict:
+        """What makes two calls the same ablation: the experiment, every variant, each variant's tuning study.
+        Seeds are not in it: running more seeds of the same cells extends the plan."""
+        return {"experiment": self.plan.experiment(), "variants": {c.variant_id: c.variant for c in self.cells},
+                **({"tune": {v: sweep.resolved() for v, sweep in self.tuning.items()}} if self.tuning else {})}
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(json.loads(json.dumps(self.resolved(), default=str)))
+
 
 def load_ablation(path, seeds: list[int] | None = None, extra: tuple[str, ...] = ()) -> Ablation:
     """Read an ablation file and build (and validate) the config of every cell before anything runs."""
@@ -111,105 +128,71 @@ def load_ablation(path, seeds: list[int] | None = None, extra: tuple[str, ...] =
     for where, keys in [("grid", raw.grid), *((f"variants.{n}", o) for n, o in raw.variants.items())]:
         for key in keys:
             check_key(Config, key, f"{plan.path}: {where}")
-    base = flatten(to_dict(plan.config()))
+    base = flatten(plan.base)
     keys = list(raw.grid) or list(dict.fromkeys(k for overrides in raw.variants.values() for k in overrides))
-    named = [(name, {key: own.get(key, base[key]) for key in keys}, own) for name, own in raw.variants.items()]
-    products = [(None, dict(zip(keys, values)), dict(zip(keys, values))) for values in itertools.product(
-        *raw.grid.values())] if raw.grid else []
-    cells = []
-    for name, variant, own in named or products:
-        tags = format_override("tracking.tags", [plan.name, *([name] if name else label(variant).split(","))])
-        for seed in seeds or raw.seeds:
-            overrides = (*(format_override(k, v) for k, v in own.items()), f"seed={seed}", f"name={plan.name}",
-                         f"tracking.group={plan.name}", "tracking.job_type=ablate", tags)
-            cell = Cell(variant, seed, overrides, name)
-            if problem := plan.problem(overrides):  # every cell is checked before the first run starts
-                raise SpecError(f"{plan.path}: run {cell.run_id}: {problem}")
-            cells.append(cell)
+    named = [(name, {key: own.get(key, base[key]) for key in keys}) for name, own in raw.variants.items()]
+    products = [(label(dict(zip(keys, values))), dict(zip(keys, values)))
+                for values in itertools.product(*raw.grid.values())] if raw.grid else []
+    variants = [(text, parse_changes(written, plan.path, "grid")) for text, written in named or products]
+    ids = variant_ids({json.dumps(variant, sort_keys=True, default=str): text.replace(",", "_")
+                       for text, variant in variants})
+    cells = [Cell(ids[json.dumps(variant, sort_keys=True, default=str)], text, variant, seed)
+             for text, variant in variants for seed in seeds or raw.seeds]
+    ablation = Ablation(plan, tuple(cells), None, slurm=raw.launcher)
+    for cell in cells:  # every cell is checked before the first run starts
+        try:
+            ablation.config(cell)
+        except SpecError as exc:
+            raise SpecError(f"{plan.path}: run {cell.run_id}: {str(exc).removeprefix(f'{plan.path}: ')}") from None
     baseline = {key: base[key] for key in keys}
-    tuning = {} if raw.tune is None else tuning_sweeps(
-        plan, raw.tune, keys, {c.variant_id: tuple(format_override(k, v) for k, v in c.variant.items())
-                               for c in cells}, tuple(extra))
-    return Ablation(plan, tuple(cells), baseline if any(c.variant == baseline for c in cells) else None, tuning,
-                    raw.launcher)
+    tuning = {} if raw.tune is None else tuning_sweeps(plan, raw.tune, keys, {c.variant_id: c.variant for c in cells})
+    return dataclasses.replace(ablation, baseline=baseline if any(c.variant == baseline for c in cells) else None,
+                               tuning=tuning)
 
 
 def run_cell(ablation: Ablation, cell: Cell, tuned: dict, *, progress: bool) -> Outcome:
     """Run (or continue) one cell, at its variant's `tuned` values."""
-    cfg = ablation.plan.config((*cell.overrides, *(format_override(k, v) for k, v in tuned.items())))
-    meta = {"variant": cell.variant, "ablation": ablation.name, **({"tuned": tuned} if ablation.tuning else {})}
-    return run_outcome(start_or_resume(cfg, ablation.folder(cell), progress=progress, meta=meta))
+    meta = {"variant": cell.variant, "label": cell.label, "ablation": ablation.name,
+            "plan_fingerprint": ablation.fingerprint, **({"tuned": tuned} if ablation.tuning else {})}
+    return run_outcome(start_or_resume(ablation.config(cell, tuned), ablation.folder(cell), progress=progress,
+                                       meta=meta))
 
 
-def ablate(path, seeds: list[int] | None = None, workers: int = 1,
-           overrides: tuple[str, ...] = ()) -> tuple[Ablation, dict[str, RunStatus]]:
-    """Run every cell not yet done; returns the ablation and run id -> status of the cells run in this call."""
-    ablation, launcher = load_ablation(path, seeds, tuple(overrides)), LocalLauncher(workers)
+def run_ablation(ablation: Ablation, launcher: Launcher) -> tuple[Launched, dict[str, Outcome]]:
+    """Run every cell not yet done (after its variant's study, when the ablation tunes); returns how the launch
+    ended and run id -> outcome of the cells that ended in this call."""
+    ablation.plan.record(ablation.resolved())
     todo = [c for c in ablation.cells if not ended(ablation.folder(c))]
     print(f"ablation {ablation.name}: {len(ablation.cells)} runs, {len(ablation.cells) - len(todo)} already done, "
-          f"{len(todo)} to run with {workers} worker(s)", flush=True)
-    results: dict[str, RunStatus] = {}
+          f"{len(todo)} to run", flush=True)
+    results: dict[str, Outcome] = {}
     tuned: dict[str, dict] = {}
     if ablation.tuning and todo:
-        completed, tuned = tune({c.variant_id: ablation.tuning[c.variant_id] for c in todo}, launcher)
-        if not completed:
-            return ablation, {"tuning": RunStatus.INTERRUPTED}
-        results.update({c.run_id: RunStatus.FAILED for c in todo if c.variant_id not in tuned})
+        launched, tuned = tune({c.variant_id: ablation.tuning[c.variant_id] for c in todo}, launcher)
+        if launched is not Launched.DONE:
+            return launched, results
+        untuned = Outcome(RunStatus.FAILED, "its variant's study completed no trial")
+        results.update({c.run_id: untuned for c in todo if c.variant_id not in tuned})
         todo = [c for c in todo if c.variant_id in tuned]
     tasks = iter([Task(c.run_id, ablation.folder(c).path, run_cell, (ablation, c, tuned.get(c.variant_id, {})))
                   for c in todo])
 
     def on_end(task: Task, outcome: Outcome) -> None:
-        results[task.label] = outcome.status
+        results[task.label] = outcome
 
-    launcher.run(lambda: next(tasks, None), on_end, Board(len(todo), BEST_VAL_LOSS))
-    return ablation, results
-
-
-def submit(ablation: Ablation, options: SlurmOptions, wait: bool) -> dict[str, RunStatus]:
-    """Submit every cell that is neither done nor queued as a Slurm job; with `wait`, follow all of them."""
-    if ablation.tuning:
-        raise NanolabError(f"{ablation.plan.path}: tune: runs with the local launcher only; run the ablation "
-                           "without --launcher slurm, or tune it in a sweep file with --launcher slurm")
-    launcher = SlurmLauncher(options, RunStore().root / ablation.name)
-    queued = launcher.queued()
-    done = [c for c in ablation.cells if ended(ablation.folder(c))]
-    todo = [c for c in ablation.cells if c not in done and c.run_id not in queued]
-    print(f"ablation {ablation.name}: {len(ablation.cells)} runs, {len(done)} already done, {len(queued)} in Slurm's "
-          f"queue, {len(todo)} to submit", flush=True)
-    jobs = {c.run_id: Job(Task(c.run_id, ablation.folder(c).path, run_cell, (ablation, c, {})))
-            for c in ablation.cells if c not in done}
-    launcher.submit([jobs[c.run_id] for c in todo])
-    results: dict[str, RunStatus] = {}
-    if wait or options.cluster == "local":  # the local executor's jobs are this process's children
-        launcher.follow(list(jobs.values()), Board(len(jobs), BEST_VAL_LOSS),
-                        lambda task, outcome: results.__setitem__(task.label, outcome.status))
-    return results
+    return launcher.run(lambda: next(tasks, None), on_end, Board(len(todo), BEST_VAL_LOSS)), results
 
 
-def status(ablation: Ablation, options: SlurmOptions) -> str:
-    """Each cell: its Slurm job and state (when it was submitted), its run's status and best val/loss."""
-    def describe(run_id: str) -> str:
-        folder = ablation.folder(next(c for c in ablation.cells if c.run_id == run_id))
-        best = folder.read_summary().get(BEST_VAL_LOSS) if folder.is_run() else None
-        return f"{folder.status or 'not started'}" + (f", {BEST_VAL_LOSS} {best:.4f}" if best is not None else "")
-
-    launcher = SlurmLauncher(options, RunStore().root / ablation.name)
-    return launcher.jobs_table([c.run_id for c in ablation.cells], describe)
+def ablate(path, seeds: list[int] | None = None, workers: int = 1,
+           overrides: tuple[str, ...] = ()) -> tuple[Ablation, dict[str, RunStatus]]:
+    """Python's `nanolab ablate FILE --workers N`: the ablation and run id -> status of the cells run now."""
+    ablation = load_ablation(path, seeds, tuple(overrides))
+    _, results = run_ablation(ablation, open_launcher(LaunchOptions(workers=workers), ablation.plan.folder))
+    return ablation, {run_id: outcome.status for run_id, outcome in results.items()}
 
 
-def ablate_command(args) -> int:
-    from nanolab.analysis import compare_command
-
-    if args.launcher == "local":
-        ablation, results = ablate(args.ablation_file, args.seeds, args.workers, tuple(args.set))
-    else:
-        ablation = load_ablation(args.ablation_file, args.seeds, tuple(args.set))
-        results = submit(ablation, slurm.options(ablation.slurm, args), args.wait)
-        if not results:
-            print(f"follow them: nanolab status {args.ablation_file}")
-            return EXIT_OK
-    print(compare_command([RunStore().root / ablation.name], group=ablation.name, baseline=ablation.baseline))
-    if RunStatus.INTERRUPTED in results.values():
-        return EXIT_SIGINT
-    return EXIT_OK if all(status in ENDED for status in results.values()) else EXIT_FAILED
+def describe(ablation: Ablation, run_id: str) -> str:
+    """A cell's run as `nanolab status` shows it: its status and best val/loss."""
+    folder = RunStore().folder(ablation.name, run_id)
+    best = folder.read_summary().get(BEST_VAL_LOSS) if folder.is_run() else None
+    return f"{folder.status or 'not started'}" + (f", {BEST_VAL_LOSS} {best:.4f}" if best is not None else "")

@@ -1,7 +1,7 @@
 """Data-parallel training under torchrun (PyTorch DistributedDataParallel).
 
     torchrun --nproc-per-node 2 -m nanolab run experiments/baseline.yaml
-    nanolab run experiments/baseline.yaml --nproc 2          # the same, started for you
+    nanolab run experiments/baseline.yaml --nproc 2          # the same, through nanolab.launch.torchrun
 
 Every rank draws the same global batch from the run's seeded generator and trains on its own slice of it, so
 the global batch (and the losses, up to float reduction order) do not depend on the world size. Only rank 0
@@ -12,8 +12,6 @@ world of one and none of this costs anything.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -99,10 +97,3 @@ def close(wait_for_all: bool = False) -> None:
         if wait_for_all:
             dist.barrier()
         dist.destroy_process_group()
-
-
-def launch(nproc: int, argv: list[str]) -> int:
-    """`nanolab run ... --nproc N`: the same command under torchrun with N processes on this machine."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "nanolab", *argv]
-    return subprocess.call(cmd)

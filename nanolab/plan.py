@@ -1,10 +1,16 @@
-"""Plan files (ablations and sweeps) and the one way a job of a plan becomes a run.
+"""Plans of runs: a plan file (ablation, sweep, tuned ablation) resolved once into a snapshot.
 
 A plan file names an `experiment:` (a spec, relative to the file), `overrides:` for every run, and a `name:`
-(default: the file's stem) that is the runs' folder, the W&B group and the study. Its runs generate no sample
-at their evaluations unless its overrides (or `--set`) set `train.sample_tokens`. `load_plan` reads the
-keys shared by every plan; the front-end (ablate, sweep) reads its own and checks every variant with
-`Plan.check` before the first run starts.
+(default: the file's stem) that is the runs' folder, the W&B group and the study. `load_plan` reads those keys and
+resolves the experiment, with every `extends:`, the plan's defaults, its overrides and `--set`, into `Plan.base`:
+the plain dict of one complete Config. A front-end adds each job's changes (dotted key -> value) and checks every
+job before the first one starts. After that nothing reads a file again: `Plan.config(changes)` builds a job's
+Config from the snapshot, in this process, in a worker process or in a Slurm job (the plan travels with the job).
+
+The snapshot's fingerprint (a hash of what the front-end resolved: the experiment less its name and tracking,
+plus the variants, space or objectives) is recorded in every run's meta.json (`plan_fingerprint`) and in the
+plan's record: an ablation's `plan.json` beside its runs, a sweep's study (whose storage machines may share). A later call whose files resolve to another snapshot stops in one line naming
+what changed, before anything runs: continuing would mix two experiments in one table.
 
 `start_or_resume` is how every job runs: a run folder that was interrupted (or is still marked running, its
 process gone) continues from its checkpoint; any other is set aside as `<run-id>.attemptN` (kept, never
@@ -13,50 +19,112 @@ counted) before the job starts afresh. Front-ends skip the runs that ended (fini
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
-from nanolab.config import NAME_PATTERN, NAME_RULE, Config
+from nanolab import files
+from nanolab.config import NAME_PATTERN, NAME_RULE, Config, flatten, from_dict, to_dict
 from nanolab.errors import SpecError
-from nanolab.launcher import Outcome
+from nanolab.launch import Outcome
 from nanolab.runfolder import RunFolder, RunStore
-from nanolab.spec import load_spec, normalize_overrides, parse_override, read_yaml
-from nanolab.config import from_dict
+from nanolab.spec import load_spec, normalize_overrides, parse_override, read_yaml, set_dotted
 from nanolab.vocab import BEST_VAL_LOSS, ENDED, RunStatus
 
 FileSchema = TypeVar("FileSchema")
 # every run of a plan, unless the plan file or --set says otherwise: no sample at each evaluation (a plan is many
 # short runs, and a sample costs as much as a few evaluations, for text nobody reads in an ablation)
 PLAN_DEFAULTS = ("train.sample_tokens=0",)
+UNTRAINED = ("name", "tracking")  # config sections that change where a run is recorded, not what it trains
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What every plan file says: where it is, its name, its experiment and the overrides of every run."""
+    """A resolved plan file: its path (for messages), name, kind (ablation | sweep) and the base config of every
+    job, as a plain dict; `cli` is the `--set` changes, which win over anything a front-end adds."""
 
     path: Path
     name: str
-    experiment: Path
-    overrides: tuple[str, ...]  # the file's `overrides:`, then `--set`
+    kind: str
+    base: dict
+    cli: tuple[tuple[str, Any], ...] = ()
 
-    def config(self, extra: tuple[str, ...] = ()) -> Config:
-        return load_spec(self.experiment, (*self.overrides, *extra))
+    @property
+    def folder(self) -> Path:
+        """plan.json and the plan's other files (a sweep's journal and results, Slurm's job records)."""
+        return RunStore().plan_folder(self.kind, self.name)
 
-    def problem(self, extra: tuple[str, ...] = ()) -> str | None:
-        """What the experiment finds wrong with the overrides and `extra` (its own file name left out)."""
+    def config(self, changes: Mapping[str, Any] = {}) -> Config:
+        """The base config with `changes` (dotted key -> value), then `--set`, applied."""
+        raw = copy.deepcopy(self.base)
+        for key, value in (*changes.items(), *self.cli):
+            set_dotted(raw, key, value)
+        return from_dict(Config, raw, str(self.path))
+
+    def problem(self, changes: Mapping[str, Any] = {}) -> str | None:
+        """What the config finds wrong with `changes` (the plan file's name left out), or None."""
         try:
-            self.config(extra)
+            self.config(changes)
         except SpecError as exc:
-            return str(exc).removeprefix(f"{self.experiment}: ")
+            return str(exc).removeprefix(f"{self.path}: ")
         return None
 
+    def with_changes(self, name: str, kind: str, changes: Mapping[str, Any]) -> Plan:
+        """Another plan made from this snapshot (a tuned variant's study): `changes` in its base, the same --set."""
+        base = copy.deepcopy(self.base)
+        for key, value in (*changes.items(), *self.cli):
+            set_dotted(base, key, value)
+        return Plan(self.path, name, kind, base, self.cli)
 
-def load_plan(path: str | Path, schema: type[FileSchema], cli_overrides: tuple[str, ...] = ()
-              ) -> tuple[Plan, FileSchema]:
-    """Read a plan file into `schema` (a frozen dataclass with `experiment`, `name`, `overrides` fields) and
-    check the shared keys; errors name the file, the key and the value."""
+    def experiment(self) -> dict:
+        """The base config less what does not change training: the part of every fingerprint."""
+        return {k: v for k, v in self.base.items() if k not in UNTRAINED}
+
+    def record(self, resolved: dict) -> str:
+        """Check `resolved` against the plan's plan.json (writing it on the first call); returns the fingerprint."""
+        resolved = json.loads(json.dumps(resolved, default=str))
+        path, mine = self.folder / "plan.json", fingerprint(resolved)
+        if path.is_file():
+            stored = files.read_json(path)
+            if stored.get("fingerprint") != mine:
+                raise SpecError(changed_message(self.path, f"plan {self.name!r} in {self.folder}",
+                                                stored.get("resolved", {}), resolved))
+            return mine
+        files.write_json(path, {"kind": self.kind, "name": self.name, "file": str(self.path), "fingerprint": mine,
+                                "resolved": resolved})
+        return mine
+
+
+def fingerprint(resolved: dict) -> str:
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def changed_message(source: Path, what: str, old: dict, new: dict) -> str:
+    """The one line that stops a plan whose files changed since it began."""
+    return (f"{source}: {what} was started from other files ({what_changed(old, new)}); continuing it would mix "
+            "two experiments. To start a new plan on purpose, give the file another `name:`")
+
+
+def what_changed(old: dict, new: dict) -> str:
+    """'experiment.model.n_embd: 32 -> 48; space.train.lr.high: 0.01 -> 0.03' (the first three differences)."""
+    a, b = flatten(old), flatten(new)
+    diffs = [f"{k}: {a.get(k, '(absent)')} -> {b.get(k, '(absent)')}" for k in sorted({*a, *b}) if a.get(k) != b.get(k)]
+    return "; ".join(diffs[:3]) + (f"; and {len(diffs) - 3} more" if len(diffs) > 3 else "")
+
+
+def plan_kind(path: str | Path) -> str:
+    """A sweep file has `space:`; any other plan file is an ablation."""
+    return "sweep" if "space" in read_yaml(Path(path)) else "ablation"
+
+
+def load_plan(path: str | Path, schema: type[FileSchema], cli_overrides: tuple[str, ...] = (),
+              kind: str = "ablation") -> tuple[Plan, FileSchema]:
+    """Read a plan file into `schema` (a frozen dataclass with `experiment`, `name`, `overrides` fields) and resolve
+    its experiment once; errors name the file, the key and the value."""
     path = Path(path)
     source = str(path)
     raw = from_dict(schema, read_yaml(path), source)
@@ -69,13 +137,15 @@ def load_plan(path: str | Path, schema: type[FileSchema], cli_overrides: tuple[s
     file_overrides = normalize_overrides(raw.overrides, source)
     for text in file_overrides:
         parse_override(text, Config, f"{source}: overrides")
-    plan = Plan(path, name, experiment, ())
-    for extra, where in (((), str(experiment)), (file_overrides, f"{source}: overrides"),
-                         ((*file_overrides, *cli_overrides), "--set")):
-        if problem := Plan(path, name, experiment, extra).problem():
-            raise SpecError(f"{where}: {problem}")
-    plan = Plan(path, name, experiment, (*PLAN_DEFAULTS, *file_overrides, *cli_overrides))
-    return plan, raw
+    for overrides, where in (((), str(experiment)), (file_overrides, f"{source}: overrides"),
+                             ((*file_overrides, *cli_overrides), "--set")):
+        try:
+            load_spec(experiment, overrides)
+        except SpecError as exc:
+            raise SpecError(f"{where}: {str(exc).removeprefix(f'{experiment}: ')}") from None
+    base = to_dict(load_spec(experiment, (*PLAN_DEFAULTS, *file_overrides, *cli_overrides)))
+    cli = tuple(parse_override(text) for text in cli_overrides)
+    return Plan(path, name, kind, base, cli), raw
 
 
 def start_or_resume(cfg: Config, folder: RunFolder, *, meta: dict[str, Any], progress: bool,
@@ -99,10 +169,12 @@ def run_outcome(result) -> Outcome:
     return Outcome(RunStatus(result.status), ", ".join(filter(None, [text, result.reason])), best)
 
 
-def run_spec(cfg: Config, run_id: str, *, progress: bool) -> Outcome:
-    """`nanolab run SPEC --launcher slurm`'s job, on every rank: the run, continued after a requeue."""
-    return run_outcome(start_or_resume(cfg, RunStore().folder(cfg.name, run_id), meta={}, progress=progress))
+def run_spec(cfg: Config, folder: Path, *, progress: bool) -> Outcome:
+    """`nanolab run`'s task when launched (--nproc, --launcher slurm), on every rank: the run, or its
+    continuation (--resume, a requeued Slurm job)."""
+    return run_outcome(start_or_resume(cfg, RunFolder(folder), meta={}, progress=progress))
 
 
 def ended(folder: RunFolder) -> bool:
     return folder.status in ENDED
+

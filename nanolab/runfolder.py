@@ -13,6 +13,7 @@ former, and skips a torn last line (a process killed mid-write) and any line tha
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -26,6 +27,7 @@ from nanolab import files
 from nanolab.vocab import RunStatus
 
 SAMPLE_HEADER = re.compile(r"^--- step (\d+) ---$")
+VARIANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]{0,59}\Z")  # a run id is <variant id>-s<seed>
 SET_ASIDE = re.compile(r"\.(attempt\d+|old-\d{8}-\d{6})$")  # .old-*: the name sweeps gave before 0.2
 
 
@@ -35,6 +37,21 @@ def runs_root() -> Path:
 
 def new_run_id() -> str:
     return f"{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def variant_ids(labels: dict[str, str]) -> dict[str, str]:
+    """key -> a run-id stem for every variant (`labels`: the variant's key -> its readable label). A label that is
+    a safe folder name, and no other variant's, is its own id; any other (a path, a long or odd value, two values
+    that print alike) is `v-` and a short hash of the key, so that no value can name a folder outside the plan's."""
+    counts: dict[str, int] = {}
+    for text in labels.values():
+        counts[text] = counts.get(text, 0) + 1
+
+    def safe(text: str) -> bool:
+        return bool(VARIANT_ID.match(text)) and ".." not in text and counts[text] == 1
+
+    return {key: text if safe(text) else f"v-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+            for key, text in labels.items()}
 
 
 def now() -> str:
@@ -266,13 +283,31 @@ def is_set_aside(path: str | os.PathLike) -> bool:
 
 
 class RunStore:
-    """The run folders under a root (default `$NANOLAB_RUNS`, else ./runs): `<root>/<name>/<run-id>`."""
+    """Everything under a runs root (default `$NANOLAB_RUNS`, else ./runs):
+
+        <root>/<name>/<run-id>/      the run folders of a spec or plan called <name>
+        <root>/<name>/plan.json      an ablation's snapshot (nanolab.plan), beside its runs
+        <root>/sweeps/<name>/        a sweep's plan.json, journal.log, trials.csv, best.yaml, table.txt
+        <plan folder>/.slurm/        Slurm's job records and logs (.submitit/ for submitit's local executor)
+    """
 
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = Path(root) if root is not None else runs_root()
 
+    def group(self, name: str) -> Path:
+        """The folder of the runs of a spec or plan called `name`."""
+        return self.root / name
+
     def folder(self, name: str, run_id: str) -> RunFolder:
-        return RunFolder(self.root / name / run_id)
+        return RunFolder(self.group(name) / run_id)
+
+    def plan_folder(self, kind: str, name: str) -> Path:
+        """An ablation's files live beside its runs; a sweep's in sweeps/<name> (its runs are trials)."""
+        return self.root / "sweeps" / name if kind == "sweep" else self.group(name)
+
+    def journal(self, name: str) -> Path:
+        """The default Optuna storage of a study: a journal file in its sweep folder."""
+        return (self.plan_folder("sweep", name) / "journal.log").resolve()
 
     def new(self, name: str, run_id: str | None = None) -> RunFolder:
         """Create a new, empty run folder; an existing one is never overwritten."""

@@ -149,8 +149,10 @@ def deep_merge(base: dict, over: dict) -> dict:
 # ----------------------------------------------------------------------------- overrides
 
 
-def parse_override(text: str, cls: type = Config, source: str = OVERRIDE_SOURCE) -> tuple[str, Any]:
-    """'train.lr=3e-3' -> ('train.lr', 0.003); the key must exist in `cls`; the value parses as YAML."""
+def parse_override(text: str, cls: type = Config, source: str = OVERRIDE_SOURCE, relative_to: Path | None = None
+                   ) -> tuple[str, Any]:
+    """'train.lr=3e-3' -> ('train.lr', 0.003); the key must exist in `cls`; the value parses as YAML; a data path
+    is made absolute from `relative_to` (default: the working directory)."""
     key, sep, value_text = text.partition("=")
     key = key.strip()
     if not sep or not key:
@@ -159,7 +161,7 @@ def parse_override(text: str, cls: type = Config, source: str = OVERRIDE_SOURCE)
     # Text that is not YAML is an error, not a string: `tags=[a,b` must not become the tag '[a,b'
     value = parse_yaml(value_text, f"{source}: {key} = {value_text!r}") if value_text.strip() else ""
     if isinstance(value, str) and key.endswith(("data.path", "data.val_path")) and value:
-        value = _resolve(Path.cwd(), value, f"{source}: {key}")
+        value = _resolve(relative_to or Path.cwd(), value, f"{source}: {key}")
     return key, value
 
 
@@ -167,6 +169,12 @@ def format_override(key: str, value: Any) -> str:
     """('train.lr', 0.001) -> 'train.lr=0.001', the inverse of `parse_override`."""
     text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
     return f"{key}={text.removesuffix('...').strip()}"
+
+
+def parse_changes(changes: dict[str, Any], source: Path, where: str) -> dict[str, Any]:
+    """Dotted key -> value as a plan file writes them, read as `--set` reads them; a data path relative to the file."""
+    return dict(parse_override(format_override(key, value), Config, f"{source}: {where}", source.parent)
+                for key, value in changes.items())
 
 
 def normalize_overrides(value: Any, source: str, key: str = "overrides") -> tuple[str, ...]:

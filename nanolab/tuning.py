@@ -13,7 +13,8 @@ Art of Evaluation in Neural Language Models", found tuned LSTMs beating newer ar
 Variant `position=rotary` of ablation `position_tuned` is tuned by the study `position_tuned-tune-position=rotary`,
 a sweep like any other: its runs are `$NANOLAB_RUNS/<study>/trial-N` (W&B group `position_tuned-tune`, job type
 `tune`), its journal, trials.csv and best.yaml are in `$NANOLAB_RUNS/sweeps/<study>/`. Tuning runs train at the
-experiment's own seed. A study that has begun all its trials is not run again; an interrupted one continues.
+experiment's own seed. A study runs until every trial it began has ended: an interrupted trial continues, one
+whose process died runs again, and a finished study is not run again.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from typing import Any
 
 from nanolab.config import NAME_PATTERN, NAME_RULE, Config, ConfigError
 from nanolab.errors import SpecError
-from nanolab.launcher import Launcher
+from nanolab.launch import Launched, Launcher
 from nanolab.plan import Plan
-from nanolab.runfolder import runs_root
+from nanolab.runfolder import RunStore
 from nanolab.spec import normalize_overrides, parse_override
 from nanolab.config import from_dict
 
@@ -50,10 +51,10 @@ class TuneBlock:
             raise ConfigError("trials", self.trials, "must be >= 1")
 
 
-def tuning_sweeps(plan: Plan, raw: Any, varied: list[str], variants: dict[str, tuple[str, ...]],
-                  cli_overrides: tuple[str, ...]) -> dict:
+def tuning_sweeps(plan: Plan, raw: Any, varied: list[str], variants: dict[str, dict]) -> dict:
     """variant id -> the Sweep that tunes it, every one checked before anything runs; `variants` maps a variant
-    id to its overrides, `plan.overrides` ends with `cli_overrides`."""
+    id to its changes. A study's base is the ablation's snapshot with the variant and `tune.overrides` applied
+    (and `--set` still last)."""
     from nanolab.sweep.schema import build_sweep  # optuna is imported only by ablations that tune
 
     source = str(plan.path)
@@ -61,45 +62,49 @@ def tuning_sweeps(plan: Plan, raw: Any, varied: list[str], variants: dict[str, t
     for key in block.space:
         if key in varied:
             raise SpecError(f"{source}: tune.space.{key}: the ablation varies this key; tune other keys")
-    tune_overrides = normalize_overrides(block.overrides, source, "tune.overrides")
-    for text in tune_overrides:
-        parse_override(text, Config, f"{source}: tune.overrides")
-    file_overrides = plan.overrides[:len(plan.overrides) - len(cli_overrides)]
+    tune_changes = dict(parse_override(text, Config, f"{source}: tune.overrides")
+                        for text in normalize_overrides(block.overrides, source, "tune.overrides"))
     sweeps = {}
-    for variant_id, overrides in variants.items():
+    for variant_id, variant in variants.items():
         name = f"{plan.name}-tune-{variant_id}"
         if not NAME_PATTERN.match(name):
             raise SpecError(f"{source}: the tuning study of {variant_id} would be named {name!r}: {NAME_RULE}; "
                             "shorten the ablation's name or its grid values")
-        cell_plan = Plan(plan.path, name, plan.experiment, (*file_overrides, *overrides, *tune_overrides,
-                                                            *cli_overrides))
-        storage = str((runs_root() / "sweeps" / name / "journal.log").resolve())
-        sweeps[variant_id] = build_sweep(cell_plan, block, storage, cli_overrides, at="tune.",
+        study_plan = plan.with_changes(name, "sweep", {**variant, **tune_changes})
+        sweeps[variant_id] = build_sweep(study_plan, block, str(RunStore().journal(name)), at="tune.",
                                          group=f"{plan.name}-tune", job_type=TUNE_JOB_TYPE)
     return sweeps
 
 
-def tune(sweeps: dict, launcher: Launcher) -> tuple[bool, dict[str, dict]]:
-    """Run each variant's study until it has begun its trials; returns (not interrupted, variant id -> the best
-    trial's parameters) for the variants whose study has a completed trial."""
+def tune(sweeps: dict, launcher: Launcher) -> tuple[Launched, dict[str, dict]]:
+    """Run each variant's study until every trial it began has ended; returns how the launch ended and variant id
+    -> the best trial's parameters, for the variants whose study has a completed trial. A trial still marked
+    running whose process died (kill -9 of the command) is failed and run again first: a value is never chosen
+    from part of the study."""
     from nanolab.sweep import SweepStudy, optimize, params_text, write_results
 
     best = {}
     for variant_id, sweep in sweeps.items():
         study = SweepStudy.create(sweep)
+        for line in study.recover():
+            print(line, flush=True)
         new = max(0, sweep.trials - study.started())
         if new or study.waiting():
             print(f"tuning {variant_id}: {sweep.trials} trials of {', '.join(d.key for d in sweep.space)}, "
                   f"{sweep.trials - new} begun before; study {sweep.name}", flush=True)
-            completed, _ = optimize(sweep, study, new, launcher)
+            launched, _ = optimize(sweep, study, new, launcher)
             write_results(sweep, study)
-            if not completed:
-                return False, best
+            if launched is not Launched.DONE:
+                return launched, best
+        if study.running():
+            print(f"tuning {variant_id}: {study.running()} trial(s) of study {sweep.name} still running elsewhere; "
+                  "run the command again once they end", flush=True)
+            return Launched.SUBMITTED, best
         if ranked := study.ranked():
             best[variant_id] = dict(ranked[0].params)
-            print(f"tuned {variant_id}: {params_text(best[variant_id])} ({sweep.objectives[0].metric} {ranked[0].values[0]:.4f}, "
-                  f"trial {ranked[0].number})", flush=True)
+            print(f"tuned {variant_id}: {params_text(best[variant_id])} ({sweep.objectives[0].metric} "
+                  f"{ranked[0].values[0]:.4f}, trial {ranked[0].number})", flush=True)
         else:
             print(f"nanolab: tuning {variant_id}: no trial completed ({sweep.folder / 'table.txt'}); "
                   "its runs are skipped", flush=True)
-    return True, best
+    return Launched.DONE, best

@@ -62,9 +62,11 @@ def test_two_variants_two_seeds_make_four_runs_then_nothing_new(plan, tmp_path):
     df = load_runs(tmp_path / "runs", group="act")
     assert len(df) == 4
     assert set(df["model.activation"]) == {"relu", "swiglu"} and set(df["seed"]) == {1, 2}
-    for run_dir in (tmp_path / "runs" / "act").iterdir():
+    recorded = json.loads((tmp_path / "runs" / "act" / "plan.json").read_text())
+    assert recorded["fingerprint"] == ablation.fingerprint and recorded["resolved"] == ablation.resolved()
+    for run_dir in [p for p in (tmp_path / "runs" / "act").iterdir() if p.is_dir()]:
         meta = json.loads((run_dir / "meta.json").read_text())
-        assert meta["group"] == "act" and meta["job_type"] == "ablate"
+        assert meta["group"] == "act" and meta["job_type"] == "ablate" and meta["plan_fingerprint"] == recorded["fingerprint"]
         assert meta["variant"] == {"model.activation": run_dir.name.split("=")[1].split("-")[0]}
         assert "act" in meta["tags"] and f"activation={meta['variant']['model.activation']}" in meta["tags"]
     again, results = ablate(plan)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from nanolab.launcher import Board, LocalLauncher, Outcome, Task, cpu_count
+from nanolab.launch import Board, Launched, Outcome, Task
+from nanolab.launch.local import LocalLauncher, cpu_count
 from nanolab.runfolder import RunFolder
 from nanolab.vocab import RunStatus
 
@@ -42,7 +43,7 @@ def running_folder(path: Path) -> Path:
     return path
 
 
-def launch(tasks: list[Task], workers: int) -> tuple[bool, list[tuple[Task, Outcome]], Board]:
+def launch(tasks: list[Task], workers: int) -> tuple[Launched, list[tuple[Task, Outcome]], Board]:
     pending, ended = iter(tasks), []
     board = Board(len(tasks), "x")
     done = LocalLauncher(workers).run(lambda: next(pending, None), lambda t, o: ended.append((t, o)), board)
@@ -51,14 +52,14 @@ def launch(tasks: list[Task], workers: int) -> tuple[bool, list[tuple[Task, Outc
 
 def test_one_worker_runs_tasks_here_with_progress(tmp_path):
     done, ended, _ = launch([Task("a", tmp_path / "a", report_worker, ("a",))], workers=1)
-    assert done and ended[0][1].text.startswith(f"a pid={os.getpid()} ") and ended[0][1].text.endswith("progress=True")
+    assert done is Launched.DONE and ended[0][1].text.startswith(f"a pid={os.getpid()} ") and ended[0][1].text.endswith("progress=True")
 
 
 def test_workers_get_one_gpu_each_and_cores_over_n_threads(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     tasks = [Task(f"t{i}", tmp_path / f"t{i}", report_worker, (f"t{i}",)) for i in range(4)]
     done, ended, _ = launch(tasks, workers=2)
-    assert done and len(ended) == 4
+    assert done is Launched.DONE and len(ended) == 4
     fields = [dict(kv.split("=") for kv in o.text.split()[1:]) for _, o in ended]
     assert {f["gpu"] for f in fields} == {"3", "5"}
     assert {f["pid"] for f in fields} != {str(os.getpid())} and len({f["pid"] for f in fields}) == 2
@@ -76,7 +77,7 @@ def test_a_crashed_task_is_recorded_and_the_others_go_on(tmp_path, workers, caps
                                                      for i in range(2))]
     done, ended, board = launch(tasks, workers)
     outcomes = {t.label: o for t, o in ended}
-    assert done and outcomes["bad"].status is RunStatus.FAILED and outcomes["bad"].text == "RuntimeError: bad blew up"
+    assert done is Launched.DONE and outcomes["bad"].status is RunStatus.FAILED and outcomes["bad"].text == "RuntimeError: bad blew up"
     assert outcomes["ok0"].status is outcomes["ok1"].status is RunStatus.FINISHED
     meta = RunFolder(folder).read_meta()
     assert (meta["status"], meta["reason"]) == ("failed", "RuntimeError: bad blew up")
@@ -96,7 +97,7 @@ def test_a_dead_worker_is_replaced_and_its_run_marked_failed(tmp_path):
              *(Task(f"ok{i}", tmp_path / f"ok{i}", report_worker, (f"ok{i}",)) for i in range(2))]
     done, ended, _ = launch(tasks, workers=2)
     outcomes = {t.label: o for t, o in ended}
-    assert done and [t.label for t, _ in ended][:3] == ["victim", "ok0", "ok1"]
+    assert done is Launched.DONE and [t.label for t, _ in ended][:3] == ["victim", "ok0", "ok1"]
     victim = outcomes["victim"]
     assert victim.status is RunStatus.FAILED and victim.text.startswith("worker process ")
     assert victim.text.endswith(" died (signal SIGKILL)")
@@ -115,7 +116,7 @@ def test_workers_die_with_their_parent(tmp_path):
         import os, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_launcher import launch, sleep_record
-        from nanolab.launcher import Task
+        from nanolab.launch import Task
         launch([Task(f"s{{i}}", {str(tmp_path)!r} + f"/s{{i}}", sleep_record, ({str(pids)!r},)) for i in range(2)], 2)
     """)
     parent = subprocess.Popen([sys.executable, "-c", script])

@@ -192,7 +192,7 @@ def test_submitit_local_sweep_workers_share_the_study(work):
 @pytest.mark.parametrize("block, message", [
     ("{gpus: -1}", "act.yaml: launcher.gpus = -1: must be >= 0"),
     ("{partiton: gpu}", "act.yaml: launcher.partiton: unknown key; accepted: partition, time, gpus, cpus, mem_gb, "
-     "account, qos, sbatch, nodes, cluster (did you mean 'partition'?)"),
+     "account, qos, sbatch, nodes (did you mean 'partition'?)"),
     ("{sbatch: [constraint=a100]}", "act.yaml: launcher.sbatch = 'constraint=a100': sbatch options as on its command "
      "line, e.g. --constraint=a100"),
 ])

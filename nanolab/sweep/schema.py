@@ -18,18 +18,18 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nanolab.config import Config, ConfigError
+from nanolab.config import Config, ConfigError, check_key, from_dict
 from nanolab.errors import SpecError
-from nanolab.plan import Plan, load_plan
+from nanolab.plan import Plan, fingerprint, load_plan
 from nanolab.registry import closest
-from nanolab.runfolder import RunFolder, RunStore, runs_root
-from nanolab.slurm import SlurmOptions
-from nanolab.spec import format_override, parse_override
-from nanolab.config import check_key, from_dict, to_dict
+from nanolab.runfolder import RunFolder, RunStore
+from nanolab.launch import SlurmOptions
+from nanolab.spec import format_override
 from nanolab.sweep import study as optuna_study
 from nanolab.sweep.storage import safe
 from nanolab.vocab import OBJECTIVE_METRICS, PRUNED_ON_VAL_LOSS, VAL_LOSS
@@ -138,8 +138,8 @@ class Sweep:
 
     @property
     def folder(self) -> Path:
-        """$NANOLAB_RUNS/sweeps/<name>: trials.csv, best.yaml, table.txt (and the default journal)."""
-        return runs_root() / "sweeps" / self.name
+        """$NANOLAB_RUNS/sweeps/<name>: plan.json, trials.csv, best.yaml, table.txt (and the default journal)."""
+        return self.plan.folder
 
     @property
     def prunable(self) -> bool:
@@ -151,10 +151,9 @@ class Sweep:
 
     def config(self, params: dict, job_type: str | None = None) -> Config:
         """The experiment with the overrides, `params`, and the study's name, W&B group and tags applied."""
-        extra = [f"name={self.name}", f"tracking.group={self.group}", format_override("tracking.tags", [self.group])]
-        if job_type:
-            extra.append(f"tracking.job_type={job_type}")
-        return self.plan.config((*extra, *(format_override(key, value) for key, value in params.items())))
+        extra = {"name": self.name, "tracking.group": self.group, "tracking.tags": [self.group],
+                 **({"tracking.job_type": job_type} if job_type else {})}
+        return self.plan.config({**extra, **params})
 
     def describe(self, trials: int | None = None) -> dict:
         """The study as a sweep file would write it (storage password masked), for `--print-config`."""
@@ -164,37 +163,39 @@ class Sweep:
                 "pruner": {"name": self.pruner.name, **self.pruner.options},
                 "trials": trials or self.trials, "storage": safe(self.storage)}
 
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(json.loads(json.dumps(self.resolved(), default=str)))
+
     def resolved(self) -> dict:
         """What makes two calls the same study: the experiment with its overrides, the space, the objectives."""
-        experiment = {k: v for k, v in to_dict(self.plan.config()).items() if k not in ("name", "tracking")}
-        return {"experiment": experiment,
+        return {"experiment": self.plan.experiment(),
                 "space": {d.key: {k: v for k, v in vars(d).items() if k != "key"} for d in self.space},
                 "objectives": {o.metric: o.direction for o in self.objectives}}
 
 
 def load_sweep(path: str | Path, overrides: tuple[str, ...] = (), storage: str | None = None) -> Sweep:
     """Read a sweep file and check everything (every choice built into a Config) before any trial runs."""
-    plan, raw = load_plan(path, SweepFile, tuple(overrides))
-    sweep = build_sweep(plan, raw, _storage_url(storage, raw.storage, plan.path, plan.name), overrides)
+    plan, raw = load_plan(path, SweepFile, tuple(overrides), kind="sweep")
+    sweep = build_sweep(plan, raw, _storage_url(storage, raw.storage, plan.path, plan.name))
     return dataclasses.replace(sweep, slurm=raw.launcher)
 
 
-def build_sweep(plan: Plan, raw, storage: str, cli_overrides: tuple[str, ...] = (), *, at: str = "",
+def build_sweep(plan: Plan, raw, storage: str, *, at: str = "",
                 group: str | None = None, job_type: str = "sweep") -> Sweep:
     """The Sweep of `plan` from `raw`'s space, objective, sampler, pruner and trials (a sweep file, or an ablation's
     `tune:` block, whose keys errors name with the prefix `at`), each value checked against the experiment."""
     source = str(plan.path)
     space = tuple(_dimension(key, spec, source, at) for key, spec in raw.space.items())
-    for text in cli_overrides:
-        key = parse_override(text, Config, "--set")[0]
+    for key, value in plan.cli:
         if key in raw.space:
-            raise SpecError(f"--set {text}: {key} is swept by `{at}space:` in {source}; set it in one place "
+            raise SpecError(f"--set {format_override(key, value)}: {key} is swept by `{at}space:` in {source}; set it in one place "
                             "(remove it from --set, or from space)")
     sweep = Sweep(plan, _objectives(raw.objective, source, at), space, _algorithm(raw.sampler, "sampler", source, at),
                   _algorithm(raw.pruner, "pruner", source, at), raw.trials, storage, group or plan.name, job_type)
     for dim in sweep.space:
         for value in dim.values():
-            if problem := plan.problem((format_override(dim.key, value),)):
+            if problem := plan.problem({dim.key: value}):
                 where = f"{at}space" if problem.startswith(f"{dim.key} = ") else f"{at}space.{dim.key} = {value!r}"
                 raise SpecError(f"{source}: {where}: {problem}")
     for kind in ("sampler", "pruner"):
@@ -275,4 +276,4 @@ def _storage_url(cli: str | None, in_file: str | None, path: Path, name: str) ->
         return cli if "://" in cli else str(Path(cli).resolve())
     if in_file:
         return in_file if "://" in in_file else str((path.parent / in_file).resolve())
-    return str((runs_root() / "sweeps" / name / "journal.log").resolve())
+    return str(RunStore().journal(name))

@@ -204,6 +204,9 @@ class SweepStudy:
     def waiting(self) -> bool:
         return bool(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
+    def running(self) -> int:
+        return len(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
     def exhausted(self) -> bool:
         return self.study.sampler.exhausted(self.study)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from nanolab.launcher import Outcome
+from nanolab.launch import Outcome
 from nanolab.plan import start_or_resume
 from nanolab.runfolder import RunStore
 from nanolab.runner import Stop
@@ -26,7 +26,8 @@ def run_trial(sweep: Sweep, number: int, trial_id: int, origin: int, *, progress
         aside = RunStore.set_aside(folder)
         print(f"nanolab: {folder.path} belongs to an earlier study {sweep.name!r}; moved to {aside.path}", flush=True)
     params = dict(trial.params)
-    meta = {"sweep": sweep.name, "trial": number, "trial_params": params, "swept_keys": [d.key for d in sweep.space]}
+    meta = {"sweep": sweep.name, "trial": number, "trial_params": params, "swept_keys": [d.key for d in sweep.space],
+            "plan_fingerprint": sweep.fingerprint}
     try:
         with study.heartbeat(trial_id):
             result = start_or_resume(sweep.config(params, job_type=sweep.job_type), folder, meta=meta, progress=progress,

@@ -1,9 +1,5 @@
-"""The launcher: runs the jobs of a plan (ablation cells, sweep trials) over N workers on this machine.
+"""The local backend: the tasks of a plan over N worker processes on this machine.
 
-    launcher = LocalLauncher(workers=2)
-    launcher.run(next_task, on_end, board)     # next_task() -> Task | None, asked whenever a worker is free
-
-One set of policies for every front-end:
 - one worker runs its tasks in this process (the run's progress bar shows its step); N > 1 workers are
   processes, each with cores / N torch threads and, where several GPUs are visible, one GPU of its own;
 - a task that raises is recorded as failed and the others go on;
@@ -11,9 +7,8 @@ One set of policies for every front-end:
   folder is marked failed with the reason, and the front-end decides whether to retry the task;
 - workers never outlive the command: each watches its parent and stops (as after SIGTERM: the step ends, the
   run saves and is `interrupted`) when the parent is gone;
-- Ctrl-C stops starting tasks; the running ones end their step, save and report `interrupted`.
-
-`Launcher` is the interface a Slurm backend implements too: `run(next_task, on_end, board) -> bool`.
+- Ctrl-C or SIGTERM stops starting tasks and is passed on to the workers: their runs end the step, save and
+  report `interrupted`, and `run` returns INTERRUPTED once every worker has reported.
 """
 
 from __future__ import annotations
@@ -26,97 +21,26 @@ import time
 from dataclasses import dataclass
 from multiprocessing import get_context
 from multiprocessing.connection import Connection, wait
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from nanolab.errors import NanolabError
+from nanolab.launch import Board, Launched, Launcher, Outcome, Task, execute
 from nanolab.runfolder import RunFolder
 from nanolab.vocab import RunStatus
 
 PARENT_POLL_SECONDS = 1.0
 
 
-@dataclass(frozen=True)
-class Task:
-    """One job: `fn(*args, progress=bool) -> Outcome`, a module-level function so a worker process can run it."""
-
-    label: str  # e.g. "position=rotary-s2", "trial 3 [train.lr=0.001]"
-    folder: Path | None  # the run folder it writes, marked failed if the worker dies; None: several (a sweep worker)
-    fn: Callable[..., Outcome]
-    args: tuple = ()
-
-
-@dataclass(frozen=True)
-class Outcome:
-    status: RunStatus
-    text: str = ""  # "best/val_loss 2.0143", or the reason it did not finish
-    value: float | None = None  # the figure that ranks tasks for "best so far"
-    seconds: float = 0.0
-
-
-class Board:
-    """The progress display of a plan: a line per task start and end, then the running count and best so far."""
-
-    def __init__(self, total: int, metric: str, direction: str = "minimize", stream=None):
-        self.total, self.metric, self.sign = total, metric, 1 if direction == "minimize" else -1
-        self.stream = stream or sys.stdout
-        self.done = self.failed = self.running = 0
-        self.best: tuple[float, str] | None = None
-
-    def say(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
-
-    def started(self, task: Task) -> None:
-        self.running += 1
-        self.say(f"{task.label}: started")
-
-    def ended(self, task: Task, outcome: Outcome) -> None:
-        self.running -= 1
-        self.done += 1
-        self.failed += outcome.status is RunStatus.FAILED
-        if outcome.value is not None and (self.best is None or self.sign * outcome.value < self.sign * self.best[0]):
-            self.best = (outcome.value, task.label)
-        text = f", {outcome.text}" if outcome.text else ""
-        self.say(f"{task.label}: {outcome.status}{text} ({outcome.seconds:.0f}s)")
-        best = f"; best {self.best[1]} {self.metric} {self.best[0]:.4f}" if self.best else ""
-        self.say(f"  done {self.done}/{self.total}, running {self.running}, failed {self.failed}{best}")
-
-
-def execute(task: Task, progress: bool) -> Outcome:
-    """Run one task here; an exception is a failed outcome with its one-line reason, not the end of the plan."""
-    started = time.perf_counter()
-    try:
-        outcome = task.fn(*task.args, progress=progress)
-    except Exception as exc:  # noqa: BLE001 - a crashed job is recorded and the others go on
-        reason = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
-        if task.folder is not None:
-            RunFolder(task.folder).mark_failed(reason)
-        outcome = Outcome(RunStatus.FAILED, reason)
-    return Outcome(outcome.status, outcome.text, outcome.value, time.perf_counter() - started)
-
-
-class Launcher:
-    """Runs tasks until `next_task` returns None; `on_end(task, outcome)` after each. Returns False when the
-    user interrupted it (Ctrl-C), True otherwise."""
-
-    def run(self, next_task: Callable[[], Task | None], on_end: Callable[[Task, Outcome], None],
-            board: Board) -> bool:
-        raise NotImplementedError
-
-
 class LocalLauncher(Launcher):
     def __init__(self, workers: int = 1):
-        if workers < 1:
-            raise NanolabError(f"--workers {workers}: expected a number of processes >= 1")
         self.workers = workers
 
-    def run(self, next_task, on_end, board) -> bool:
+    def run(self, next_task, on_end, board) -> Launched:
         if self.workers <= 1:
             return self._run_here(next_task, on_end, board)
         return _Pool(self.workers, board).run(next_task, on_end)
 
     @staticmethod
-    def _run_here(next_task, on_end, board) -> bool:
+    def _run_here(next_task, on_end, board) -> Launched:
         try:
             while (task := next_task()) is not None:
                 board.started(task)
@@ -124,10 +48,10 @@ class LocalLauncher(Launcher):
                 board.ended(task, outcome)
                 on_end(task, outcome)
                 if outcome.status is RunStatus.INTERRUPTED:
-                    return False
-        except KeyboardInterrupt:  # between runs: a run itself turns Ctrl-C into `interrupted`
-            return False
-        return True
+                    return Launched.INTERRUPTED
+        except KeyboardInterrupt:  # between runs (SIGTERM too: see nanolab.cli); a run turns it into `interrupted`
+            return Launched.INTERRUPTED
+        return Launched.DONE
 
 
 # ----------------------------------------------------------------------------- worker processes
@@ -175,32 +99,31 @@ class _Pool:
         there.close()
         return _Worker(index, process, here)
 
-    def run(self, next_task, on_end) -> bool:
-        stopping, interrupted = False, False
+    def run(self, next_task, on_end) -> Launched:
+        stopping = interrupted = False
         try:
             while True:
-                for worker in self.workers:
-                    if worker.task is None and not stopping:
-                        task = next_task()
-                        if task is None:
-                            stopping = True
-                            break
-                        self.board.started(task)
-                        worker.task = task
-                        worker.conn.send(task)
-                busy = [w for w in self.workers if w.task is not None]
-                if not busy:
-                    return not interrupted
                 try:
+                    for worker in self.workers:
+                        if worker.task is None and not stopping:
+                            if (task := next_task()) is None:
+                                stopping = True
+                                break
+                            self.board.started(task)
+                            worker.task = task
+                            worker.conn.send(task)
+                    busy = [w for w in self.workers if w.task is not None]
+                    if not busy:
+                        return Launched.INTERRUPTED if interrupted else Launched.DONE
                     ready = wait([x for w in busy for x in (w.conn, w.process.sentinel)])
-                except KeyboardInterrupt:  # the workers got it too: their runs save and report interrupted
-                    stopping = interrupted = True
-                    continue
-                for worker in busy:
-                    if worker.conn in ready or worker.process.sentinel in ready:
+                    for worker in [w for w in busy if w.conn in ready or w.process.sentinel in ready]:
                         stop = self._collect(worker, on_end)
-                        stopping = stopping or stop
-                        interrupted = interrupted or stop
+                        stopping, interrupted = stopping or stop, interrupted or stop
+                except KeyboardInterrupt:  # Ctrl-C or SIGTERM, passed on; a second one (a terminal's) is ignored
+                    stopping = interrupted = True
+                    for worker in self.workers:
+                        if worker.task is not None:
+                            os.kill(worker.process.pid, signal.SIGINT)  # the run saves and reports interrupted
         finally:
             self._close()
 
