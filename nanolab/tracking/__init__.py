@@ -1,13 +1,14 @@
 """Trackers: where a run's records go. The run folder always; Weights & Biases unless disabled.
 
 The runner hands every metric, sample, checkpoint and summary to each tracker and never imports wandb: this
-package is the only part of nanolab that does (analysis's W&B reader aside), lazily, so `mode: disabled`
-costs nothing. W&B never stops a run: when it cannot start or raises, one note, and the run folder goes on.
+package is the only part of nanolab that does, lazily, so `mode: disabled` costs nothing. W&B never stops a
+run: when it cannot start or raises, one note, and the run folder goes on.
 
     local.py          the run folder, through RunFolder
     wandb.py          the W&B logger: one W&B run, failure isolation
     wandb_open.py     modes, credentials, wandb.init and its fallbacks
     wandb_resume.py   what a resumed run's W&B run holds: rewind, offline files read back, backfill
+    wandb_api.py      W&B's public API, for analysis
     sync.py           `nanolab sync`: upload offline W&B runs
 """
 
