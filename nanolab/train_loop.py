@@ -221,7 +221,7 @@ class Loop:
             state.train_time += time.perf_counter() - started
             last, logged = state.step == t.max_iters, None
             if state.step % t.log_interval == 0 or last:
-                logged = self.log_train(t.lr * factor, time.perf_counter() - tick, peak)
+                logged = self.log_train(time.perf_counter() - tick, peak)
                 tick = time.perf_counter()
             if state.step % t.eval_interval == 0 or last:
                 # the whole-val pass ends the run's last step only: a session that a signal stops earlier never
@@ -237,12 +237,14 @@ class Loop:
                 self.save("last")
                 tick = time.perf_counter()
 
-    def log_train(self, lr: float, elapsed: float, peak: float) -> dict:
-        state = self.ctx.state
+    def log_train(self, elapsed: float, peak: float) -> dict:
+        state, optimizer = self.ctx.state, self.ctx.optimizer
         n, applied = state.steps_since_log, state.steps_since_log - state.skipped_since_log
         tokens_per_sec = self.tokens_per_step * n / elapsed
-        metrics = {v.TRAIN_LOSS: state.loss_sum / n, v.TRAIN_LR: lr, v.TOKENS_PER_SEC: tokens_per_sec,
+        metrics = {v.TRAIN_LOSS: state.loss_sum / n, v.TRAIN_LR: optimizer.lr(), v.TOKENS_PER_SEC: tokens_per_sec,
                    v.STEP_MS: 1000 * elapsed / n, v.MFU: self.ctx.meta["flops_per_token"] * tokens_per_sec / peak}
+        if (muon_lr := optimizer.lr(muon=True)) is not None:
+            metrics[v.TRAIN_LR_MUON] = muon_lr
         if applied:  # the mean over the steps applied: a skipped float16 step has no finite norm
             metrics[v.TRAIN_GRAD_NORM] = state.grad_norm_sum / applied
         self.log(metrics, state.step)

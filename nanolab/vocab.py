@@ -13,7 +13,8 @@ from typing import Iterable
 
 # --------------------------------------------------------------------------- metrics logged at a step
 TRAIN_LOSS = "train/loss"  # mean training loss over the steps since the last log
-TRAIN_LR = "train/lr"
+TRAIN_LR = "train/lr"  # the rate train.lr sets (AdamW's), as the optimizer's param groups hold it
+TRAIN_LR_MUON = "train/lr_muon"  # optimizer muon: the rate train.muon_lr sets (Muon's hidden matrices)
 TRAIN_GRAD_NORM = "train/grad_norm"  # pre-clip
 TRAIN_EVAL_LOSS = "train/eval_loss"  # mean over eval_iters batches of the train split
 VAL_LOSS = "val/loss"
@@ -30,7 +31,7 @@ TOKENS = "compute/tokens"  # training tokens seen, over every rank
 FLOPS = "compute/flops"  # TOKENS x the model's training FLOPs per token
 WALL = "perf/wall_time"  # seconds since the run started, over every session of it (evaluations included)
 EVAL_METRICS = (VAL_LOSS, VAL_PPL, VAL_BPC, TRAIN_EVAL_LOSS)
-TRAIN_METRICS = (TRAIN_LOSS, TRAIN_LR, TRAIN_GRAD_NORM, TOKENS_PER_SEC, STEP_MS, MFU)
+TRAIN_METRICS = (TRAIN_LOSS, TRAIN_LR, TRAIN_LR_MUON, TRAIN_GRAD_NORM, TOKENS_PER_SEC, STEP_MS, MFU)
 COUNTERS = (TOKENS, FLOPS, WALL)
 LOGGED_METRICS = (*EVAL_METRICS, VAL_LOSS_WHOLE, EVAL_S, *TRAIN_METRICS, *COUNTERS)
 AXES = {"step": "step", "tokens": TOKENS, "flops": FLOPS, "wall": WALL}  # compare --at / --x: name -> row key

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from nanolab import load_spec, run
+from nanolab.components.optim import Optimizers, lr_factor
 from nanolab.errors import NanolabError
 from nanolab.runfolder import RunFolder
 from nanolab.runner import Stop
@@ -85,6 +86,29 @@ def test_eval_metrics_are_consistent(tmp_path):
     assert summary["best/val_loss"] == best["val/loss"] and summary["best/step"] == best["step"]
     assert summary["best/val_ppl"] == pytest.approx(math.exp(best["val/loss"]))
     assert summary["tokens_seen"] == 30 * 4 * 16
+
+
+def test_the_logged_rates_are_those_the_optimizers_stepped_with(tmp_path, monkeypatch):
+    """With Muon, train/lr is the rate train.lr sets (AdamW's groups) and train/lr_muon the rate train.muon_lr sets
+    (Muon's): each row's, exactly, the rate in the param groups at the step it logs."""
+    stepped = []  # per optimizer step: (Muon's rate, AdamW's rate), from the param groups
+    step = Optimizers.step
+
+    def recording_step(self):
+        muon, adamw = self.optimizers
+        assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+        assert len({g["lr"] for g in muon.param_groups}) == len({g["lr"] for g in adamw.param_groups}) == 1
+        stepped.append((muon.param_groups[0]["lr"], adamw.param_groups[0]["lr"]))
+        step(self)
+
+    monkeypatch.setattr(Optimizers, "step", recording_step)
+    cfg = load_spec(tiny_spec(tmp_path, iters=10), overrides=["train.optimizer=muon", "train.muon_lr=0.05",
+                                                              "train.log_interval=1"])
+    result = run(cfg, show_progress=False)
+    logged = [(r["step"], r["train/lr_muon"], r["train/lr"]) for r in rows(result.run_dir) if "train/loss" in r]
+    assert logged == [(s + 1, muon, adamw) for s, (muon, adamw) in enumerate(stepped)]
+    assert [(muon, adamw) for _, muon, adamw in logged] == [
+        (0.05 * lr_factor(s, cfg.train), 3e-3 * lr_factor(s, cfg.train)) for s in range(10)]
 
 
 def build_fingerprint() -> str:

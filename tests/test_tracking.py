@@ -22,6 +22,7 @@ from nanolab.spec import spec_from_dict
 from nanolab.tracking import (LocalTracker, WandbTracker, find_offline_runs, open_trackers, resolve_mode,
                               sync_runs)
 from nanolab.tracking.sync import offline_run_dirs
+from nanolab.tracking.wandb_resume import offline_held
 
 TRAIN = [(10, {"train/loss": 3.5, "train/lr": 1e-3}), (20, {"train/loss": 3.0, "train/lr": 9e-4})]
 VAL = [(10, {"val/loss": 3.25, "val/ppl": 25.79, "val/bpc": 4.69, "train/eval_loss": 3.2}),
@@ -142,7 +143,8 @@ def test_auto_mode_is_online_only_with_an_api_key(wb, monkeypatch):
     assert resolve_mode(config("auto")) == ("online", False)
 
 
-def test_resume_drops_rows_past_the_checkpoint(tmp_path):
+def test_resume_drops_rows_past_the_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
     run_dir = tmp_path / "run"
     first = LocalTracker(RunFolder(run_dir))
     for step in range(10, 60, 10):
@@ -154,11 +156,9 @@ def test_resume_drops_rows_past_the_checkpoint(tmp_path):
         f.write('{"step": 60, "train/lo')  # a hard kill mid-write
     kept = b"".join(before.splitlines(keepends=True)[:3])  # steps 10, 20, 30
 
-    second = LocalTracker(RunFolder(run_dir), resume_step=30)
-    assert second.last_step_before_resume == 50
-    assert [row["step"] for row in second.kept_rows] == [10, 20, 30]
-    assert (run_dir / "metrics.jsonl").read_bytes() == kept
-    assert second.samples == [(10, "sample 10"), (20, "sample 20"), (30, "sample 30")]
+    (second,), fields = open_trackers(config("disabled"), RunFolder(run_dir), {"run_id": "r"}, 30)
+    assert fields == {} and (run_dir / "metrics.jsonl").read_bytes() == kept
+    assert RunFolder(run_dir).samples() == [(10, "sample 10"), (20, "sample 20"), (30, "sample 30")]
     second.log({"train/loss": 0.5}, 40)
     second.log_samples(40, "sample 40")
     second.close("finished")
@@ -270,6 +270,16 @@ def test_resumed_run_keeps_wandb_id_and_skips_steps_wandb_holds(wb, tmp_path, ca
     assert sorted(history(runs[1])) == [60, 70]  # 40 and 50 are already in the first session's history
     (line,) = nanolab_lines(capsys.readouterr().err)
     assert "up to 50" in line and "metrics.jsonl" in line
+
+
+def test_resume_assumes_wandb_holds_what_it_cannot_read_back(wb, tmp_path):
+    """Earlier sessions online, or offline files W&B's reader refuses: W&B holds all that they logged."""
+    assert offline_held(tmp_path, {"wandb_id": "abc", "wandb_mode": "online"}, 50) == 50
+    assert offline_held(tmp_path, {"wandb_id": "abc", "wandb_mode": "offline"}, 50) is None  # no offline run: none
+    broken = tmp_path / "wandb" / "offline-run-20240101_000000-abc"
+    broken.mkdir(parents=True)
+    (broken / "run-abc.wandb").write_bytes(b"garbage")
+    assert offline_held(tmp_path, {"wandb_id": "abc", "wandb_mode": "offline"}, 50) == 50
 
 
 KILLED_SESSION = """

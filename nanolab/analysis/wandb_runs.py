@@ -7,8 +7,8 @@ from typing import Any
 import pandas as pd
 
 from nanolab.analysis.load import RUN_STATS, history_frame, runs_frame, with_run
-from nanolab.errors import NanolabError
 from nanolab.config import flatten
+from nanolab.tracking.wandb_api import project_runs
 from nanolab.vocab import WALL_TIME, RunStatus
 
 STATUSES = {s.value for s in RunStatus}
@@ -25,21 +25,12 @@ STEP_METRICS = ("train", "val", "perf")  # W&B's summary repeats their last valu
 
 def load_wandb_runs(path: str, group: str | None = None) -> pd.DataFrame:
     """`load_runs` for the runs of a W&B project "ENTITY/PROJECT" (same columns)."""
-    return runs_frame([wandb_run_row(run) for run in _wandb_runs(path, group)])
+    return runs_frame([wandb_run_row(run) for run in project_runs(path, group)])
 
 
 def load_wandb_history(path: str, group: str | None = None) -> pd.DataFrame:
     """`load_history` for the runs of a W&B project "ENTITY/PROJECT" (same columns)."""
-    return history_frame([wandb_run_history(run) for run in _wandb_runs(path, group)])
-
-
-def _wandb_runs(path: str, group: str | None) -> list:
-    import wandb
-
-    try:
-        return list(wandb.Api().runs(path, filters={"group": group} if group else {}))
-    except (wandb.errors.Error, ValueError) as exc:
-        raise NanolabError(f"W&B runs of {path!r}: {exc}") from None
+    return history_frame([wandb_run_history(run) for run in project_runs(path, group)])
 
 
 def wandb_run_row(run: Any) -> dict:

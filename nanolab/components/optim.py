@@ -33,6 +33,12 @@ class Optimizers:
         for group in self.param_groups:
             group["lr"] = group["peak_lr"] * factor
 
+    def lr(self, muon: bool = False) -> float | None:
+        """The current rate of the first Muon optimizer (`muon`), else of the first other one: the rate train.lr
+        sets (AdamW's); None where there is none. The groups of one optimizer share their rate."""
+        rates = [opt.param_groups[0]["lr"] for opt in self.optimizers if isinstance(opt, torch.optim.Muon) == muon]
+        return rates[0] if rates else None
+
     def step(self) -> None:
         for opt in self.optimizers:
             opt.step()

@@ -1,12 +1,15 @@
 """Trackers: where a run's records go. The run folder always; Weights & Biases unless disabled.
 
 The runner hands every metric, sample, checkpoint and summary to each tracker and never imports wandb: this
-package is the only part of nanolab that does (analysis's W&B reader aside), lazily, so `mode: disabled`
-costs nothing. W&B never stops a run: when it cannot start or raises, one note, and the run folder goes on.
+package is the only part of nanolab that does, lazily, so `mode: disabled` costs nothing. W&B never stops a
+run: when it cannot start or raises, one note, and the run folder goes on.
 
-    local.py   the run folder, through RunFolder
-    wandb.py   the W&B run: modes, resume, failure isolation
-    sync.py    `nanolab sync`: upload offline W&B runs
+    local.py          the run folder, through RunFolder
+    wandb.py          the W&B logger: one W&B run, failure isolation
+    wandb_open.py     modes, credentials, wandb.init and its fallbacks
+    wandb_resume.py   what a resumed run's W&B run holds: rewind, offline files read back, backfill
+    wandb_api.py      W&B's public API, for analysis
+    sync.py           `nanolab sync`: upload offline W&B runs
 """
 
 from __future__ import annotations
@@ -23,6 +26,12 @@ from nanolab.runfolder import RunFolder
 def note(message: str) -> None:
     """One line on stderr, the way nanolab reports what does not stop a run."""
     print(f"nanolab: {message}", file=sys.stderr, flush=True)
+
+
+def one_line(exc: BaseException | None) -> str:
+    """An error as the first line of a note."""
+    text = f"{type(exc).__name__}: {exc}".strip() if exc is not None else ""
+    return text.splitlines()[0][:300] if text else "unknown error"
 
 
 class Tracker:
@@ -44,10 +53,11 @@ class Tracker:
         raise NotImplementedError
 
 
-# the trackers subclass Tracker and call note(), defined above
+# the trackers subclass Tracker and call note() and one_line(), defined above
 from nanolab.tracking.local import LocalTracker  # noqa: E402
 from nanolab.tracking.sync import find_offline_runs, sync_runs  # noqa: E402
-from nanolab.tracking.wandb import WandbTracker, open_wandb, resolve_mode  # noqa: E402
+from nanolab.tracking.wandb import WandbTracker  # noqa: E402
+from nanolab.tracking.wandb_open import open_wandb, resolve_mode  # noqa: E402
 
 
 def open_trackers(cfg: Config, folder: RunFolder | os.PathLike, meta: Mapping,
@@ -60,12 +70,14 @@ def open_trackers(cfg: Config, folder: RunFolder | os.PathLike, meta: Mapping,
     wandb_url); empty when W&B is off. `resume_step`: None for a fresh run, else the checkpoint's step.
     """
     folder = folder if isinstance(folder, RunFolder) else RunFolder(folder)
-    local = LocalTracker(folder, resume_step)
-    trackers: list[Tracker] = [local]
+    logged = None  # on resume, the highest step any earlier session logged
+    if resume_step is not None:  # what a killed session wrote after the checkpoint goes, from both trackers
+        _, logged = folder.truncate(resume_step)
+    trackers: list[Tracker] = [LocalTracker(folder)]
     mode, auto_offline = resolve_mode(cfg)
     if mode == "disabled":
         return trackers, {}
-    wb, fields = open_wandb(cfg, folder, meta, resume_step, mode, auto_offline, local)
+    wb, fields = open_wandb(cfg, folder, meta, mode, auto_offline, resume_step, logged)
     if wb is not None:
         trackers.append(wb)
     return trackers, fields

@@ -23,7 +23,8 @@ from wandb_workspaces import expr
 
 from nanolab.config import Config
 from nanolab.errors import NanolabError
-from nanolab.tracking.wandb import _env_or, _one_line, has_api_key, resolve_mode
+from nanolab.tracking import one_line
+from nanolab.tracking.wandb_open import env_or, has_api_key, resolve_mode
 from nanolab.vocab import BEST_STEP, BEST_VAL_LOSS, TRAIN_LOSS, VAL_LOSS, RunStatus
 
 HIDDEN = (RunStatus.PRUNED.value, RunStatus.DIVERGED.value)
@@ -108,8 +109,8 @@ def publish(cfg: Config, group: str, title: str, by: Sequence[str], swept: Seque
 
     `cfg` is the plan's experiment: its tracking.wandb entity and project (W&B's variables first) are the defaults.
     """
-    project = project or _env_or("WANDB_PROJECT", cfg.tracking.wandb.project)
-    entity = entity or _env_or("WANDB_ENTITY", cfg.tracking.wandb.entity)
+    project = project or env_or("WANDB_PROJECT", cfg.tracking.wandb.project)
+    entity = entity or env_or("WANDB_ENTITY", cfg.tracking.wandb.entity)
     if reason := offline_reason(cfg):
         report = build_report(entity or "", project, group, title, by, swept)
         return (f"{reason}: no W&B Report was created. Online, it would be\n"
@@ -122,4 +123,4 @@ def publish(cfg: Config, group: str, title: str, by: Sequence[str], swept: Seque
         report.save()
         return f"created {describe(report)}\n{report.url}"
     except Exception as exc:  # noqa: BLE001 - the network, the login, an unknown project: one line, not a traceback
-        raise NanolabError(f"W&B Report not created: {_one_line(exc)}") from None
+        raise NanolabError(f"W&B Report not created: {one_line(exc)}") from None
