@@ -22,7 +22,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from nanolab.runfolder import runs_root
+from nanolab.runfolder import RunStore
 from sweep_machines import data_cache
 from nanolab.launch import Launched
 from nanolab.launch.local import LocalLauncher
@@ -46,7 +46,7 @@ def run_variant(args, label: str, root: Path) -> dict:
     states = [t.state.name for t in study.trials()]
     if "COMPLETE" not in states:
         sys.exit(f"{label}: no trial completed ({', '.join(o.text for o in outcomes if o.text)[:300]})")
-    steps = sum(json.loads(meta.read_text())["steps"] for meta in (runs_root() / sweep.name).glob("trial-*/meta.json"))
+    steps = sum(json.loads(meta.read_text())["steps"] for meta in RunStore().group(sweep.name).glob("trial-*/meta.json"))
     return {"variant": f"{sweep.pruner.name} pruner" if label == "file" else "no pruning", "pruner": sweep.pruner.name,
             "trials": len(states), "complete": states.count("COMPLETE"), "pruned": states.count("PRUNED"),
             "failed": states.count("FAIL"), "steps_trained": steps, "best": study.study.best_value,

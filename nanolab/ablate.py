@@ -35,7 +35,7 @@ from nanolab.errors import SpecError
 from nanolab.launch import Board, Launched, Launcher, LaunchOptions, Outcome, SlurmOptions, Task, open_launcher
 from nanolab.plan import Plan, ended, fingerprint, load_plan, run_outcome, start_or_resume
 from nanolab.runfolder import RunFolder, RunStore, variant_ids
-from nanolab.spec import parse_changes
+from nanolab.spec import format_override, parse_changes
 from nanolab.tuning import tune, tuning_sweeps
 from nanolab.vocab import BEST_VAL_LOSS, RunStatus
 
@@ -114,12 +114,18 @@ class Ablation:
     def resolved(self) -> dict:
         """What makes two calls the same ablation: the experiment, every variant, each variant's tuning study.
         Seeds are not in it: running more seeds of the same cells extends the plan."""
-        return {"experiment": self.plan.experiment(), "variants": {c.variant_id: c.variant for c in self.cells},
+        return {"experiment": self.plan.trained(), "variants": {c.variant_id: c.variant for c in self.cells},
                 **({"tune": {v: sweep.resolved() for v, sweep in self.tuning.items()}} if self.tuning else {})}
 
     @property
     def fingerprint(self) -> str:
         return fingerprint(json.loads(json.dumps(self.resolved(), default=str)))
+
+    def facts(self) -> dict:
+        """What a report says of the ablation: each varied key's values, the baseline, whether it tuned."""
+        keys = list(self.cells[0].variant)
+        return {"varied": {key: list(dict.fromkeys(cell.variant[key] for cell in self.cells)) for key in keys},
+                "baseline": self.baseline, "tuned": bool(self.tuning)}
 
 
 def load_ablation(path, seeds: list[int] | None = None, extra: tuple[str, ...] = ()) -> Ablation:
@@ -130,6 +136,10 @@ def load_ablation(path, seeds: list[int] | None = None, extra: tuple[str, ...] =
             check_key(Config, key, f"{plan.path}: {where}")
     base = flatten(plan.base)
     keys = list(raw.grid) or list(dict.fromkeys(k for overrides in raw.variants.values() for k in overrides))
+    for key, value in plan.cli:
+        if key in keys:
+            raise SpecError(f"--set {format_override(key, value)}: {key} is varied by `{'grid' if raw.grid else 'variants'}"
+                            f":` in {plan.path}; set it in one place (remove it from --set, or from the file)")
     named = [(name, {key: own.get(key, base[key]) for key in keys}) for name, own in raw.variants.items()]
     products = [(label(dict(zip(keys, values))), dict(zip(keys, values)))
                 for values in itertools.product(*raw.grid.values())] if raw.grid else []
@@ -161,7 +171,7 @@ def run_cell(ablation: Ablation, cell: Cell, tuned: dict, *, progress: bool) -> 
 def run_ablation(ablation: Ablation, launcher: Launcher) -> tuple[Launched, dict[str, Outcome]]:
     """Run every cell not yet done (after its variant's study, when the ablation tunes); returns how the launch
     ended and run id -> outcome of the cells that ended in this call."""
-    ablation.plan.record(ablation.resolved())
+    ablation.plan.record(ablation.resolved(), ablation.facts())
     todo = [c for c in ablation.cells if not ended(ablation.folder(c))]
     print(f"ablation {ablation.name}: {len(ablation.cells)} runs, {len(ablation.cells) - len(todo)} already done, "
           f"{len(todo)} to run", flush=True)

@@ -15,6 +15,7 @@ import yaml
 
 from nanolab import __version__
 from nanolab.errors import NanolabError
+from nanolab.launch import BACKENDS
 from nanolab.vocab import (BEST_VAL_LOSS, ENDED, EXIT_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, STATUS_EXIT,
                            VAL_LOSS, RunStatus)
 
@@ -283,7 +284,7 @@ SAMPLE_RANGES = {  # nanolab sample's numbers: dest -> (what is accepted, the ch
 
 def launcher_flags(p: argparse.ArgumentParser, jobs: str) -> None:
     """--launcher and the Slurm options, which win over the file's `launcher:` block."""
-    p.add_argument("--launcher", choices=["local", "slurm", "submitit-local"], default="local",
+    p.add_argument("--launcher", choices=BACKENDS, default="local",
                    help=f"local (default): processes here; slurm: submit {jobs}, print their ids and logs, and return; "
                    "submitit-local: the same jobs as "
                    "subprocesses through submitit's local executor, followed to the end")
@@ -300,6 +301,16 @@ def launcher_flags(p: argparse.ArgumentParser, jobs: str) -> None:
     g.add_argument("--qos", help="sbatch --qos")
     g.add_argument("--sbatch", action="append", metavar="OPTION", help="another sbatch option, written with '=': "
                    "--sbatch=--constraint=a100 (repeatable)")
+
+
+def plan_flags(p: argparse.ArgumentParser, sets: dict, jobs: str, slurm_jobs: str, printed: str) -> None:
+    """The flags every plan command (sweep, ablate) shares: --workers, the launcher's, --set, --print-config."""
+    p.add_argument("--workers", type=int, help=f"{jobs} at once: processes on this machine (default 1; cores/N "
+                   "threads and, where several GPUs are visible, one GPU each), or jobs in Slurm's queue (default: all)")
+    launcher_flags(p, slurm_jobs)
+    p.add_argument("--set", **sets)
+    p.add_argument("--print-config", action="store_true", help=f"print the experiment's resolved config, then "
+                   f"{printed}, as YAML; runs and writes nothing")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -377,40 +388,34 @@ def build_parser() -> argparse.ArgumentParser:
                        "every trial is a full run in $NANOLAB_RUNS/<name>/trial-<number>. Results go to "
                        "$NANOLAB_RUNS/sweeps/<name>/: trials.csv, best.yaml (`nanolab run` it), table.txt, and "
                        "journal.log, the default storage (`optuna-dashboard journal.log` shows it). Exit 0; 1 when a "
-                       "trial's run crashed or its worker died, or no trial completed; 130 after Ctrl-C (the "
-                       "interrupted trials resume on the next call); 2 for a bad sweep file or one edited since the "
-                       "study began.")
+                       "trial's run crashed or its worker died, or no trial completed; 130 after Ctrl-C, 143 after "
+                       "SIGTERM (the interrupted trials resume on the next call); 2 for a bad sweep file or one edited "
+                       "since the study began.")
     p.add_argument("sweep_file", nargs="?", metavar="SWEEP", help="a sweep YAML file (see sweeps/)")
     p.add_argument("--trials", type=int, help="trials to run in this call, over all workers (default: the file's)")
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
-    p.add_argument("--workers", type=int, default=1, help="trial processes on this machine (cores/N threads and, "
-                   "where several GPUs are visible, one GPU each)")
     p.add_argument("--storage", help="an Optuna storage URL (e.g. postgresql://...) that workers on many machines "
                    "share, or a journal file path")
     p.add_argument("--status", action="store_true", help="print the table of trials and run nothing")
-    launcher_flags(p, "--workers worker jobs sharing the study, for the file's `trials` in all (--trials N: N "
-                   "more), none while its workers are queued")
-    p.add_argument("--set", **sets)
-    p.add_argument("--print-config", action="store_true", help="print the experiment's resolved config, then the "
-                   "objectives, space, sampler, pruner, trials and storage, as YAML; runs and writes nothing")
+    plan_flags(p, sets, "trials", "a job per trial (the next proposed as one ends, with --wait)",
+               "the objectives, space, sampler, pruner, trials and storage")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("ablate", help="run a grid of component swaps x seeds",
-                       description="Run every grid cell x seed of an ablation file; finished runs are skipped, "
-                       "so repeating the command continues an interrupted ablation. Exit 1 when a run crashed or its "
-                       "worker died (the others still run), 130 after Ctrl-C.")
+                       description="Run every grid cell x seed of an ablation file, resolved once: an edit to "
+                       "its files while it runs changes no cell, and the next call after an edit stops naming what "
+                       "changed. Finished runs are skipped, so repeating the command continues an interrupted "
+                       "ablation. Exit 1 when a run crashed or its worker died (the others still run), 130 after "
+                       "Ctrl-C, 143 after SIGTERM (the running cells saved; the same command continues them).")
     p.add_argument("ablation_file", nargs="?", metavar="FILE",
                    help="an ablation YAML file (see experiments/ablations/)")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds to run (default: the file's `seeds`)")
-    p.add_argument("--workers", type=int, default=1, help="runs at once on this machine (as for sweep)")
-    launcher_flags(p, "every cell that is neither done nor queued, a job each")
-    p.add_argument("--set", **sets)
-    p.add_argument("--print-config", action="store_true", help="print the experiment's resolved config, then every "
-                   "run's id and overrides, as YAML; runs and writes nothing")
+    plan_flags(p, sets, "runs", "every cell that is neither done nor queued, a job each",
+               "every run's id and overrides")
     p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("status", help="the jobs of an ablation or a sweep: Slurm state, run status, metric",
-                       description="Print each run of an ablation (a sweep: its table of trials, then its worker "
+                       description="Print each run of an ablation (a sweep: its table of trials, then its trial "
                        "jobs) with its last Slurm job, the job's state while it is in Slurm's queue (squeue), the "
                        "run's status and best/val_loss. Runs nothing.")
     p.add_argument("plan_file", metavar="FILE", help="an ablation file (grid:) or a sweep file (space:)")

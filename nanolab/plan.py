@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from nanolab import files
 from nanolab.config import NAME_PATTERN, NAME_RULE, Config, flatten, from_dict, to_dict
-from nanolab.errors import SpecError
+from nanolab.errors import NanolabError, SpecError
 from nanolab.launch import Outcome
 from nanolab.runfolder import RunFolder, RunStore
 from nanolab.spec import load_spec, normalize_overrides, parse_override, read_yaml, set_dotted
@@ -44,12 +44,13 @@ UNTRAINED = ("name", "tracking")  # config sections that change where a run is r
 
 @dataclass(frozen=True)
 class Plan:
-    """A resolved plan file: its path (for messages), name, kind (ablation | sweep) and the base config of every
-    job, as a plain dict; `cli` is the `--set` changes, which win over anything a front-end adds."""
+    """A resolved plan file: its path (for messages), name, kind (ablation | sweep), experiment and the base config
+    of every job, as a plain dict (`--set` applied last); `cli` is the `--set` changes, parsed."""
 
     path: Path
     name: str
     kind: str
+    experiment: Path
     base: dict
     cli: tuple[tuple[str, Any], ...] = ()
 
@@ -59,9 +60,9 @@ class Plan:
         return RunStore().plan_folder(self.kind, self.name)
 
     def config(self, changes: Mapping[str, Any] = {}) -> Config:
-        """The base config with `changes` (dotted key -> value), then `--set`, applied."""
+        """The base config with a job's `changes` (dotted key -> value) applied."""
         raw = copy.deepcopy(self.base)
-        for key, value in (*changes.items(), *self.cli):
+        for key, value in changes.items():
             set_dotted(raw, key, value)
         return from_dict(Config, raw, str(self.path))
 
@@ -74,18 +75,22 @@ class Plan:
         return None
 
     def with_changes(self, name: str, kind: str, changes: Mapping[str, Any]) -> Plan:
-        """Another plan made from this snapshot (a tuned variant's study): `changes` in its base, the same --set."""
+        """Another plan made from this snapshot (a tuned variant's study): `changes` in its base, then `--set` again
+        (it wins over a `tune.overrides`, as over a file's overrides)."""
         base = copy.deepcopy(self.base)
         for key, value in (*changes.items(), *self.cli):
             set_dotted(base, key, value)
-        return Plan(self.path, name, kind, base, self.cli)
+        return Plan(self.path, name, kind, self.experiment, base, self.cli)
 
-    def experiment(self) -> dict:
-        """The base config less what does not change training: the part of every fingerprint."""
-        return {k: v for k, v in self.base.items() if k not in UNTRAINED}
+    def trained(self) -> dict:
+        """The base config less what does not change what a run trains (its name, tracking, the sample length:
+        samples draw from their own generator): the part of every fingerprint."""
+        train = {k: v for k, v in self.base["train"].items() if k != "sample_tokens"}
+        return {**{k: v for k, v in self.base.items() if k not in UNTRAINED}, "train": train}
 
-    def record(self, resolved: dict) -> str:
-        """Check `resolved` against the plan's plan.json (writing it on the first call); returns the fingerprint."""
+    def record(self, resolved: dict, facts: dict) -> str:
+        """Check `resolved` against the plan's plan.json, written on the first call with the base config and
+        `facts` (what a report says of the plan: its grid or space); returns the fingerprint."""
         resolved = json.loads(json.dumps(resolved, default=str))
         path, mine = self.folder / "plan.json", fingerprint(resolved)
         if path.is_file():
@@ -94,8 +99,9 @@ class Plan:
                 raise SpecError(changed_message(self.path, f"plan {self.name!r} in {self.folder}",
                                                 stored.get("resolved", {}), resolved))
             return mine
-        files.write_json(path, {"kind": self.kind, "name": self.name, "file": str(self.path), "fingerprint": mine,
-                                "resolved": resolved})
+        files.write_json(path, {"kind": self.kind, "name": self.name, "file": str(self.path),
+                                "experiment": str(self.experiment), "fingerprint": mine, "resolved": resolved,
+                                "base": self.base, **facts})
         return mine
 
 
@@ -119,6 +125,18 @@ def what_changed(old: dict, new: dict) -> str:
 def plan_kind(path: str | Path) -> str:
     """A sweep file has `space:`; any other plan file is an ablation."""
     return "sweep" if "space" in read_yaml(Path(path)) else "ablation"
+
+
+def read_record(plan_file: str | Path, root: str | Path | None = None) -> dict:
+    """The plan.json of the plan a file names, in the runs root `root` (default $NANOLAB_RUNS): what it ran from
+    (`base`, `resolved`) and its `facts`; one line naming the command to run when it has not run."""
+    path, kind = Path(plan_file), plan_kind(plan_file)
+    name = read_yaml(path).get("name") or path.stem
+    record = RunStore(root).plan_folder(kind, str(name)) / "plan.json"
+    if not record.is_file():
+        raise NanolabError(f"no runs of {kind} {name} in {RunStore(root).group(str(name))}; run `nanolab "
+                           f"{'sweep' if kind == 'sweep' else 'ablate'} {plan_file}` first")
+    return files.read_json(record)
 
 
 def load_plan(path: str | Path, schema: type[FileSchema], cli_overrides: tuple[str, ...] = (),
@@ -145,7 +163,7 @@ def load_plan(path: str | Path, schema: type[FileSchema], cli_overrides: tuple[s
             raise SpecError(f"{where}: {str(exc).removeprefix(f'{experiment}: ')}") from None
     base = to_dict(load_spec(experiment, (*PLAN_DEFAULTS, *file_overrides, *cli_overrides)))
     cli = tuple(parse_override(text) for text in cli_overrides)
-    return Plan(path, name, kind, base, cli), raw
+    return Plan(path, name, kind, experiment, base, cli), raw
 
 
 def start_or_resume(cfg: Config, folder: RunFolder, *, meta: dict[str, Any], progress: bool,

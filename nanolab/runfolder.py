@@ -305,6 +305,11 @@ class RunStore:
         """An ablation's files live beside its runs; a sweep's in sweeps/<name> (its runs are trials)."""
         return self.root / "sweeps" / name if kind == "sweep" else self.group(name)
 
+    @staticmethod
+    def job_records(plan_folder: Path, cluster: str) -> Path:
+        """Where a plan's Slurm jobs (cluster "slurm") or submitit-local jobs ("local") keep their records."""
+        return plan_folder / (".slurm" if cluster == "slurm" else ".submitit")
+
     def journal(self, name: str) -> Path:
         """The default Optuna storage of a study: a journal file in its sweep folder."""
         return (self.plan_folder("sweep", name) / "journal.log").resolve()

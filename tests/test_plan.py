@@ -13,8 +13,9 @@ import pytest
 from test_ablate import EXPERIMENT
 
 from nanolab.ablate import ablate, load_ablation
+from nanolab.analysis.report import write_report
 from nanolab.cli import main
-from nanolab.runfolder import RunStore
+from nanolab.runfolder import RunStore, variant_ids
 
 TWO_CELLS = """\
 name: edit
@@ -100,3 +101,33 @@ def test_path_valued_cells_get_distinct_safe_ids_and_rerun_as_done(tmp_path, cap
     assert main(["status", str(path)]) == 0
     table = capsys.readouterr().out
     assert table.count("finished") == 2 and "not started" not in table
+
+
+def test_the_report_reads_what_the_plan_recorded_not_the_files_again(tmp_path):
+    path = tmp_path / "edit.yaml"
+    path.write_text(TWO_CELLS.replace("max_iters: 300", "max_iters: 10").replace("eval_interval: 300",
+                                                                                "eval_interval: 10"))
+    ablate(path)
+    (tmp_path / "tiny.yaml").unlink()  # the experiment is gone; the plan's record and run folders remain
+    text = write_report(path, tmp_path / "report").read_text()
+    assert "- grid: model.activation in ['relu', 'gelu']\n" in text
+    assert f"over the experiment `{tmp_path / 'tiny.yaml'}`" in text
+
+
+def test_values_that_print_alike_or_could_name_a_folder_elsewhere_get_hashed_ids():
+    labels = {'{"train.lr": 1}': "lr=1", '{"train.lr": "1"}': "lr=1", '{"train.lr": 2}': "lr=2",
+              '{"data.path": "../x"}': "path=../x", '{"data.path": "a/b"}': "path=a/b"}
+    ids = variant_ids(labels)
+    assert ids['{"train.lr": 2}'] == "lr=2"
+    assert len(set(ids.values())) == 5 and all(v.startswith("v-") for k, v in ids.items() if k != '{"train.lr": 2}')
+    assert variant_ids(labels) == ids  # the same cells, the same folders, on every call
+
+
+def test_set_on_a_key_the_ablation_varies_is_refused_in_one_line(tmp_path, capsys):
+    path = tmp_path / "edit.yaml"
+    path.write_text(TWO_CELLS)
+    assert main(["ablate", str(path), "--set", "model.activation=swiglu"]) == 2
+    assert capsys.readouterr().err == (f"nanolab: error: --set model.activation=swiglu: model.activation is varied by "
+                                       f"`grid:` in {path}; set it in one place (remove it from --set, or from the "
+                                       "file)\n")
+    assert not (tmp_path / "runs").exists()

@@ -63,6 +63,11 @@ def job_ids(stdout: str) -> dict[str, str]:
     return dict(re.findall(r"^(\S+): job (\d+)", stdout, flags=re.M))
 
 
+def trial_jobs(stdout: str) -> dict[str, str]:
+    """trial number -> job id from the lines `trial <n> [<params>]: job <id>, log <path>`."""
+    return dict(re.findall(r"^trial (\d+) \[[^\]]*\]: job (\d+)", stdout, flags=re.M))
+
+
 def best_losses(runs: Path, group: str) -> dict[str, float]:
     frame = load_runs(runs, group=group)
     return dict(zip(frame["run_id"], frame["best/val_loss"]))
@@ -95,7 +100,8 @@ def test_the_activation_ablation_runs_as_slurm_jobs_and_a_cancelled_cell_continu
     first = cli("ablate", plan, *slurm_flags, "--seeds", "1", "2", "--set", *TINY)
     assert first.returncode == 0, first.stderr
     ids = job_ids(first.stdout)
-    assert sorted(ids) == ACTIVATION_RUNS and "8 to submit" in first.stdout  # it returned once they were queued
+    assert sorted(ids) == ACTIVATION_RUNS and "8 to run" in first.stdout  # it returned once they were queued
+    assert "follow them: nanolab status" in first.stdout
 
     cancelled = work / "runs/activation/activation=relu-s1"
     wait_until(lambda: (cancelled / "metrics.jsonl").is_file() and train_steps(cancelled)[-1:] >= [20],
@@ -113,7 +119,7 @@ def test_the_activation_ablation_runs_as_slurm_jobs_and_a_cancelled_cell_continu
     second = cli("ablate", plan, *slurm_flags, "--wait", "--seeds", "1", "2", "--set", *TINY)
     assert second.returncode == 0, second.stderr
     assert list(job_ids(second.stdout)) == ["activation=relu-s1"]  # only the cancelled cell, nothing twice
-    assert sorted(p.name for p in (work / "runs/activation").iterdir()) == [".slurm", *ACTIVATION_RUNS]
+    assert sorted(p.name for p in (work / "runs/activation").iterdir()) == [".slurm", *ACTIVATION_RUNS, "plan.json"]
     assert train_steps(cancelled) == list(range(5, 1501, 5))  # continued from its checkpoint, no step twice
 
     monkeypatch.setenv("NANOLAB_RUNS", str(tmp_path / "local"))
@@ -122,7 +128,7 @@ def test_the_activation_ablation_runs_as_slurm_jobs_and_a_cancelled_cell_continu
 
 
 @pytest.mark.parametrize("storage", ["journal", "postgresql"])
-def test_a_two_worker_slurm_sweep_accounts_for_every_trial(slurm, work, storage):  # noqa: F811
+def test_a_slurm_sweep_runs_a_job_per_trial_two_at_a_time_and_accounts_for_every_trial(slurm, work, storage):  # noqa: F811
     if storage == "postgresql" and not URL:
         pytest.skip("NANOLAB_TEST_POSTGRES (a PostgreSQL URL) is not set")
     (work / "sw.yaml").write_text(SWEEP)
@@ -131,10 +137,15 @@ def test_a_two_worker_slurm_sweep_accounts_for_every_trial(slurm, work, storage)
         submit = ["sweep", "sw.yaml", "--launcher", "slurm", "--workers", "2", *where, "--partition", slurm.partition]
         result = cli(*submit, "--cpus", "1", "--wait")
         assert result.returncode == 0, result.stderr
-        assert sorted(job_ids(result.stdout)) == ["worker-0", "worker-1"]
+        jobs = trial_jobs(result.stdout)
+        assert sorted(jobs) == ["0", "1", "2", "3"] and len(set(jobs.values())) == 4  # a job per trial
+        lines = result.stdout.splitlines()
+        third = next(i for i, line in enumerate(lines) if line.startswith("trial 2 ["))
+        assert sum(": finished," in line for line in lines[:third]) >= 1  # proposed once a slot was free
         assert "sweep sw: 4 trials (4 complete)" in result.stdout
-        again = cli(*submit)
-        assert "submitting 0 worker(s)" in again.stdout and not job_ids(again.stdout)  # all 4 begun: nothing more
+        if not url:
+            status = cli("status", "sw.yaml")
+            assert "4 trials (4 complete)" in status.stdout and all(job in status.stdout for job in jobs.values())
     trials = sorted(p.name for p in (work / "runs/sw").iterdir() if not p.name.startswith("."))
     assert trials == ["trial-0", "trial-1", "trial-2", "trial-3"]
 
@@ -182,11 +193,11 @@ def test_submitit_local_runs_the_same_jobs_with_the_local_backends_losses(work, 
     assert best_losses(tmp_path / "local", "act") == best_losses(work / "runs", "act")
 
 
-def test_submitit_local_sweep_workers_share_the_study(work):
+def test_submitit_local_runs_a_sweeps_trials_as_jobs_of_one_study(work):
     (work / "sw.yaml").write_text(SWEEP)
     result = cli("sweep", "sw.yaml", "--launcher", "submitit-local", "--workers", "2")
     assert result.returncode == 0, result.stderr
-    assert "sweep sw: 4 trials (4 complete)" in result.stdout and "worker-1: finished, 2 trials, 0 failed" in result.stdout
+    assert "sweep sw: 4 trials (4 complete)" in result.stdout and sorted(trial_jobs(result.stdout)) == ["0", "1", "2", "3"]
 
 
 @pytest.mark.parametrize("block, message", [

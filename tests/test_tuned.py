@@ -99,13 +99,14 @@ def started(run_dirs: list[Path]) -> dict[str, str]:
     return {d.name: meta(d)["start_time"] for d in run_dirs if (d / "meta.json").is_file()}
 
 
-@pytest.mark.parametrize("kill_during", ["tuning", "final runs"])
+@pytest.mark.parametrize("kill_during", ["tuning", "a study's last trial", "final runs"])
 def test_a_tuned_ablation_killed_at_any_point_resumes_without_redoing_studies_or_runs(tmp_path, kill_during):
     path = tuned_file(tmp_path, steps=400, tune_steps=400, checkpoint=10)
     ablation = subprocess.Popen([sys.executable, "-m", "nanolab", "ablate", str(path)], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=os.environ.copy())
-    second = runs_root() / "tuned-tune-activation=swiglu" / "trial-0"
-    victim = second if kill_during == "tuning" else RunStore().folder("tuned", "activation=relu-s2").path
+    victim = {"tuning": runs_root() / "tuned-tune-activation=swiglu" / "trial-0",
+              "a study's last trial": runs_root() / "tuned-tune-activation=relu" / "trial-1",  # all trials begun
+              "final runs": RunStore().folder("tuned", "activation=relu-s2").path}[kill_during]
     wait_for(lambda: (victim / "ckpt" / "last.pt").is_file(), timeout=240, what=f"{victim} to checkpoint")
     ablation.send_signal(signal.SIGKILL)
     ablation.communicate(timeout=60)
@@ -121,10 +122,12 @@ def test_a_tuned_ablation_killed_at_any_point_resumes_without_redoing_studies_or
         trials = study(path, variant).trials()
         assert study(path, variant).started() == 2
         assert sorted({t.params["train.lr"] for t in trials if t.state.name == "COMPLETE"}) == LRS
+        best = min((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: t.values[0]).params
+        assert [meta(RunStore().folder("tuned", f"{variant}-s{s}").path)["tuned"] for s in (1, 2)] == [best, best]
     after = every_run()
     # a trial whose process died is retried from the start, as in sweeps (its folder kept as .attempt1); a killed
     # final run continues from its checkpoint
-    retried = ["trial-0.attempt1"] if kill_during == "tuning" else []
+    retried = [] if kill_during == "final runs" else [f"{victim.name}.attempt1"]
     assert [d.name for d in after if ".attempt" in d.name] == retried
     assert {d.name: RunFolder(d).status for d in after} == {d.name: "failed" if ".attempt" in d.name else "finished"
                                                             for d in after}

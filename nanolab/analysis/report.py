@@ -2,10 +2,12 @@
 
     write_report("experiments/ablations/activation.yaml")   # -> reports/activation/report.md and two PNGs
 
-The report reads the plan's run folders ($NANOLAB_RUNS/<name>/) and trains nothing. Sections: what ran; for an
-ablation the comparison table and its method, for a sweep the top trials and the best parameters; val/loss against
-step and against FLOPs (mean line, min-max band over seeds); each variant's tuned values; the environment the runs
-recorded; their W&B links. `wandb_report` makes the W&B Report of the same runs (nanolab.tracking.workspace).
+The report reads what the plan recorded when it ran (its plan.json: the snapshot, the grid or space; a sweep's
+table.txt and best.json) and its run folders ($NANOLAB_RUNS/<name>/), and trains nothing; it never reads the
+plan file's experiment again. Sections: what ran; for an ablation the comparison table and its method, for a sweep
+the top trials and the best parameters; val/loss against step and against FLOPs (mean line, min-max band over
+seeds); each variant's tuned values; the environment the runs recorded; their W&B links. `wandb_report` makes the
+W&B Report of the same runs (nanolab.tracking.workspace).
 """
 
 from __future__ import annotations
@@ -17,16 +19,14 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from nanolab.ablate import Ablation, load_ablation
 from nanolab.analysis.load import load_history, load_runs
 from nanolab.analysis.render import AXIS_LABELS, caption, correction_note, markdown_row, plot_history, to_markdown
 from nanolab.analysis.stats import TUNED, compare, is_finished
+from nanolab.config import Config, from_dict
 from nanolab.errors import NanolabError
-from nanolab.files import write_text
-from nanolab.runfolder import RunFolder, runs_root
-from nanolab.spec import read_yaml
-from nanolab.sweep import Sweep, SweepStudy, load_sweep
-from nanolab.sweep.results import format_table
+from nanolab.files import read_json, write_text
+from nanolab.plan import read_record
+from nanolab.runfolder import RunFolder, RunStore
 from nanolab.vocab import STEPS, TOKENS_SEEN, VAL_LOSS
 
 PLOTS = {"step": "val_loss_step.png", "flops": "val_loss_flops.png"}  # x axis -> file
@@ -37,23 +37,22 @@ def write_report(plan_file: str | os.PathLike, out: str | os.PathLike | None = N
                  runs: str | os.PathLike | None = None) -> Path:
     """Write `<out>/report.md` and its PNGs (default out: reports/<name>/); returns the report's path.
 
-    `runs` is the runs root (default $NANOLAB_RUNS, else ./runs). A sweep's trials table comes from its study,
-    in the storage its file names (default: a journal under $NANOLAB_RUNS/sweeps/<name>/).
+    `runs` is the runs root (default $NANOLAB_RUNS, else ./runs).
     """
-    plan = load_plan_file(plan_file)
-    folder = Path(runs_root() if runs is None else runs) / plan.name
-    frame = plan_runs(plan, folder)
-    out = Path("reports") / plan.name if out is None else Path(out)
+    plan, store = read_record(plan_file, runs), RunStore(runs)
+    folder = store.group(plan["name"])
+    frame = plan_runs(plan, folder, plan_file)
+    out = Path("reports") / plan["name"] if out is None else Path(out)
     finished = frame[is_finished(frame)]
     metas = [RunFolder(path).read_meta() for path in frame["path"]]
-    if isinstance(plan, Ablation):
-        by = grid_keys(plan)
+    if plan["kind"] == "ablation":
+        by = list(plan["varied"])
         results = [_comparison(plan, frame, finished, folder), _curves(finished, by, "variant", out),
                    _tuned(frame, by)]
     else:
-        results = [_trials(plan), _curves(finished, ["run_id"], "trial", out)]
-    sections = [f"# {kind(plan).capitalize()} {plan.name}", _what_ran(plan, frame, folder), *results,
-                _environment(metas), _wandb_links(plan, frame["run_id"], metas, folder)]
+        results = [_trials(plan, store.plan_folder("sweep", plan["name"])), _curves(finished, ["run_id"], "trial", out)]
+    sections = [f"# {plan['kind'].capitalize()} {plan['name']}", _what_ran(plan, frame, folder), *results,
+                _environment(metas), _wandb_links(plan_file, frame["run_id"], metas, folder)]
     write_text(out / "report.md", "\n\n".join(sections) + "\n")
     return out / "report.md"
 
@@ -62,61 +61,41 @@ def wandb_report(plan_file: str | os.PathLike, entity: str | None = None, projec
     """Create the plan's W&B Report when W&B is online here; offline, what it would create and how, later."""
     from nanolab.tracking.workspace import publish
 
-    plan = load_plan_file(plan_file)
-    swept = [] if isinstance(plan, Ablation) else [d.key for d in plan.space]
-    by = grid_keys(plan) if isinstance(plan, Ablation) else []
-    return publish(plan.plan.config(), plan.name, f"{kind(plan).capitalize()} {plan.name}", by, swept, plan_file,
-                   runs_root() / plan.name, entity, project)
+    plan = read_record(plan_file)
+    swept, by = list(plan.get("space", {})), list(plan.get("varied", {}))
+    return publish(from_dict(Config, plan["base"], str(plan_file)), plan["name"],
+                   f"{plan['kind'].capitalize()} {plan['name']}", by, swept, plan_file,
+                   RunStore().group(plan["name"]), entity, project)
 
 
-# ----------------------------------------------------------------------------- the plan and its runs
-
-
-def load_plan_file(path: str | os.PathLike) -> Ablation | Sweep:
-    """An ablation file (it has `grid:`) or a sweep file (`space:`), read and checked by its own loader."""
-    return load_sweep(path) if "space" in read_yaml(Path(path)) else load_ablation(path)
-
-
-def kind(plan: Ablation | Sweep) -> str:
-    return "ablation" if isinstance(plan, Ablation) else "sweep"
-
-
-def grid_keys(ablation: Ablation) -> list[str]:
-    return list(ablation.cells[0].variant)
-
-
-def plan_runs(plan: Ablation | Sweep, folder: Path) -> pd.DataFrame:
+def plan_runs(plan: dict, folder: Path, plan_file) -> pd.DataFrame:
     """The run folders of the plan; a NanolabError when it has none yet."""
     runs = load_runs(folder) if folder.is_dir() else pd.DataFrame()
     if runs.empty:
-        raise NanolabError(f"no runs of {kind(plan)} {plan.name} in {folder}; "
-                           f"run `nanolab {VERBS[kind(plan)]} {plan.plan.path}` first")
+        raise NanolabError(f"no runs of {plan['kind']} {plan['name']} in {folder}; "
+                           f"run `nanolab {VERBS[plan['kind']]} {plan_file}` first")
     return runs
 
 
 # ----------------------------------------------------------------------------- sections
 
 
-def _what_ran(plan: Ablation | Sweep, runs: pd.DataFrame, folder: Path) -> str:
+def _what_ran(plan: dict, runs: pd.DataFrame, folder: Path) -> str:
     statuses = ", ".join(f"{n} {status}" for status, n in Counter(runs["status"]).items())
     seeds = ", ".join(map(str, sorted(runs["seed"].unique())))
-    if isinstance(plan, Ablation):
-        varied = "grid: " + "; ".join(f"{key} in {values}" for key, values in _grid(plan).items())
+    if plan["kind"] == "ablation":
+        varied = "grid: " + "; ".join(f"{key} in {values}" for key, values in plan["varied"].items())
     else:
-        varied = "space: " + "; ".join(f"{d.key} {d.as_written()}" for d in plan.space)
+        varied = "space: " + "; ".join(f"{key} {spec}" for key, spec in plan["space"].items())
     return "\n".join([
         "## What ran",
         "",
-        f"- {kind(plan)} `{plan.plan.path}` over the experiment `{plan.plan.experiment}`; run folders in `{folder}`",
+        f"- {plan['kind']} `{plan['file']}` over the experiment `{plan['experiment']}`; run folders in `{folder}`",
         f"- {varied}",
         f"- {len(runs)} runs ({statuses}), seeds {seeds}",
         f"- per run: {_spread(runs, STEPS)} steps, {_spread(runs, TOKENS_SEEN)} tokens, "
         f"{_spread(runs, 'params')} parameters",
     ])
-
-
-def _grid(ablation: Ablation) -> dict[str, list]:
-    return {key: list(dict.fromkeys(cell.variant[key] for cell in ablation.cells)) for key in grid_keys(ablation)}
 
 
 def _spread(frame: pd.DataFrame, column: str) -> str:
@@ -128,8 +107,8 @@ def _spread(frame: pd.DataFrame, column: str) -> str:
     return f"{low:,.0f}" if low == high else f"{low:,.0f}-{high:,.0f}"
 
 
-def _comparison(ablation: Ablation, runs: pd.DataFrame, finished: pd.DataFrame, folder: Path) -> str:
-    table = compare(runs, grid_keys(ablation), baseline=ablation.baseline)
+def _comparison(ablation: dict, runs: pd.DataFrame, finished: pd.DataFrame, folder: Path) -> str:
+    table = compare(runs, list(ablation["varied"]), baseline=ablation["baseline"])
     title = caption(table, len(runs), len(finished), str(folder)).replace("\n", "  \n")  # Markdown keeps its lines
     return "\n\n".join(["## Comparison", title, to_markdown(table), _method(table)])
 
@@ -144,17 +123,17 @@ def _method(table: pd.DataFrame) -> str:
             f"p-values {correction_note(a)}.")
 
 
-def _trials(sweep: Sweep) -> str:
-    study = SweepStudy.load(sweep)
-    if study is None:
-        return f"## Trials\n\nNo study {sweep.name!r} in the sweep's storage: its trials were not recorded there."
-    trials = f"## Trials\n\n```text\n{format_table(sweep, study)}\n```\n\n## Best parameters"
-    ranked = study.ranked()  # with several objectives, the Pareto front by the first: best.yaml's trial first
-    if not ranked:
+def _trials(sweep: dict, folder: Path) -> str:
+    """The table the sweep wrote after its last trial, and its best trial (best.json)."""
+    table = folder / "table.txt"
+    if not table.is_file():
+        return f"## Trials\n\nNo table of trials in {folder}: the study recorded none."
+    trials = f"## Trials\n\n```text\n{table.read_text().rstrip()}\n```\n\n## Best parameters"
+    if not (folder / "best.json").is_file():
         return f"{trials}\n\nNo trial completed."
-    params = markdown_table([{"key": key, "value": value} for key, value in ranked[0].params.items()])
-    return (f"{trials}\n\nTrial {ranked[0].number}; `nanolab run {sweep.folder / 'best.yaml'}` trains it again."
-            f"\n\n{params}")
+    best = read_json(folder / "best.json")  # several objectives: the Pareto front's best by the first
+    params = markdown_table([{"key": key, "value": value} for key, value in best["params"].items()])
+    return f"{trials}\n\nTrial {best['trial']}; `nanolab run {folder / 'best.yaml'}` trains it again.\n\n{params}"
 
 
 def _curves(finished: pd.DataFrame, by: list[str], line: str, out: Path) -> str:
@@ -205,12 +184,12 @@ def _agreed(values: Sequence[Any]) -> str:
     return "runs disagree: " + "; ".join(f"{value} ({n} runs)" for value, n in counts.items())
 
 
-def _wandb_links(plan: Ablation | Sweep, run_ids: pd.Series, metas: list[dict], folder: Path) -> str:
+def _wandb_links(plan_file, run_ids: pd.Series, metas: list[dict], folder: Path) -> str:
     links = [f"- [{run_id}]({meta['wandb_url']})" for run_id, meta in zip(run_ids, metas) if meta.get("wandb_url")]
     offline = [run_id for run_id, meta in zip(run_ids, metas)
                if meta.get("wandb_mode") == "offline" and not meta.get("wandb_url")]
     notes = [f"{len(offline)} of the runs are offline W&B runs: `nanolab sync {folder}/*/` uploads them, then "
-             f"`nanolab report {plan.plan.path} --wandb` makes their W&B Report."] if offline else []
+             f"`nanolab report {plan_file} --wandb` makes their W&B Report."] if offline else []
     if not links and not offline:
         notes = ["W&B was off for these runs (tracking.wandb.mode disabled): the run folders hold everything."]
     return "\n\n".join(["## W&B", *(["\n".join(links)] if links else []), *notes])

@@ -100,7 +100,10 @@ class Board:
 
 
 class Launcher:
-    """Runs tasks until `next_task` returns None, `on_end(task, outcome)` after each; see the module docstring."""
+    """Runs tasks until `next_task` returns None, `on_end(task, outcome)` after each; see the module docstring.
+    `children`: its tasks run in this process or its children, so they end when it does (a Slurm job does not)."""
+
+    children = True
 
     def run(self, next_task: Callable[[], Task | None], on_end: Callable[[Task, Outcome], None],
             board: Board) -> Launched:
@@ -198,8 +201,10 @@ class LaunchOptions:
         """'2 worker(s)', 'torchrun over 2 processes', 'Slurm jobs (at most 4 queued at once)'."""
         if self.backend == "local":
             return f"torchrun over {self.nproc} processes" if self.nproc > 1 else f"{self.workers or 1} worker(s)"
-        where = "Slurm jobs" if self.backend == "slurm" else "submitit's local executor"
-        return where + (f" (at most {self.workers} at once)" if self.workers else "")
+        where = "Slurm" if self.backend == "slurm" else "submitit's local executor"
+        if self.nproc > 1:
+            return f"one job of {self.slurm.nodes} node(s) x {self.nproc} task(s) on {where}"
+        return f"a job per task on {where}" + (f", at most {self.workers} at once" if self.workers else "")
 
     def __post_init__(self):
         if self.backend not in BACKENDS:

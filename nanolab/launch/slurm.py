@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from dataclasses import dataclass
@@ -30,18 +31,18 @@ from typing import Any, Callable
 from nanolab import files
 from nanolab.errors import NanolabError
 from nanolab.launch import Board, Launched, Launcher, LaunchOptions, Outcome, Task, execute
-from nanolab.runfolder import RunFolder
+from nanolab.runfolder import RunFolder, RunStore
 from nanolab.vocab import RunStatus
 
 POLL_SECONDS = 5.0
 GONE = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
         "TIMEOUT"}  # states in which squeue may still list a job that will not run again
-RECORDS = {"slurm": ".slurm", "local": ".submitit"}  # the folder of each cluster's job records in a plan folder
+CLUSTERS = ("slurm", "local")  # submitit's names: Slurm, and its local executor
 
 
 def submitted_to(plan_folder: Path) -> str | None:
-    """The cluster ("slurm" or "local") this plan's jobs were submitted to, or None when none was."""
-    return next((cluster for cluster, name in RECORDS.items() if (plan_folder / name / "jobs.json").is_file()), None)
+    """The cluster this plan's jobs were submitted to, or None when none was."""
+    return next((c for c in CLUSTERS if (RunStore.job_records(plan_folder, c) / "jobs.json").is_file()), None)
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,8 @@ class Job:
 class SlurmLauncher(Launcher):
     def __init__(self, options: LaunchOptions, plan_folder: Path):
         self.options, self.cluster = options, "local" if options.backend == "submitit-local" else "slurm"
-        self.folder = plan_folder / RECORDS[self.cluster]
+        self.children = self.cluster == "local"
+        self.folder = RunStore.job_records(plan_folder, self.cluster)
         self.book = self.folder / "jobs.json"
         self._local: dict[str, Any] = {}  # label -> submitit job, for the local executor (its jobs are children)
 
@@ -121,7 +123,7 @@ class SlurmLauncher(Launcher):
         executor = submitit.AutoExecutor(folder=self.folder / "%j", cluster=self.cluster)
         ids = {}
         for job in jobs:
-            executor.update_parameters(name=job.task.label, **self._parameters(job))
+            executor.update_parameters(name=re.sub(r"[^\w.=+-]+", "_", job.task.label), **self._parameters(job))
             try:
                 submitted = executor.submit(run_job, job)
             except Exception as exc:  # noqa: BLE001 - sbatch's refusal is the user's to read, in one line

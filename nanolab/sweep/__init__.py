@@ -28,6 +28,7 @@ def optimize(sweep: Sweep, study: SweepStudy, trials: int, launcher: Launcher,
              timeout: float | None = None) -> tuple[Launched, list[Outcome]]:
     """Run `trials` new trials (and any waiting to resume) with `launcher`; returns how the launch ended and the
     outcomes of the trials that ended in this call."""
+    sweep.plan.record(sweep.resolved(), sweep.facts())
     deadline = time.time() + timeout if timeout else None
     board = Board(trials, sweep.objectives[0].metric, sweep.objectives[0].direction)
     claimed, outcomes = 0, []
@@ -40,7 +41,7 @@ def optimize(sweep: Sweep, study: SweepStudy, trials: int, launcher: Launcher,
             return None
         if not study.waiting() and claimed >= trials:
             return None
-        ticket = study.ask()
+        ticket = study.ask(owned=launcher.children)
         if ticket.origin == ticket.number:
             claimed += 1
         else:  # a resumed or retried trial is not one of the `trials` new ones

@@ -1,5 +1,6 @@
-"""A sweep's results: trials.csv, best.yaml (a full spec: `nanolab run best.yaml`) and table.txt, rewritten after
-every trial, and the table `--status` prints."""
+"""A sweep's results: trials.csv, best.yaml (a full spec: `nanolab run best.yaml`), best.json (the best trial's
+number, parameters and objective values) and table.txt, rewritten after every trial, and the table `--status`
+prints."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections import Counter
 
 import pandas as pd
 
-from nanolab.files import write_text
+from nanolab.files import write_json, write_text
 from nanolab.spec import dump_spec
 from nanolab.sweep.storage import safe
 
@@ -44,5 +45,7 @@ def write_results(sweep, study) -> bool:
         values = ", ".join(f"{o.metric} {v:.4g}" for o, v in zip(sweep.objectives, trial.values))
         header = f"# best trial {trial.number} of sweep {sweep.name} ({values}), from {sweep.path}\n"
         write_text(sweep.folder / "best.yaml", header + dump_spec(sweep.config(trial.params)))
+        write_json(sweep.folder / "best.json", {"trial": trial.number, "params": trial.params,
+                                                "values": dict(zip((o.metric for o in sweep.objectives), trial.values))})
     write_text(sweep.folder / "table.txt", format_table(sweep, study) + "\n")
     return bool(best)

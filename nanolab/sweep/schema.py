@@ -163,13 +163,17 @@ class Sweep:
                 "pruner": {"name": self.pruner.name, **self.pruner.options},
                 "trials": trials or self.trials, "storage": safe(self.storage)}
 
+    def facts(self) -> dict:
+        """What a report says of the sweep: its space as written and its objectives."""
+        return {"space": {d.key: d.as_written() for d in self.space}, "objectives": [vars(o) for o in self.objectives]}
+
     @property
     def fingerprint(self) -> str:
         return fingerprint(json.loads(json.dumps(self.resolved(), default=str)))
 
     def resolved(self) -> dict:
         """What makes two calls the same study: the experiment with its overrides, the space, the objectives."""
-        return {"experiment": self.plan.experiment(),
+        return {"experiment": self.plan.trained(),
                 "space": {d.key: {k: v for k, v in vars(d).items() if k != "key"} for d in self.space},
                 "objectives": {o.metric: o.direction for o in self.objectives}}
 

@@ -210,15 +210,18 @@ class SweepStudy:
     def exhausted(self) -> bool:
         return self.study.sampler.exhausted(self.study)
 
-    def ask(self) -> Ticket:
-        """A trial to run: a waiting one (resumed or retried) first, else new parameters from the sampler."""
+    def ask(self, owned: bool = True) -> Ticket:
+        """A trial to run: a waiting one (resumed or retried) first, else new parameters from the sampler. `owned`:
+        it runs in this process or a child, so it is this process's until its worker says otherwise (a trial
+        queued in Slurm is nobody's until its job starts: no later call may take it for dead)."""
         trial = self.study.ask()
         params = {d.key: _suggest(d, trial) for d in self.sweep.space}
         origin = trial.user_attrs.get("origin", trial.number)
         trial.set_user_attr("origin", origin)
-        trial.set_user_attr("worker", _me())
+        if owned:
+            trial.set_user_attr("worker", _me())
         trial.set_user_attr("run_dir", str(self.sweep.run_folder(origin).path.resolve()))
-        if self._heartbeat_interval():  # beat once now: a trial that never beat is never found stale
+        if owned and self._heartbeat_interval():  # beat once now: a trial that never beat is never found stale
             self.study._storage.record_heartbeat(trial._trial_id)
         return Ticket(trial.number, trial._trial_id, params, origin)
 
