@@ -6,7 +6,9 @@ doing it at the same moment on an empty PostgreSQL database collide in the catal
 value violates unique constraint "pg_type_typname_nsp_index"`: CREATE TABLE checks for the table, then both insert
 its row type). So on PostgreSQL that whole step runs under one advisory lock, held on a connection of its own;
 elsewhere (SQLite, MySQL: no advisory lock we can count on) the step is retried after a short random pause, since
-a second attempt finds the tables the winner made. Once created, the storage needs neither.
+a second attempt finds the tables the winner made. Once created, the storage needs neither. Once opened, a storage
+that is lost (its database dropped, its server gone) is one StorageError line wherever Optuna meets it, not
+SQLAlchemy's chained tracebacks under Optuna's "invalid data in the commit".
 
 A journal file (the default storage) is a line of JSON per record, appended under a lock file. A write cut short
 (a full disk, a killed process) leaves a last line without its newline, which Optuna's reader skips and its next
@@ -47,6 +49,10 @@ ATTEMPTS = 5  # without a lock: tries of the whole setup step, each after a rand
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 T = TypeVar("T")
+
+
+class StorageError(NanolabError):
+    """An opened storage is lost: one line naming it (password masked) and what a new connection finds."""
 
 
 def is_journal(url: str) -> bool:
@@ -144,8 +150,45 @@ def _mend(path: Path) -> None:
 
 
 def _rdb(url: str) -> RDBStorage:
-    return RDBStorage(url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD,
-                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+    storage = RDBStorage(url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD,
+                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+    sqlalchemy.event.listen(storage.engine, "handle_error", _lost(url))  # opened: a failure from now on is a loss
+    return storage
+
+
+def _lost(url: str) -> Callable[[sqlalchemy.engine.ExceptionContext], StorageError | None]:
+    """SQLAlchemy's handle_error hook: a connection that broke, or that cannot be made again, becomes a StorageError.
+    Other errors (a deadlock, an integrity error) stay SQLAlchemy's, for Optuna to retry or raise."""
+
+    def hook(context: sqlalchemy.engine.ExceptionContext) -> StorageError | None:
+        if context.is_pre_ping or not (context.is_disconnect or context.connection is None):
+            return None
+        # a broken connection does not say why: a new one does (the database dropped, the server down)
+        why = _connecting(url) if context.is_disconnect else context.original_exception
+        return StorageError(f"storage {safe(url)}: {_what(why or context.original_exception)}")
+
+    return hook
+
+
+def _connecting(url: str) -> Exception | None:
+    """What a new connection to `url` fails with; None when it connects."""
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        engine.connect().close()
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        return getattr(exc, "orig", None) or exc
+    finally:
+        engine.dispose()
+    return None
+
+
+def _what(exc: BaseException) -> str:
+    """'the database is gone (database "db" does not exist)', else 'lost the connection (<the error's first line>)'."""
+    text = str(exc).strip()
+    if gone := re.search(r'database "[^"]*" does not exist', text):
+        return f"the database is gone ({gone.group(0)})"
+    first = text.splitlines()[0] if text else ""
+    return f"lost the connection ({type(exc).__name__}: {first})"
 
 
 def _setup(url: str, step: Callable[[], T]) -> T:

@@ -10,6 +10,7 @@ are the same: always for random, grid and qmc; for tpe and cmaes when the earlie
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -27,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from nanolab.errors import SpecError
 from nanolab.runfolder import RunFolder
 from nanolab.spec import flatten
-from nanolab.sweep.storage import create_or_load_study, is_journal, open_storage, safe
+from nanolab.sweep.storage import StorageError, create_or_load_study, is_journal, open_storage, safe
 
 S = optuna.samplers
 SAMPLERS = {"tpe": S.TPESampler, "random": S.RandomSampler, "grid": S.GridSampler, "cmaes": S.CmaEsSampler,
@@ -163,6 +164,7 @@ class Ticket:
 class SweepStudy:
     def __init__(self, sweep, study: optuna.Study):
         self.sweep, self.study = sweep, study
+        self.folders: dict[int, RunFolder] = {}  # trial number -> run folder, of the trials this worker runs
 
     @classmethod
     def create(cls, sweep) -> SweepStudy:
@@ -247,6 +249,7 @@ class SweepStudy:
     def trial(self, trial_id: int) -> optuna.Trial:
         trial = optuna.Trial(self.study, trial_id)
         trial.set_user_attr("worker", _me())
+        self.folders[trial.number] = self.sweep.run_folder(trial.user_attrs.get("origin", trial.number))
         return trial
 
     @contextmanager
@@ -256,7 +259,8 @@ class SweepStudy:
         if interval:
             def beat():
                 while not stop.is_set():
-                    storage.record_heartbeat(trial_id)
+                    with contextlib.suppress(StorageError):  # the trial's own next call to the storage says so
+                        storage.record_heartbeat(trial_id)
                     stop.wait(interval)
 
             threading.Thread(target=beat, daemon=True).start()
@@ -270,22 +274,37 @@ class SweepStudy:
         return storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
 
     def complete(self, number: int, values: list[float]) -> None:
-        self.study.tell(number, values[0] if len(values) == 1 else values)
+        with self._telling(number):
+            self.study.tell(number, values[0] if len(values) == 1 else values)
 
     def pruned(self, number: int) -> None:
-        self.study.tell(number, state=TrialState.PRUNED)
+        with self._telling(number):
+            self.study.tell(number, state=TrialState.PRUNED)
 
     def fail(self, number: int, reason: str, resume: bool = False) -> None:
         """FAIL with the reason; with `resume`, a waiting copy continues the run folder on the next call."""
-        frozen = self.study.get_trials(deepcopy=False)[number]
-        self._fail(frozen, reason)
-        if resume:
-            self._requeue(frozen, retries=frozen.user_attrs.get("retries", 0))
+        with self._telling(number):
+            frozen = self.study.get_trials(deepcopy=False)[number]
+            self._fail(frozen, reason)
+            if resume:
+                self._requeue(frozen, retries=frozen.user_attrs.get("retries", 0))
 
     def set_attrs(self, number: int, **attrs: Any) -> None:
-        trial_id = self.study.get_trials(deepcopy=False)[number]._trial_id
-        for key, value in attrs.items():
-            self.study._storage.set_trial_user_attr(trial_id, key, value)
+        with self._telling(number):
+            trial_id = self.study.get_trials(deepcopy=False)[number]._trial_id
+            for key, value in attrs.items():
+                self.study._storage.set_trial_user_attr(trial_id, key, value)
+
+    @contextmanager
+    def _telling(self, number: int) -> Iterator[None]:
+        """A trial's end that its lost storage cannot take is recorded in its run folder (meta.json's `study`)."""
+        try:
+            yield
+        except StorageError as exc:
+            folder = self.folders.get(number)
+            if folder is not None and folder.meta_path.is_file():
+                folder.update_meta(study=f"not told how this run ended: {exc}")
+            raise
 
     def _fail(self, frozen: FrozenTrial, reason: str) -> None:
         self.study._storage.set_trial_user_attr(frozen._trial_id, "fail_reason", reason)
