@@ -116,11 +116,12 @@ def overwrite_in_place(path: Path, text: str) -> None:
 
 
 class AppendFile:
-    """A text file appended to a whole line at a time, unbuffered: each line is on disk when `write` returns. A
-    write that fails (disk full) is cut back to the previous whole line and raises WriteFailed."""
+    """A text file appended to a whole line at a time, unbuffered: each line is on disk when `write` returns (and
+    synced to the device too, with `sync`). A write that fails (disk full) is cut back to the previous whole line
+    and raises WriteFailed."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    def __init__(self, path: Path, sync: bool = False):
+        self.path, self.sync = Path(path), sync
         try:
             self._file = open(self.path, "ab", buffering=0)
         except OSError as exc:
@@ -132,6 +133,8 @@ class AppendFile:
             view = memoryview(data)
             while view:
                 view = view[self._file.write(view):]
+            if self.sync:
+                os.fsync(self._file.fileno())
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._file.fileno(), end)  # no torn line for the next line to be glued onto

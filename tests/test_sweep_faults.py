@@ -1,8 +1,11 @@
 """Sweeps when things go wrong: dead workers, a killed sweep process, Ctrl-C, a changed sweep file, a second
-storage, --set on a swept key, two sweeps started together; and what reaches W&B and Optuna about each trial."""
+storage, --set on a swept key, two sweeps started together, a torn journal and a full disk under it; and what
+reaches W&B and Optuna about each trial."""
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_faults import small_tmpfs  # noqa: F401 - a fixture
 from test_launcher import alive
 from test_sweep import sweep_file, trial_rows
 
@@ -191,3 +195,89 @@ def test_two_sweeps_started_together_propose_different_parameters_and_reruns_rep
     assert main(["sweep", str(path), "--storage", str(tmp_path / "rerun.log"), "--trials", "6"]) == 0
     rerun = SweepStudy.load(load_sweep(path, storage=str(tmp_path / "rerun.log"))).trials()
     assert [t.params["train.lr"] for t in rerun] == params  # random: trial N's parameters follow from seed + N
+
+
+# --------------------------------------------------------------------------- the journal file
+
+
+def journal(name: str) -> Path:
+    return runs_root() / "sweeps" / name / "journal.log"
+
+
+def records(path: Path) -> list[dict]:
+    """Every line of a journal as JSON: raises on a torn or damaged one."""
+    data = path.read_bytes()
+    assert data.endswith(b"\n"), data[-80:]
+    return [json.loads(line) for line in data.splitlines()]
+
+
+def test_a_torn_last_journal_record_is_set_aside_and_the_study_goes_on(tmp_path, capsys):
+    """A write cut short (a full disk, a killed process) leaves the last record without its newline: the next call
+    moves those bytes to a file beside the journal, says so in one line, and continues from the last whole record."""
+    path = sweep_file(tmp_path, "torn", LR + "trials: 2\n")
+    assert main(["sweep", str(path)]) == 0
+    before = trial_rows("torn")
+    whole = journal("torn").read_bytes()
+    kept = whole[:whole.rindex(b"\n", 0, len(whole) - 1) + 1]  # up to the last record: trial 1's result
+    torn = whole[len(kept):-40]
+    journal("torn").write_bytes(kept + torn)
+    capsys.readouterr()
+    assert main(["sweep", str(path), "--trials", "1"]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "journal.log" in line]
+    aside = journal("torn").with_name("journal.log.torn-1")
+    assert len(said) == 1 and str(journal("torn")) in said[0] and str(aside) in said[0], said
+    assert aside.read_bytes() == torn
+    assert journal("torn").read_bytes().startswith(kept) and len(records(journal("torn"))) > kept.count(b"\n")
+    rows = trial_rows("torn")
+    assert rows[0] == before[0]
+    assert [r["state"] for r in rows] == ["COMPLETE", "RUNNING", "COMPLETE"]  # trial 1's end was the torn record
+    assert main(["sweep", str(path), "--status"]) == 0
+    assert "top 2 trials" in capsys.readouterr().out
+
+
+def test_a_journal_damaged_before_its_last_record_is_refused_in_one_line(tmp_path, capsys):
+    """A torn record with whole records after it (what appending after a torn record made) is not a write cut
+    short: nanolab cannot tell what was lost, so it changes nothing and says where the damage is."""
+    path = sweep_file(tmp_path, "damaged", LR + "trials: 1\n")
+    assert main(["sweep", str(path)]) == 0
+    lines = journal("damaged").read_bytes().splitlines(keepends=True)
+    damaged = b"".join([*lines[:3], lines[3][:25], *lines[4:]])  # line 4: a torn record, then line 5's
+    journal("damaged").write_bytes(damaged)
+    capsys.readouterr()
+    for args in ([], ["--status"]):
+        assert main(["sweep", str(path), *args]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1
+        assert err.startswith(f"nanolab: error: {journal('damaged')}: line 4 of {len(lines) - 1} is not a whole")
+    assert journal("damaged").read_bytes() == damaged
+    assert sorted(p.name for p in journal("damaged").parent.iterdir() if "journal" in p.name) == ["journal.log"]
+
+
+def fill(path: Path) -> None:
+    """Write zeros to `path` until its filesystem has no space left."""
+    with open(path, "wb", buffering=0) as f:
+        for chunk in (bytes(1 << 16), bytes(1)):
+            try:
+                while True:
+                    f.write(chunk)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+
+
+def test_a_full_disk_under_the_journal_ends_the_sweep_in_one_line_and_tears_no_record(tmp_path, small_tmpfs):
+    """The journal on a disk that fills up: whichever write finds it full (the study's, a trial's) is cut back to
+    the last whole record and the sweep ends with one line; with space again, the next call goes on."""
+    path = sweep_file(tmp_path, "fulldisk", LR + "trials: 1\n")
+    store = small_tmpfs / "journal.log"
+    assert main(["sweep", str(path), "--storage", str(store)]) == 0
+    before = store.read_bytes()
+    fill(small_tmpfs / "filler")
+    sweep = start(path, "--storage", str(store), "--trials", "6")  # more than the journal's last block holds
+    out, err = sweep.communicate(timeout=300)
+    assert sweep.returncode == 2 and "Traceback" not in err, err
+    assert err.splitlines()[-1] == f"nanolab: error: no space left on device while writing {store}"
+    assert store.read_bytes().startswith(before) and records(store)
+    (small_tmpfs / "filler").unlink()
+    assert main(["sweep", str(path), "--storage", str(store), "--trials", "1"]) == 0
+    assert main(["sweep", str(path), "--storage", str(store), "--status"]) == 0
+    assert records(store)

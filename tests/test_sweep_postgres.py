@@ -189,6 +189,83 @@ def test_two_machines_start_the_same_sweep_at_once(tmp_path):
             assert len({t.params["train.lr"] for t in trials}) == 4, f"round {r}: duplicate parameters"
 
 
+@pytest.mark.parametrize("metric", ["val/loss", "train/loss"])
+def test_a_dropped_database_ends_the_sweep_in_one_line_and_run_folders_say_why(tmp_path, metric):
+    """`DROP DATABASE ... WITH (FORCE)` while trial 0 trains. On val/loss the trial reports each evaluation (for the
+    pruner): its next report finds the database gone and the run stops there. On train/loss it reports nothing:
+    the run finishes and its result has nowhere to go. Either way: one line naming the storage (password masked),
+    exit 2, and the truth in the run folder's meta.json."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+    from test_sweep import TINY
+
+    from nanolab.runfolder import RunFolder
+    from nanolab.sweep.storage import safe
+
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    (tmp_path / "dropped.yaml").write_text(f"{TINY_SWEEP}objective: {{metric: {metric}}}\n"
+                                           "overrides: {train.max_iters: 2000, train.eval_interval: 500}\n")
+    runs = tmp_path / "runs"
+    with fresh_database(URL) as db:
+        url = make_url(db).set(password="secret").render_as_string(hide_password=False)  # trust: any password
+        sweep = subprocess.Popen([sys.executable, "-m", "nanolab", "sweep", str(tmp_path / "dropped.yaml"),
+                                  "--storage", url], env={**os.environ, "NANOLAB_RUNS": str(runs)}, cwd=tmp_path,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait_for([runs / "dropped" / "trial-0" / "metrics.jsonl"], [sweep], timeout=120)  # trial 0 trains
+        with psycopg.connect(_admin_url(URL), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{make_url(db).database}" WITH (FORCE)')
+        out, err = sweep.communicate(timeout=300)
+    gone = f"storage {safe(url)}: the database is gone ("
+    assert sweep.returncode == 2 and "Traceback" not in err and "secret" not in out + err, err
+    assert err.splitlines()[-1].startswith(f"nanolab: error: {gone}"), err
+    meta = RunFolder(runs / "dropped" / "trial-0").read_meta()
+    if metric == "val/loss":
+        assert meta["status"] == "failed" and gone in meta["reason"]
+    else:
+        assert meta["status"] == "finished" and meta["reason"] == ""
+    assert meta["study"].startswith(f"not told how this run ended: {gone}")
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_trials_heartbeat_goes_on_quietly_when_the_database_is_gone(monkeypatch, capsys):
+    """The trial itself says that its storage is gone (above); its heartbeat thread neither dies nor prints."""
+    import threading
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from nanolab.sweep import storage
+    from nanolab.sweep.study import SweepStudy
+
+    monkeypatch.setattr(storage, "HEARTBEAT_INTERVAL", 1)
+    died = []
+    monkeypatch.setattr(threading, "excepthook", died.append)
+    with fresh_database(URL) as db:
+        study = storage.create_or_load_study(db, "s", ["minimize"])
+        trial = study.ask()
+        dropped, beats_since = threading.Event(), []
+        record = study._storage.record_heartbeat
+
+        def beat(trial_id: int) -> None:
+            try:
+                record(trial_id)
+            finally:
+                if dropped.is_set():
+                    beats_since.append(trial_id)
+
+        study._storage.record_heartbeat = beat
+        with SweepStudy(None, study).heartbeat(trial._trial_id):
+            with psycopg.connect(_admin_url(URL), autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE "{make_url(db).database}" WITH (FORCE)')
+            dropped.set()
+            deadline = time.monotonic() + 60
+            while len(beats_since) < 2:  # the second beat: the thread outlived the first one's error
+                assert time.monotonic() < deadline, "the heartbeat stopped"
+                time.sleep(0.05)
+    assert died == [] and capsys.readouterr().err == ""
+
+
 if __name__ == "__main__":  # python tests/test_sweep_postgres.py plain|nanolab ROUNDS
     import tempfile
 

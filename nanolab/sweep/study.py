@@ -1,4 +1,4 @@
-"""The study: the one owner of Optuna in nanolab (samplers, pruners, the study, its trials, the fingerprint).
+"""The study: the one owner of Optuna in nanolab (samplers, pruners, the study, its trials, its record of the plan).
 
 The sweep's main process asks the study for trials; a worker process (or the main process, with one worker)
 runs a trial and tells the study how it ended. Seeds: trial N's parameters come from the sampler seeded with
@@ -10,7 +10,7 @@ are the same: always for random, grid and qmc; for tpe and cmaes when the earlie
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import inspect
 import json
 import os
@@ -26,8 +26,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from nanolab.errors import SpecError
 from nanolab.runfolder import RunFolder
-from nanolab.config import flatten
-from nanolab.sweep.storage import create_or_load_study, is_journal, open_storage, safe
+from nanolab.plan import changed_message, fingerprint
+from nanolab.sweep.storage import StorageError, create_or_load_study, is_journal, open_storage, safe
 
 S = optuna.samplers
 SAMPLERS = {"tpe": S.TPESampler, "random": S.RandomSampler, "grid": S.GridSampler, "cmaes": S.CmaEsSampler,
@@ -123,10 +123,6 @@ class TrialSeeded(optuna.samplers.BaseSampler):
 # ----------------------------------------------------------------------------- the fingerprint
 
 
-def fingerprint(resolved: dict) -> str:
-    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def same_sweep(stored: dict, resolved: dict) -> bool:
     """Whether a study's stored fingerprint (and resolved sweep) is the sweep `resolved`, up to keys that do not
     change what a trial trains: the sample length (samples draw from their own generator; plans turned it off by
@@ -138,13 +134,6 @@ def same_sweep(stored: dict, resolved: dict) -> bool:
         return {**sweep, "experiment": {**sweep["experiment"], "train": {
             k: v for k, v in sweep["experiment"].get("train", {}).items() if k != "sample_tokens"}}}
     return fingerprint(trained(stored["resolved"])) == fingerprint(trained(resolved))
-
-
-def _what_changed(old: dict, new: dict) -> str:
-    """'space.0.high: 0.01 -> 0.03; experiment.train.max_iters: 300 -> 400' (the first three differences)."""
-    a, b = flatten(old), flatten(new)
-    diffs = [f"{k}: {a.get(k, '(absent)')} -> {b.get(k, '(absent)')}" for k in sorted({*a, *b}) if a.get(k) != b.get(k)]
-    return "; ".join(diffs[:3]) + (f"; and {len(diffs) - 3} more" if len(diffs) > 3 else "")
 
 
 # ----------------------------------------------------------------------------- the study
@@ -163,6 +152,7 @@ class Ticket:
 class SweepStudy:
     def __init__(self, sweep, study: optuna.Study):
         self.sweep, self.study = sweep, study
+        self.folders: dict[int, RunFolder] = {}  # trial number -> run folder, of the trials this worker runs
 
     @classmethod
     def create(cls, sweep) -> SweepStudy:
@@ -183,9 +173,7 @@ class SweepStudy:
             study.set_user_attr("fingerprint", fingerprint(resolved))
             study.set_user_attr("resolved", resolved)
         elif not same_sweep(study.user_attrs, resolved):
-            raise SpecError(f"{sweep.path}: {where} was started from another sweep "
-                            f"({_what_changed(study.user_attrs.get('resolved', {}), resolved)}); continuing it would "
-                            "mix two experiments. To start a new study on purpose, give the file another `name:`")
+            raise SpecError(changed_message(sweep.path, where, study.user_attrs.get("resolved", {}), resolved))
         return cls(sweep, study)
 
     @classmethod
@@ -253,6 +241,7 @@ class SweepStudy:
     def trial(self, trial_id: int) -> optuna.Trial:
         trial = optuna.Trial(self.study, trial_id)
         trial.set_user_attr("worker", _me())
+        self.folders[trial.number] = self.sweep.run_folder(trial.user_attrs.get("origin", trial.number))
         return trial
 
     @contextmanager
@@ -262,7 +251,8 @@ class SweepStudy:
         if interval:
             def beat():
                 while not stop.is_set():
-                    storage.record_heartbeat(trial_id)
+                    with contextlib.suppress(StorageError):  # the trial's own next call to the storage says so
+                        storage.record_heartbeat(trial_id)
                     stop.wait(interval)
 
             threading.Thread(target=beat, daemon=True).start()
@@ -276,22 +266,37 @@ class SweepStudy:
         return storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
 
     def complete(self, number: int, values: list[float]) -> None:
-        self.study.tell(number, values[0] if len(values) == 1 else values)
+        with self._telling(number):
+            self.study.tell(number, values[0] if len(values) == 1 else values)
 
     def pruned(self, number: int) -> None:
-        self.study.tell(number, state=TrialState.PRUNED)
+        with self._telling(number):
+            self.study.tell(number, state=TrialState.PRUNED)
 
     def fail(self, number: int, reason: str, resume: bool = False) -> None:
         """FAIL with the reason; with `resume`, a waiting copy continues the run folder on the next call."""
-        frozen = self.study.get_trials(deepcopy=False)[number]
-        self._fail(frozen, reason)
-        if resume:
-            self._requeue(frozen, retries=frozen.user_attrs.get("retries", 0))
+        with self._telling(number):
+            frozen = self.study.get_trials(deepcopy=False)[number]
+            self._fail(frozen, reason)
+            if resume:
+                self._requeue(frozen, retries=frozen.user_attrs.get("retries", 0))
 
     def set_attrs(self, number: int, **attrs: Any) -> None:
-        trial_id = self.study.get_trials(deepcopy=False)[number]._trial_id
-        for key, value in attrs.items():
-            self.study._storage.set_trial_user_attr(trial_id, key, value)
+        with self._telling(number):
+            trial_id = self.study.get_trials(deepcopy=False)[number]._trial_id
+            for key, value in attrs.items():
+                self.study._storage.set_trial_user_attr(trial_id, key, value)
+
+    @contextmanager
+    def _telling(self, number: int) -> Iterator[None]:
+        """A trial's end that its lost storage cannot take is recorded in its run folder (meta.json's `study`)."""
+        try:
+            yield
+        except StorageError as exc:
+            folder = self.folders.get(number)
+            if folder is not None and folder.meta_path.is_file():
+                folder.update_meta(study=f"not told how this run ended: {exc}")
+            raise
 
     def _fail(self, frozen: FrozenTrial, reason: str) -> None:
         self.study._storage.set_trial_user_attr(frozen._trial_id, "fail_reason", reason)
