@@ -1,11 +1,11 @@
-"""The `nanolab` command. Every user error is one line on stderr and exit status 2, never a traceback."""
+"""The `nanolab` command: the argument tables and thin calls (the plan commands in plans.py). Every user error is
+one line on stderr and exit status 2, never a traceback."""
 
 from __future__ import annotations
 
 import argparse
 import math
 import os
-import shlex
 import signal
 import sys
 import warnings
@@ -15,9 +15,9 @@ import yaml
 
 from nanolab import __version__
 from nanolab.errors import NanolabError
+from nanolab.cli.plans import RECEIVED, cmd_ablate, cmd_status, cmd_sweep, launch_run, stop
 from nanolab.launch import BACKENDS
-from nanolab.vocab import (BEST_VAL_LOSS, ENDED, EXIT_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, STATUS_EXIT,
-                           VAL_LOSS, RunStatus)
+from nanolab.vocab import BEST_VAL_LOSS, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, VAL_LOSS
 
 EPILOG = """examples:
   nanolab run experiments/baseline.yaml
@@ -65,25 +65,6 @@ def cmd_run(args) -> int:
     return result.exit_code
 
 
-def launch_run(cfg, options, resume: str | None) -> int:
-    """One run as one task of a launcher: over --nproc DDP processes here, or as a Slurm job."""
-    from nanolab.distributed import World, check_batch
-    from nanolab.launch import Board, Launched, Task, open_launcher
-    from nanolab.plan import run_spec
-    from nanolab.runfolder import RunFolder, RunStore, new_run_id
-
-    check_batch(World(0, options.world_size), cfg.train.batch_size)
-    folder = RunFolder(resume) if resume else RunStore().folder(cfg.name, new_run_id())
-    tasks, ended = iter([Task(folder.run_id, folder.path, run_spec, (cfg, folder.path))]), []
-    print(f"run {cfg.name}/{folder.run_id}: {options.describe()}", flush=True)
-    launched = open_launcher(options, RunStore().group(cfg.name)).run(
-        lambda: next(tasks, None), lambda task, outcome: ended.append(outcome), Board(1, BEST_VAL_LOSS))
-    if launched is Launched.SUBMITTED:
-        return EXIT_OK
-    print(f"{ended[0].status}: {folder.path} ({ended[0].text or 'no evaluation'})")
-    return STATUS_EXIT[ended[0].status]
-
-
 def cmd_sample(args) -> int:
     for dest, (accepted, ok) in SAMPLE_RANGES.items():  # before anything is loaded
         value = getattr(args, dest)
@@ -127,106 +108,6 @@ def cmd_components(args) -> int:
         for entry in registry.entries(kind):
             print(f"  {entry.name:<18} {entry.description}")
     return 0
-
-
-def cmd_sweep(args) -> int:
-    from nanolab.launch import Launched, LaunchOptions, open_launcher
-    from nanolab.sweep import SweepStudy, format_table, load_sweep, optimize, write_results
-    from nanolab.sweep.storage import safe
-
-    the_file(args, "sweep_file", "a SWEEP file")
-    sweep = load_sweep(args.sweep_file, tuple(args.set), args.storage)
-    if args.print_config:
-        print_config(sweep.plan.config(), sweep.describe(args.trials))
-        return EXIT_OK
-    if args.status:
-        print(sweep_status(sweep))
-        return EXIT_OK
-    if args.trials is not None and args.trials < 1:
-        raise NanolabError(f"--trials {args.trials}: expected a number of trials >= 1")
-    options = LaunchOptions.from_args(args, sweep.slurm)
-    launcher, study, trials = open_launcher(options, sweep.folder), SweepStudy.create(sweep), args.trials or sweep.trials
-    print(f"sweep {sweep.name}: {trials} trials, {options.describe()}, storage {safe(sweep.storage)}", flush=True)
-    launched, outcomes = optimize(sweep, study, trials, launcher, args.timeout)
-    has_best = write_results(sweep, study)
-    if launched is Launched.SUBMITTED:
-        return submitted(args.sweep_file)
-    print(format_table(sweep, study))
-    print(f"results: {sweep.folder} (trials.csv, {'best.yaml, ' if has_best else ''}table.txt)")
-    if launched is Launched.INTERRUPTED:
-        return stopped(args, f"sweep {sweep.name}", "its interrupted trials continue from their checkpoints", outcomes)
-    if not has_best:
-        print(f"nanolab: sweep {sweep.name}: no best trial: no trial completed, so no best.yaml was written")
-        return EXIT_FAILED
-    return EXIT_FAILED if any(o.status is RunStatus.FAILED for o in outcomes) else EXIT_OK
-
-
-def sweep_status(sweep) -> str:
-    """The table of the study as it stands, then the state of its jobs where they went to Slurm; runs nothing."""
-    from nanolab import launch
-    from nanolab.sweep import SweepStudy, format_table
-    from nanolab.sweep.storage import safe
-
-    study = SweepStudy.load(sweep)
-    table = f"sweep {sweep.name}: no trial yet in {safe(sweep.storage)}" if study is None else format_table(sweep, study)
-    jobs = launch.state(sweep.folder, None, lambda label: "a trial of the study")
-    return f"{table}\n\n{jobs}" if jobs else table
-
-
-def cmd_ablate(args) -> int:
-    from nanolab.ablate import load_ablation, run_ablation
-    from nanolab.launch import Launched, LaunchOptions, open_launcher
-    from nanolab.runfolder import RunStore
-
-    the_file(args, "ablation_file", "an ablation FILE")
-    ablation = load_ablation(args.ablation_file, args.seeds, tuple(args.set))
-    if args.print_config:
-        tuning = {"tune": {variant: sweep.describe() for variant, sweep in ablation.tuning.items()}}
-        print_config(ablation.plan.config(), {"ablation": ablation.name, "runs": {
-            cell.run_id: {**cell.variant, "seed": cell.seed} for cell in ablation.cells},
-            **(tuning if ablation.tuning else {})})
-        return EXIT_OK
-    options = LaunchOptions.from_args(args, ablation.slurm)
-    launched, outcomes = run_ablation(ablation, open_launcher(options, ablation.plan.folder))
-    if launched is Launched.SUBMITTED:
-        return submitted(args.ablation_file)
-    if launched is Launched.INTERRUPTED:
-        return stopped(args, f"ablation {ablation.name}", "its interrupted runs continue from their checkpoints",
-                       list(outcomes.values()))
-    from nanolab.analysis import compare_command
-
-    print(compare_command([RunStore().group(ablation.name)], group=ablation.name, baseline=ablation.baseline))
-    return EXIT_OK if all(o.status in ENDED for o in outcomes.values()) else EXIT_FAILED
-
-
-def cmd_status(args) -> int:
-    from nanolab.plan import plan_kind
-
-    if plan_kind(args.plan_file) == "sweep":
-        from nanolab.sweep import load_sweep
-
-        print(sweep_status(load_sweep(args.plan_file, tuple(args.set))))
-        return EXIT_OK
-    from nanolab import launch
-    from nanolab.ablate import describe, load_ablation
-
-    ablation = load_ablation(args.plan_file, args.seeds, tuple(args.set))
-    print(launch.state(ablation.plan.folder, [c.run_id for c in ablation.cells],
-                       lambda run_id: describe(ablation, run_id)))
-    return EXIT_OK
-
-
-def submitted(plan_file: str) -> int:
-    print(f"follow them: nanolab status {plan_file}")
-    return EXIT_OK
-
-
-def stopped(args, what: str, continues: str, outcomes) -> int:
-    """A plan stopped by Ctrl-C or SIGTERM: one line saying how to continue; exit 130 or 143."""
-    signals = [name for name in ("SIGTERM", "SIGINT") if name in RECEIVED or any(name in o.text for o in outcomes)]
-    print(f"nanolab: {what} stopped by {signals[0] if signals else 'SIGINT'}; {continues} with: "
-          f"nanolab {' '.join(map(shlex.quote, args.argv))}", file=sys.stderr, flush=True)
-    return EXIT_SIGTERM if signals[:1] == ["SIGTERM"] else EXIT_SIGINT
 
 
 def the_file(args, dest: str, what: str) -> None:
@@ -471,15 +352,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_FOLDER", help="run folders with offline W&B runs")
     p.set_defaults(func=cmd_sync)
     return parser
-
-
-RECEIVED: set[str] = set()  # the stop signals this command received between runs (a run handles its own)
-
-
-def stop(signum, frame) -> None:
-    """SIGTERM (a scheduler, `kill`) stops a command as Ctrl-C does: running tasks save, one line says how to go on."""
-    RECEIVED.add(signal.Signals(signum).name)
-    raise KeyboardInterrupt
 
 
 def one_line_warning(message, category, filename, lineno, line=None) -> str:

@@ -1,0 +1,143 @@
+"""The plan commands (`nanolab sweep`, `ablate`, `status`) and a launched `nanolab run`: the launch options from
+the flags, the front-end's engine call, what is printed and the exit status; and how a command stops on a signal
+(SIGTERM as Ctrl-C: running tasks save, one line says how to continue)."""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import sys
+
+from nanolab.errors import NanolabError
+from nanolab.vocab import (BEST_VAL_LOSS, ENDED, EXIT_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, STATUS_EXIT,
+                           RunStatus)
+
+
+def launch_run(cfg, options, resume: str | None) -> int:
+    """One run as one task of a launcher: over --nproc DDP processes here, or as a Slurm job."""
+    from nanolab.distributed import World, check_batch
+    from nanolab.launch import Board, Launched, Task, open_launcher
+    from nanolab.plan import run_spec
+    from nanolab.runfolder import RunFolder, RunStore, new_run_id
+
+    check_batch(World(0, options.world_size), cfg.train.batch_size)
+    folder = RunFolder(resume) if resume else RunStore().folder(cfg.name, new_run_id())
+    tasks, ended = iter([Task(folder.run_id, folder.path, run_spec, (cfg, folder.path))]), []
+    print(f"run {cfg.name}/{folder.run_id}: {options.describe()}", flush=True)
+    launched = open_launcher(options, RunStore().group(cfg.name)).run(
+        lambda: next(tasks, None), lambda task, outcome: ended.append(outcome), Board(1, BEST_VAL_LOSS))
+    if launched is Launched.SUBMITTED:
+        return EXIT_OK
+    print(f"{ended[0].status}: {folder.path} ({ended[0].text or 'no evaluation'})")
+    return STATUS_EXIT[ended[0].status]
+
+
+def cmd_sweep(args) -> int:
+    from nanolab.cli import print_config, the_file
+    from nanolab.launch import Launched, LaunchOptions, open_launcher
+    from nanolab.sweep import SweepStudy, format_table, load_sweep, optimize, write_results
+    from nanolab.sweep.storage import safe
+
+    the_file(args, "sweep_file", "a SWEEP file")
+    sweep = load_sweep(args.sweep_file, tuple(args.set), args.storage)
+    if args.print_config:
+        print_config(sweep.plan.config(), sweep.describe(args.trials))
+        return EXIT_OK
+    if args.status:
+        print(sweep_status(sweep))
+        return EXIT_OK
+    if args.trials is not None and args.trials < 1:
+        raise NanolabError(f"--trials {args.trials}: expected a number of trials >= 1")
+    options = LaunchOptions.from_args(args, sweep.slurm)
+    launcher, study, trials = open_launcher(options, sweep.folder), SweepStudy.create(sweep), args.trials or sweep.trials
+    print(f"sweep {sweep.name}: {trials} trials, {options.describe()}, storage {safe(sweep.storage)}", flush=True)
+    launched, outcomes = optimize(sweep, study, trials, launcher, args.timeout)
+    has_best = write_results(sweep, study)
+    if launched is Launched.SUBMITTED:
+        return submitted(args.sweep_file)
+    print(format_table(sweep, study))
+    print(f"results: {sweep.folder} (trials.csv, {'best.yaml, ' if has_best else ''}table.txt)")
+    if launched is Launched.INTERRUPTED:
+        return stopped(args, f"sweep {sweep.name}", "its interrupted trials continue from their checkpoints", outcomes)
+    if not has_best:
+        print(f"nanolab: sweep {sweep.name}: no best trial: no trial completed, so no best.yaml was written")
+        return EXIT_FAILED
+    return EXIT_FAILED if any(o.status is RunStatus.FAILED for o in outcomes) else EXIT_OK
+
+
+def sweep_status(sweep) -> str:
+    """The table of the study as it stands, then the state of its jobs where they went to Slurm; runs nothing."""
+    from nanolab import launch
+    from nanolab.sweep import SweepStudy, format_table
+    from nanolab.sweep.storage import safe
+
+    study = SweepStudy.load(sweep)
+    table = f"sweep {sweep.name}: no trial yet in {safe(sweep.storage)}" if study is None else format_table(sweep, study)
+    jobs = launch.state(sweep.folder, None, lambda label: "a trial of the study")
+    return f"{table}\n\n{jobs}" if jobs else table
+
+
+def cmd_ablate(args) -> int:
+    from nanolab.cli import print_config, the_file
+    from nanolab.ablate import load_ablation, run_ablation
+    from nanolab.launch import Launched, LaunchOptions, open_launcher
+    from nanolab.runfolder import RunStore
+
+    the_file(args, "ablation_file", "an ablation FILE")
+    ablation = load_ablation(args.ablation_file, args.seeds, tuple(args.set))
+    if args.print_config:
+        tuning = {"tune": {variant: sweep.describe() for variant, sweep in ablation.tuning.items()}}
+        print_config(ablation.plan.config(), {"ablation": ablation.name, "runs": {
+            cell.run_id: {**cell.variant, "seed": cell.seed} for cell in ablation.cells},
+            **(tuning if ablation.tuning else {})})
+        return EXIT_OK
+    options = LaunchOptions.from_args(args, ablation.slurm)
+    launched, outcomes = run_ablation(ablation, open_launcher(options, ablation.plan.folder))
+    if launched is Launched.SUBMITTED:
+        return submitted(args.ablation_file)
+    if launched is Launched.INTERRUPTED:
+        return stopped(args, f"ablation {ablation.name}", "its interrupted runs continue from their checkpoints",
+                       list(outcomes.values()))
+    from nanolab.analysis import compare_command
+
+    print(compare_command([RunStore().group(ablation.name)], group=ablation.name, baseline=ablation.baseline))
+    return EXIT_OK if all(o.status in ENDED for o in outcomes.values()) else EXIT_FAILED
+
+
+def cmd_status(args) -> int:
+    from nanolab.plan import plan_kind
+
+    if plan_kind(args.plan_file) == "sweep":
+        from nanolab.sweep import load_sweep
+
+        print(sweep_status(load_sweep(args.plan_file, tuple(args.set))))
+        return EXIT_OK
+    from nanolab import launch
+    from nanolab.ablate import describe, load_ablation
+
+    ablation = load_ablation(args.plan_file, args.seeds, tuple(args.set))
+    print(launch.state(ablation.plan.folder, [c.run_id for c in ablation.cells],
+                       lambda run_id: describe(ablation, run_id)))
+    return EXIT_OK
+
+
+def submitted(plan_file: str) -> int:
+    print(f"follow them: nanolab status {plan_file}")
+    return EXIT_OK
+
+
+def stopped(args, what: str, continues: str, outcomes) -> int:
+    """A plan stopped by Ctrl-C or SIGTERM: one line saying how to continue; exit 130 or 143."""
+    signals = [name for name in ("SIGTERM", "SIGINT") if name in RECEIVED or any(name in o.text for o in outcomes)]
+    print(f"nanolab: {what} stopped by {signals[0] if signals else 'SIGINT'}; {continues} with: "
+          f"nanolab {' '.join(map(shlex.quote, args.argv))}", file=sys.stderr, flush=True)
+    return EXIT_SIGTERM if signals[:1] == ["SIGTERM"] else EXIT_SIGINT
+
+
+RECEIVED: set[str] = set()  # the stop signals this command received between runs (a run handles its own)
+
+
+def stop(signum, frame) -> None:
+    """SIGTERM (a scheduler, `kill`) stops a command as Ctrl-C does: running tasks save, one line says how to go on."""
+    RECEIVED.add(signal.Signals(signum).name)
+    raise KeyboardInterrupt
