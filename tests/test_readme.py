@@ -9,8 +9,7 @@ import torch
 
 from nanolab import build_model, registry
 from nanolab.cli import build_parser
-from nanolab.config import Config, ModelConfig
-from nanolab.config import flatten, to_dict
+from nanolab.config import Config, ModelConfig, flatten, to_dict
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -21,6 +20,16 @@ def test_ci_runs_the_readme_test_command():
     assert len(setup) == 2 and setup[0].endswith("nanolab run experiments/baseline.yaml")
     ci = (REPO / ".ci" / "run").read_text().strip().splitlines()[-1]
     assert shlex.split(ci) == shlex.split(setup[1])
+
+
+def test_the_code_map_names_every_module_and_only_files_that_exist():
+    code_map = README[README.index("## Code map"):README.index("## Results")]
+    modules = [p for p in (REPO / "nanolab").rglob("*.py") if p.name not in ("__init__.py", "__main__.py")]
+    unnamed = [str(p.relative_to(REPO)) for p in modules
+               if str(p.relative_to(REPO)) not in code_map and f"`{p.name}`" not in code_map]
+    assert unnamed == []
+    named = re.findall(r"`(nanolab/[^`]*)`", code_map)
+    assert named and [path for path in named if not (REPO / path).exists()] == []
 
 
 def test_print_config_is_documented_for_the_verbs_that_take_it():
