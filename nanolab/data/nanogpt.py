@@ -4,7 +4,12 @@ its char datasets, or alone for its GPT-2 BPE datasets (openwebtext, shakespeare
 states as `data.vocab_size` (50304 in nanoGPT: GPT-2's 50,257 padded to a multiple of 64).
 
 meta.pkl is unpickled without any class or function: the plain dict nanoGPT writes needs none, and naming one
-is how a malicious pickle runs code, so a pickle that names one is refused before anything in it runs.
+is how a malicious pickle runs code, so a pickle that names one is refused before anything in it runs. Nothing in
+a meta file sizes an allocation: the file is read only up to META_MAX_BYTES, and its vocab_size must be at most
+65,536 (what uint16 ids can name) and equal the number of its ids before any range of ids is built.
+
+The .bin files are checked before they are used, by a run and by `nanolab data info`: a whole number of uint16
+tokens, not empty, not int32 or int64 ids (every second uint16 zero), and every id below the vocabulary size.
 """
 
 from __future__ import annotations
@@ -15,13 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
+from nanolab.data.integrity import scan
 from nanolab.data.tokenizer import CharTokenizer, TokenIds, Tokenizer
 from nanolab.errors import NanolabError
 
 BIN_FILES = ("train.bin", "val.bin")
 META_FILES = ("meta.pkl", "meta.json")
 BIN_DTYPE = np.dtype(np.uint16)  # nanoGPT's prepare.py writes np.uint16
-SCAN_TOKENS = 1 << 24  # token ids are checked this many at a time: memory stays flat in the file's size
+MAX_VOCAB = np.iinfo(BIN_DTYPE).max + 1
+META_MAX_BYTES = 1 << 24  # nanoGPT's meta for all 65,536 ids is well under 2 MB, pickled or as JSON
+WIDE_PROBE = 4096  # tokens read to tell int32 or int64 ids from uint16 ones
 
 
 def is_nanogpt_folder(path: Path) -> bool:
@@ -51,10 +59,13 @@ class _NoGlobals(pickle.Unpickler):
 
 def read_meta(path: Path) -> CharTokenizer:
     """The char vocabulary of a meta.pkl (unpickled without classes) or meta.json, checked to be nanoGPT's."""
+    if path.stat().st_size > META_MAX_BYTES:
+        raise NanolabError(f"{path}: {path.stat().st_size:,} bytes: a nanoGPT meta file is well under "
+                           f"{META_MAX_BYTES:,}")
     try:
         with path.open("rb") as f:
             meta = json.load(f) if path.suffix == ".json" else _NoGlobals(f).load()
-    except Exception as exc:  # a malformed pickle fails in many ways, each of them a refusal
+    except Exception as exc:  # a malformed pickle (or JSON nested past the recursion limit) fails in many ways
         raise NanolabError(f"{path}: refused ({exc})") from None
     chars = vocabulary(meta)
     if chars is None:
@@ -65,13 +76,14 @@ def read_meta(path: Path) -> CharTokenizer:
 
 def vocabulary(meta: object) -> list[str] | None:
     """The characters in id order, if `meta` has the shape nanoGPT writes (JSON's keys are strings of ids)."""
-    if not isinstance(meta, dict) or not isinstance(meta.get("vocab_size"), int):
+    if not isinstance(meta, dict) or type(meta.get("vocab_size")) is not int:  # bool is an int too
         return None
     itos, stoi, size = meta.get("itos"), meta.get("stoi"), meta["vocab_size"]
-    if not isinstance(itos, dict) or not isinstance(stoi, dict):
+    if not isinstance(itos, dict) or not isinstance(stoi, dict) or not 0 < size <= MAX_VOCAB or len(itos) != size:
         return None
-    itos = {int(i) if isinstance(i, str) and i.isdigit() else i: c for i, c in itos.items()}
-    if set(itos) != set(range(size)) or not all(isinstance(c, str) and len(c) == 1 for c in itos.values()):
+    # "²".isdigit() is true but int("²") fails: only ASCII digits are a JSON key's id
+    itos = {int(i) if isinstance(i, str) and i.isascii() and i.isdigit() else i: c for i, c in itos.items()}
+    if any(type(i) is not int for i in itos) or set(itos) != set(range(size)) or not all(isinstance(c, str) and len(c) == 1 for c in itos.values()):
         return None
     chars = [itos[i] for i in range(size)]
     return chars if stoi == {c: i for i, c in enumerate(chars)} else None
@@ -80,26 +92,18 @@ def vocabulary(meta: object) -> list[str] | None:
 def open_bin(path: Path, vocab_size: int) -> np.ndarray:
     """The tokens of a .bin file, memory-mapped, after checking its size, its dtype and every id's range."""
     size = path.stat().st_size
-    if vocab_size > np.iinfo(BIN_DTYPE).max + 1:
+    if vocab_size > MAX_VOCAB:
         raise NanolabError(f"{path}: a vocabulary of {vocab_size} does not fit nanoGPT's uint16 tokens")
     if size % BIN_DTYPE.itemsize:
         raise NanolabError(f"{path}: {size} bytes is not a whole number of uint16 tokens (nanoGPT's dtype)")
     if size == 0:
         raise NanolabError(f"{path}: empty: the split has no tokens")
-    check_ids(path, vocab_size)
+    head = np.fromfile(path, dtype=BIN_DTYPE, count=WIDE_PROBE)
+    if head.size >= 8 and not head[1::2].any() and head[::2].any():  # small ids, little-endian, 4 or 8 bytes
+        raise NanolabError(f"{path}: every second uint16 is 0, as in int32 or int64 ids: nanoGPT's files are uint16 "
+                           "(np.array(ids, dtype=np.uint16).tofile(path))")
+    scan(path, BIN_DTYPE, vocab_size, hash_content=False)
     return np.memmap(path, dtype=BIN_DTYPE, mode="r")
-
-
-def check_ids(path: Path, vocab_size: int) -> None:
-    """Every token id below `vocab_size`, read in pieces (a memory map would keep every page in the RSS)."""
-    with path.open("rb") as f:
-        start = 0
-        while (ids := np.fromfile(f, dtype=BIN_DTYPE, count=SCAN_TOKENS)).size:
-            if (bad := np.flatnonzero(ids >= vocab_size)).size:
-                position = start + int(bad[0])
-                raise NanolabError(f"{path}: token id {ids[bad[0]]} at position {position} is >= the vocabulary "
-                                   f"size {vocab_size}")
-            start += ids.size
 
 
 def bin_tokenizer(folder: Path, meta: Path | None, vocab_size: int | None) -> Tokenizer:
