@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xxhash
 
 from nanolab import load_spec, run
 from nanolab.cli import main
@@ -26,7 +27,7 @@ from nanolab.errors import NanolabError, SpecError
 
 from conftest import shared_shakespeare
 
-ENTRY_FILES = ["provenance.json", "tokenizer.json", "train.bin", "val.bin"]
+ENTRY_FILES = ["provenance.json", "tokenizer.json", "train.bin", "val.bin", "verified.json"]
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +79,12 @@ def test_an_entry_holds_the_tokens_the_tokenizer_and_their_provenance(corpus, ca
     sha256 = hashlib.sha256(corpus.read_bytes()).hexdigest()
     assert json.loads((entry.path / "provenance.json").read_text()) == {
         "sources": {"train": [{"path": str(corpus), "bytes": 20_000, "sha256": sha256}], "val": []},
-        "recipe": {"cache_format": 1, "split": 0.9, "tokenizer": "char", "vocab_size": None, "train": [sha256],
+        "recipe": {"cache_format": 2, "split": 0.9, "tokenizer": "char", "vocab_size": None, "train": [sha256],
                    "val": []},
         "vocab_size": tokenizer.vocab_size, "dtype": "uint8",
         "tokens": {"train": 18_000, "val": 2_000}, "chars": {"train": 18_000, "val": 2_000},
+        "xxh3_128": {split: xxhash.xxh3_128(np.array(ids, np.uint8).tobytes()).hexdigest()
+                     for split, ids in (("train", train), ("val", val))},
     }
     assert data.train.tolist() == train and data.val.tolist() == val
 
@@ -272,13 +275,16 @@ def test_val_path_gives_the_val_split_its_own_text(tmp_path, cache_root, shakesp
     (dict(path="{d}/*.md"), "data.path = '{d}/*.md': no file matches this pattern"),
     (dict(path="{d}/empty"), "data.path = '{d}/empty': a folder without files; expected UTF-8 text files"),
     (dict(path="{d}/train.txt", val_path="{d}/none.txt"), "data.val_path = '{d}/none.txt': no such file"),
-    (dict(path="{d}/train.txt", val_path="{d}/blank.txt"), "{d}/train.txt: too short for data.block_size = 8: "
-     "each split needs more tokens than that, and it has 100 train / 0 val tokens"),
+    (dict(path="{d}/train.txt", val_path="{d}/blank.txt"), "{d}/blank.txt: empty: the val split has no text "
+     "(data.val_path)"),
+    (dict(path="{d}/blank.txt"), "{d}/blank.txt: empty: the train split has no text"),
+    (dict(path="{d}/train.txt", val_path="{d}/short.txt"), "{d}/train.txt: too short for data.block_size = 8: "
+     "each split needs more tokens than that, and it has 100 train / 4 val tokens"),
     (dict(path="{d}/train.txt", val_path="{d}/latin1.txt"), "{d}/latin1.txt: not UTF-8 text (invalid continuation "
      "byte at byte 4)"),
 ])
 def test_a_bad_source_is_one_line(tmp_path, cache_root, cfg, message):
-    write_files(tmp_path, {"train.txt": "abcd\n" * 20, "blank.txt": ""})
+    write_files(tmp_path, {"train.txt": "abcd\n" * 20, "blank.txt": "", "short.txt": "abc\n"})
     (tmp_path / "latin1.txt").write_bytes(b"caf\n\xe9\n")
     (tmp_path / "empty").mkdir()
     with pytest.raises(NanolabError) as err:
@@ -414,7 +420,7 @@ def test_gpt2_bpe_files_without_a_meta_train_on_the_spec_vocabulary(tmp_path, ca
 
     assert main(["data", "info", str(spec)]) == 0
     n = len(ids) * 9 // 10
-    assert f"tokens:     {n:,} train / {len(ids) - n:,} val (uint16)" in capsys.readouterr().out
+    assert f"tokens:     {n:,} train / {len(ids) - n:,} val (uint16, ids checked)" in capsys.readouterr().out
 
 
 def test_gpt2_bpe_ids_beyond_the_spec_vocabulary_are_refused(tmp_path, shakespeare):
@@ -460,7 +466,8 @@ def test_data_prepare_then_info(tmp_path, cache_root, corpus, capsys):
     assert main(["data", "info", str(spec)]) == 0
     vocab = len(set(corpus.read_text()))
     assert capsys.readouterr().out.splitlines() == head + [
-        f"tokenizer:  char (vocabulary {vocab})", "tokens:     18,000 train / 2,000 val (uint8)", f"cache:      {entry}"]
+        f"tokenizer:  char (vocabulary {vocab})", "tokens:     18,000 train / 2,000 val (uint8, ids checked)",
+        "content:    unchanged since its checksum last matched", f"cache:      {entry}"]
 
 
 def test_data_errors_are_one_line_and_exit_2(tmp_path, cache_root, capsys):

@@ -91,12 +91,16 @@ def cmd_export(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from nanolab.data.report import data_info, prepare_data
+    from nanolab.data.report import data_info, prepare_data, verify_data
     from nanolab.spec import load_spec
 
     the_file(args, "spec", "a SPEC file")
     data_cfg = load_spec(args.spec, args.set).data
-    print(prepare_data(data_cfg) if args.action == "prepare" else data_info(data_cfg))
+    if args.rebuild and args.action != "prepare":
+        raise NanolabError(f"--rebuild: only with `nanolab data prepare`, not `{args.action}`")
+    actions = {"prepare": lambda: prepare_data(data_cfg, args.rebuild), "info": lambda: data_info(data_cfg),
+               "verify": lambda: verify_data(data_cfg)}
+    print(actions[args.action]())
     return EXIT_OK
 
 
@@ -254,10 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="prepare the token cache, or show what a spec trains on",
                        description="prepare: tokenize a spec's corpus into the token cache ($NANOLAB_CACHE/tokens) "
                        "ahead of its runs, e.g. on a cluster's login node. info: print the files a spec trains on, "
-                       "their sizes, the tokens per split, the vocabulary and the cache entry; writes nothing.")
-    p.add_argument("action", choices=["prepare", "info"], help="prepare or info")
+                       "their sizes, the tokens per split, the vocabulary and the cache entry, checking the token files' sizes "
+                       "and ids; writes nothing. verify: also hash the cache entry's token files against the "
+                       "checksums recorded when they were made.")
+    p.add_argument("action", choices=["prepare", "info", "verify"], help="prepare, info or verify")
     p.add_argument("spec", nargs="?", metavar="SPEC", help="a spec YAML file")
     p.add_argument("--set", **sets)
+    p.add_argument("--rebuild", action="store_true", help="prepare: delete the cache entry first and make it again "
+                   "(the fix for a damaged entry)")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("components", help="list the registered components",

@@ -9,21 +9,21 @@
 | `download.py` | Tiny Shakespeare downloaded once and verified by SHA-256: the `shakespeare_char` dataset |
 | `nanogpt.py` | nanoGPT's train.bin, val.bin (and meta.pkl) read in place, the meta unpickled without any class |
 | `tokenizer.py` | the `char`, `bpe` and `ids` tokenizers (registry kind `tokenizer`) |
-| `cache.py` | the token cache: each (corpus, tokenizer) pair tokenized once, under a lock, atomically |
+| `cache.py` | the token cache: each (corpus, tokenizer) pair tokenized once, under a lock, atomically; checked on open |
+| `integrity.py` | a token file's ids checked against the vocabulary and hashed (xxh3-128) in one chunked pass |
 | `batches.py` | `Data`: the memory-mapped splits and their seeded random windows |
-| `report.py` | what `nanolab data prepare` and `nanolab data info` print |
+| `report.py` | what `nanolab data prepare`, `info` and `verify` print |
 """
 
 from __future__ import annotations
 
 from nanolab.config import DataConfig
 from nanolab.data import cache, nanogpt
-from nanolab.data.batches import Data
+from nanolab.data.batches import Data, check_lengths
 from nanolab.data.cache import TRAIN_FRACTION
 from nanolab.data.download import SHAKESPEARE_SHA256, cache_dir, tiny_shakespeare
 from nanolab.data.sources import resolve_source
 from nanolab.data.tokenizer import BPETokenizer, CharTokenizer, TokenIds, Tokenizer, tokenizer_from_dict
-from nanolab.errors import NanolabError
 
 __all__ = ["Data", "load_data", "tokenizer_from_dict", "Tokenizer", "CharTokenizer", "BPETokenizer", "TokenIds",
            "TRAIN_FRACTION", "SHAKESPEARE_SHA256", "cache_dir", "tiny_shakespeare"]
@@ -44,10 +44,7 @@ def load_data(cfg: DataConfig) -> Data:
         splits, tokenizer, provenance = cache.open_entry(entry)
         chars, tokenizer_name = provenance["chars"], cfg.tokenizer
     train, val = splits["train"], splits["val"]
-    if min(len(train), len(val)) <= cfg.block_size:
-        raise NanolabError(
-            f"{source.name}: too short for data.block_size = {cfg.block_size}: each split needs more tokens "
-            f"than that, and it has {len(train):,} train / {len(val):,} val tokens")
+    check_lengths(source.name, splits, cfg.block_size)
     size = f"{sum(chars.values()):,} characters" if chars else f"{len(train) + len(val):,} tokens"
     description = (f"{source.name}: {size}, {tokenizer_name} tokenizer "
                    f"(vocab {tokenizer.vocab_size}), {len(train):,} train / {len(val):,} val tokens")

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from nanolab.data.tokenizer import Tokenizer
+from nanolab.errors import NanolabError
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,3 +75,12 @@ def read_windows(tokens: np.ndarray, starts: np.ndarray, length: int) -> np.ndar
     with open(tokens.filename, "rb") as f:
         reads = [os.pread(f.fileno(), length * size, tokens.offset + int(start) * size) for start in starts]
     return np.frombuffer(b"".join(reads), dtype=tokens.dtype).reshape(len(starts), length).astype(np.int64)
+
+
+def check_lengths(name: str, splits: dict[str, np.ndarray], block_size: int) -> None:
+    """A window of block_size + 1 tokens must fit in each split."""
+    train, val = splits["train"], splits["val"]
+    if min(len(train), len(val)) <= block_size:
+        raise NanolabError(
+            f"{name}: too short for data.block_size = {block_size}: each split needs more tokens "
+            f"than that, and it has {len(train):,} train / {len(val):,} val tokens")

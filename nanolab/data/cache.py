@@ -5,14 +5,20 @@
     splits, tokenizer, provenance = open_entry(entry)
 
 An entry, `$NANOLAB_CACHE/tokens/<tokenizer>-<key>/`, holds train.bin and val.bin (the token ids, in the smallest
-unsigned dtype that holds the vocabulary), tokenizer.json (its `to_dict()`) and provenance.json (the source files
-with their sizes and SHA-256, the tokenizer config, the dtype, tokens and characters per split). The key hashes
+unsigned dtype that holds the vocabulary), tokenizer.json (its `to_dict()`), provenance.json (the source files
+with their sizes and SHA-256, the tokenizer config, the vocabulary size, the dtype, tokens and characters per
+split, and each token file's xxh3-128) and verified.json (each token file's identity when its hash last matched).
+The key hashes
 the files' contents, the split rule and the tokenizer config: an edited corpus gets a new entry, a moved one
 keeps its entry, and a BPE tokenizer is trained once for every run, sweep trial and ablation cell that shares it.
 
 Preparing takes an exclusive lock on `<entry>.lock`, looks again (another process may have made the entry while
 this one waited), writes into a temporary folder and renames it into place: a killed preparation leaves no
 entry, and two preparations of one entry at once (sweep workers, DDP ranks) make it once.
+
+Opening an entry checks each token file's size and every id's range, always, and its content hash whenever the
+file's identity (inode, size, mtime, ctime) differs from the one verified.json recorded: a damaged entry is one
+line naming the file and the fix before the first step, never a traceback or a silent run on wrong tokens.
 """
 
 from __future__ import annotations
@@ -33,11 +39,12 @@ import numpy as np
 from nanolab import files, registry
 from nanolab.config import DataConfig
 from nanolab.data.download import cache_dir, sha256_file
+from nanolab.data.integrity import identity, scan
 from nanolab.data.sources import Source, text_pieces
 from nanolab.data.tokenizer import Tokenizer, tokenizer_from_dict
 from nanolab.errors import NanolabError
 
-CACHE_FORMAT = 1  # part of every key: raise it when the entry's layout or the tokenizing changes
+CACHE_FORMAT = 2  # part of every key: raise it when the entry's layout or the tokenizing changes
 TRAIN_FRACTION = 0.9  # without val files, the first 90% of the tokens train and the last 10% validate
 SPLITS = ("train", "val")
 PROGRESS_MIN_BYTES = 1 << 24  # smaller corpora prepare in about a second: no progress is shown
@@ -102,6 +109,7 @@ def content_hash(path: Path) -> str:
 
 def prepare(entry: Entry, source: Source) -> bool:
     """Make `entry` unless it exists; True if this process made it, False if it existed or another made it."""
+    refuse_empty(entry)
     if entry.prepared:
         return False
     with exclusive_lock(entry.path):
@@ -111,6 +119,12 @@ def prepare(entry: Entry, source: Source) -> bool:
         with files.atomic_dir(entry.path) as folder:
             write_entry(folder, entry, source)
     return True
+
+
+def remove(entry: Entry) -> None:
+    """Delete the entry (`nanolab data prepare --rebuild`), under its lock: never under a process preparing it."""
+    with exclusive_lock(entry.path):
+        shutil.rmtree(entry.path, ignore_errors=True)
 
 
 @contextmanager
@@ -150,7 +164,20 @@ def write_entry(folder: Path, entry: Entry, source: Source) -> None:
     files.write_json(folder / "provenance.json", {
         "sources": entry.sources, "recipe": entry.recipe, "vocab_size": tokenizer.vocab_size, "dtype": dtype.name,
         "tokens": {split: counts[split][0] for split in SPLITS}, "chars": {split: counts[split][1] for split in SPLITS},
+        "xxh3_128": {split: scan(folder / f"{split}.bin", dtype, tokenizer.vocab_size, True) for split in SPLITS},
     })
+    # renaming the folder into place keeps its files' inodes and times: the entry starts out verified
+    files.write_json(folder / "verified.json", {split: identity(folder / f"{split}.bin") for split in SPLITS})
+
+
+def refuse_empty(entry: Entry) -> None:
+    """An empty corpus, or an empty val_path, has no tokens to train or validate on: say which files."""
+    for split in SPLITS:
+        sources = entry.sources[split]
+        if sources and not any(f["bytes"] for f in sources):
+            names = ", ".join(f["path"] for f in sources)
+            raise NanolabError(f"{names}: empty: the {split} split has no text"
+                               f"{' (data.val_path)' if split == 'val' else ''}")
 
 
 def read(paths: Iterable[Path], advance: Callable[[int], None]) -> Iterator[str]:
@@ -218,16 +245,84 @@ def progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
 
 
 def open_entry(entry: Entry) -> tuple[dict[str, np.ndarray], Tokenizer, dict]:
-    """Each split's tokens memory-mapped, the tokenizer, and the provenance of a prepared entry."""
-    provenance = read_provenance(entry)
-    tokenizer = tokenizer_from_dict(files.read_json(entry.path / "tokenizer.json"))
+    """Each split's tokens memory-mapped, the tokenizer, and the provenance of a prepared entry, checked first."""
+    provenance = check_entry(entry, "changed")
+    try:
+        tokenizer = tokenizer_from_dict(files.read_json(entry.path / "tokenizer.json"))
+    except (NanolabError, KeyError, TypeError, ValueError) as exc:
+        raise damaged(entry, f"{entry.path / 'tokenizer.json'}: not a tokenizer ({exc})") from None
+    if tokenizer.vocab_size != provenance["vocab_size"]:
+        raise damaged(entry, f"{entry.path / 'tokenizer.json'}: a vocabulary of {tokenizer.vocab_size}, not the "
+                      f"{provenance['vocab_size']} of provenance.json")
     dtype = np.dtype(provenance["dtype"])
     splits = {split: memmap(entry.token_file(split), dtype, provenance["tokens"][split]) for split in SPLITS}
     return splits, tokenizer, provenance
 
 
+def check_entry(entry: Entry, content: str) -> dict:
+    """The entry's provenance, after checking each token file's size and ids, and its content hash: "always"
+    (`nanolab data verify`), "changed" (when the file's identity differs from verified.json's: a run) or "never"
+    (`nanolab data info`, which writes nothing). Newly verified identities are recorded."""
+    try:
+        provenance = read_provenance(entry)
+    except NanolabError as exc:
+        raise damaged(entry, str(exc)) from None
+    try:
+        vocab_size, dtype = provenance["vocab_size"], np.dtype(provenance["dtype"])
+        tokens, digests = provenance["tokens"], provenance["xxh3_128"]
+        if dtype != token_dtype(vocab_size) or not all(isinstance(tokens[s], int) for s in SPLITS):
+            raise ValueError(f"dtype {dtype} for a vocabulary of {vocab_size}")
+    except (KeyError, TypeError, ValueError, StopIteration) as exc:
+        raise damaged(entry, f"{entry.path / 'provenance.json'}: not an entry's provenance ({exc})") from None
+    verified, hashed = read_verified(entry), {}
+    for split in SPLITS:
+        path, expected = entry.token_file(split), tokens[split] * dtype.itemsize
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise damaged(entry, f"{path}: cannot read it ({exc.strerror})") from None
+        if size != expected:
+            raise damaged(entry, f"{path}: {size:,} bytes where provenance.json has {tokens[split]:,} {dtype} "
+                          f"tokens ({expected:,} bytes)")
+        changed = verified.get(split) != identity(path)
+        try:
+            digest = scan(path, dtype, vocab_size, content == "always" or (content == "changed" and changed))
+        except NanolabError as exc:
+            raise damaged(entry, str(exc)) from None
+        if digest is not None and digest != digests[split]:
+            raise damaged(entry, f"{path}: its content differs from the xxh3-128 checksum recorded when it was made")
+        if digest is not None:
+            hashed[split] = identity(path)
+    if hashed:
+        try:
+            files.write_json(entry.path / "verified.json", verified | hashed)
+        except files.WriteFailed:
+            pass  # a read-only cache: its files are hashed again next time
+    return provenance
+
+
+def unverified(entry: Entry) -> list[str]:
+    """The splits whose token file changed since its content last matched its checksum."""
+    verified = read_verified(entry)
+    return [split for split in SPLITS if verified.get(split) != identity(entry.token_file(split))]
+
+
+def damaged(entry: Entry, problem: str) -> NanolabError:
+    return NanolabError(f"{problem}: the token cache entry is damaged; rebuild it with `nanolab data prepare SPEC "
+                        f"--rebuild` (or delete {entry.path})")
+
+
 def read_provenance(entry: Entry) -> dict:
     return files.read_json(entry.path / "provenance.json")
+
+
+def read_verified(entry: Entry) -> dict:
+    """split -> the token file's identity when its content last matched its hash; {} if never (or unreadable)."""
+    try:
+        verified = json.loads((entry.path / "verified.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return verified if isinstance(verified, dict) else {}
 
 
 def memmap(path: Path, dtype: np.dtype, count: int) -> np.ndarray:
