@@ -48,6 +48,10 @@ def _check_fields(cfg) -> None:
             raise ConfigError(f.name, value, registry.unknown_message(kind, value))
 
 
+# data.vocab_size's bound: 4x the largest LM vocabularies (Gemma's 262,144); a BPE trainer given 2**32 panics
+MAX_VOCAB = 1 << 20
+
+
 def _check(ok: bool, key: str, value: object, accepted: str) -> None:
     if not ok:
         raise ConfigError(key, value, accepted)
@@ -83,8 +87,8 @@ class DataConfig:
                "a text file, folder or glob pattern beside data.path (or null for the last 10% of its tokens)")
         _check(self.val_path is None or self.format != "nanogpt_bin", "val_path", self.val_path,
                "null with format nanogpt_bin, whose val.bin is the val split")
-        _check(self.vocab_size is None or self.vocab_size > 0, "vocab_size", self.vocab_size,
-               "must be > 0 (or null for the tokenizer's default)")
+        _check(self.vocab_size is None or 0 < self.vocab_size <= MAX_VOCAB, "vocab_size", self.vocab_size,
+               f"must be > 0 and <= {MAX_VOCAB:,} (or null for the tokenizer's default)")
         if self.tokenizer == "bpe" and self.vocab_size is not None:
             _check(self.vocab_size >= 256, "vocab_size", self.vocab_size,
                    "must be >= 256 for bpe, whose base vocabulary is the 256 byte values (or null for its default)")
