@@ -225,3 +225,21 @@ def test_data_info_checks_nanogpt_files_as_a_run_does(tmp_path, capsys, damage, 
     with pytest.raises(NanolabError) as err:
         load_data(DataConfig(path=str(folder), block_size=8))
     assert str(err.value) == message.format(d=folder)
+
+
+
+def test_a_source_folder_with_an_unreadable_file_is_one_line(tmp_path, cache_root, capsys, monkeypatch):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "secret").write_text("abc")
+    is_file = Path.is_file
+
+    def denied(path: Path) -> bool:  # as stat() of /proc/1/cwd is, for root too: data.path = / once a traceback
+        if path.name == "secret":
+            raise PermissionError(13, "Permission denied", str(path))
+        return is_file(path)
+
+    monkeypatch.setattr(Path, "is_file", denied)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("data: {path: corpus}\n")
+    assert error_of(["data", "info", str(spec)], capsys) == (
+        f"data.path = '{tmp_path}/corpus': cannot read {tmp_path}/corpus/secret (Permission denied)")

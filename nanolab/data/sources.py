@@ -53,6 +53,17 @@ def resolve_source(cfg: DataConfig) -> Source:
 
 def resolve_files(key: str, value: str) -> tuple[Path, ...]:
     """The files of a file, folder or glob pattern, in name order."""
+    try:
+        found, problem = find_files(value)
+    except OSError as exc:  # a folder or file the walk meets but may not read (data.path = /: /proc/1/cwd)
+        raise NanolabError(f"data.{key} = {value!r}: cannot read {exc.filename} ({exc.strerror})") from None
+    if not found:
+        raise NanolabError(f"data.{key} = {value!r}: {problem}")
+    return found
+
+
+def find_files(value: str) -> tuple[tuple[Path, ...], str]:
+    """The files `value` names, and what to say if there are none."""
     if GLOB_CHARACTERS & set(value):
         found = tuple(sorted(p for p in map(Path, glob.glob(value, recursive=True)) if p.is_file()))
         problem = "no file matches this pattern"
@@ -64,9 +75,7 @@ def resolve_files(key: str, value: str) -> tuple[Path, ...]:
     else:
         found = (Path(value),) if Path(value).is_file() else ()
         problem = "no such file"
-    if not found:
-        raise NanolabError(f"data.{key} = {value!r}: {problem}")
-    return found
+    return found, problem
 
 
 def text_pieces(path: Path) -> Iterator[tuple[str, int]]:
