@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from nanolab import registry
-from nanolab.errors import SpecError
+from nanolab.errors import SHOWN_MAX, SpecError, shown
 from nanolab.registry import closest
 
 
@@ -27,7 +27,7 @@ class ConfigError(ValueError):
     """One bad value: `key` (dotted, relative to the dataclass), the `value`, and what is `accepted`."""
 
     def __init__(self, key: str, value: object, accepted: str):
-        super().__init__(f"{key} = {value!r}: {accepted}")
+        super().__init__(f"{key} = {shown(value)}: {accepted}")
         self.key, self.value, self.accepted = key, value, accepted
 
 
@@ -75,7 +75,7 @@ class DataConfig:
         _check_fields(self)
         _positive(self, "block_size")
         _check(self.path != "", "path", self.path,
-               f"a text file, folder or glob pattern (or null for dataset {self.dataset!r})")
+               f"a text file, folder or glob pattern (or null for dataset {shown(self.dataset)})")
         _check(self.format in DATA_FORMATS, "format", self.format, f"one of: {', '.join(DATA_FORMATS)}")
         _check(self.format != "nanogpt_bin" or self.path is not None, "format", self.format,
                "nanogpt_bin reads the folder that data.path names: set data.path")
@@ -291,14 +291,15 @@ def _field_type(cls: type, name: str) -> Any:
 
 
 def _shown(key: Any) -> str:
-    """A key as typed, or quoted when it holds characters (newlines, controls) that would break the line."""
+    """A key as typed, or quoted (and cut) when it holds characters (newlines, controls) that would break the line
+    or is too long for one."""
     text = str(key)
-    return text if text.isprintable() else repr(text)
+    return text if text.isprintable() and len(text) <= SHOWN_MAX else shown(text)
 
 
 def _unknown_key(key: str, names: list[str]) -> str:
     hint = closest(key, names)
-    return f"unknown key; accepted: {', '.join(names)}" + (f" (did you mean {hint!r}?)" if hint else "")
+    return f"unknown key; accepted: {', '.join(names)}" + (f" (did you mean {shown(hint)}?)" if hint else "")
 
 
 def check_key(cls: type, dotted: str, source: str) -> None:
@@ -317,7 +318,7 @@ def check_key(cls: type, dotted: str, source: str) -> None:
 def from_dict(cls: type, raw: Any, source: str, prefix: str = "") -> Any:
     """Build dataclass `cls` from `raw`, converting and checking every value; SpecError on the first problem."""
     if not isinstance(raw, dict):
-        raise SpecError(f"{source}: {prefix.rstrip('.') or '<top>'} = {raw!r}: expected a mapping of keys")
+        raise SpecError(f"{source}: {prefix.rstrip('.') or '<top>'} = {shown(raw)}: expected a mapping of keys")
     derived = {f.name: f.metadata["derived"] for f in dataclasses.fields(cls) if "derived" in f.metadata}
     kwargs = {}
     for key, value in raw.items():
@@ -334,7 +335,7 @@ def from_dict(cls: type, raw: Any, source: str, prefix: str = "") -> Any:
 
 def _convert(value: Any, hint: Any, source: str, key: str) -> Any:
     def bad(accepted: str) -> SpecError:
-        return SpecError(f"{source}: {key} = {value!r}: expected {accepted}")
+        return SpecError(f"{source}: {key} = {shown(value)}: expected {accepted}")
 
     if hint is Any:
         return value
@@ -383,7 +384,7 @@ def _convert(value: Any, hint: Any, source: str, key: str) -> Any:
         if not isinstance(value, str):
             raise bad("a string")
         return value
-    raise TypeError(f"unsupported config field type {hint!r} for {key}")
+    raise TypeError(f"unsupported config field type {shown(hint)} for {key}")
 
 
 def to_dict(cfg: Any) -> dict:
