@@ -55,3 +55,44 @@ def test_a_yaml_alias_bomb_is_named_in_a_short_line(tmp_path):
     message = one_error_line(cli("run", path, "--print-config", timeout=60))
     assert message.endswith(": expected a list of strings") and len(message) < 400 + len(str(path))
     assert message.startswith(f"{path}: tracking.tags = [['lol', 'lol', 'lol', 'lol', ...], [[...], ")
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+@pytest.mark.parametrize("flag", [["--temperature", "1e-300"], ["--top-p", "1e-300"]])
+def test_a_tiny_temperature_or_nucleus_samples_the_most_likely_token(trained, flag):
+    greedy = cli("sample", trained, "--tokens", "20", "--temperature", "0")
+    tiny = cli("sample", trained, "--tokens", "20", *flag)
+    assert tiny.returncode == 0, tiny.stderr
+    assert tiny.stdout == greedy.stdout
+
+
+@pytest.mark.parametrize("seed", [str(2**70), "-1", str(2**64)])
+def test_a_seed_outside_64_bits_is_one_line(trained, seed):
+    assert one_error_line(cli("sample", trained, "--seed", seed)) == f"--seed {seed}: expected an integer in [0, 2**64)"
+
+
+def test_sample_tokens_are_bounded_and_streamed(trained):
+    assert one_error_line(cli("sample", trained, "--tokens", str(10**12))) == (
+        f"--tokens {10**12}: expected an integer in [0, 1,000,000]")
+    proc = subprocess.Popen([sys.executable, "-m", "nanolab", "sample", str(trained), "--tokens", "1000000",
+                             "--prompt", "A"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.read(200)[0] == "A"  # text while the million tokens are still being sampled
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_streamed_sample_is_the_generated_text(trained):
+    import torch
+
+    from nanolab.runner import load_trained
+
+    model, tokenizer, _ = load_trained(trained, "best", device="cpu")
+    idx = torch.tensor([tokenizer.encode("ROMEO:")])
+    out = model.generate(idx, 40, temperature=0.8, generator=torch.Generator().manual_seed(3))
+    proc = cli("sample", trained, "--tokens", "40", "--prompt", "ROMEO:", "--seed", "3")
+    assert proc.stdout == tokenizer.decode(out[0].tolist()) + "\n"
