@@ -327,6 +327,9 @@ def from_dict(cls: type, raw: Any, source: str, prefix: str = "") -> Any:
         if key not in spec_fields(cls):
             raise SpecError(f"{source}: {_shown(f'{prefix}{key}')}: {_unknown_key(str(key), spec_fields(cls))}")
         kwargs[key] = _convert(value, _field_type(cls, key), source, f"{prefix}{key}")
+    for f in dataclasses.fields(cls):
+        if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise SpecError(f"{source}: {prefix}{f.name}: required")
     try:
         return cls(**kwargs)
     except ConfigError as exc:

@@ -124,7 +124,17 @@ def what_changed(old: dict, new: dict) -> str:
 
 def plan_kind(path: str | Path) -> str:
     """A sweep file has `space:`; any other plan file is an ablation."""
-    return "sweep" if "space" in read_yaml(Path(path)) else "ablation"
+    raw = read_yaml(Path(path))
+    not_a_spec(raw, path)
+    return "sweep" if "space" in raw else "ablation"
+
+
+def not_a_spec(raw: dict, path: str | Path) -> None:
+    """A plan file names its experiment, grid, variants or space; a file with none of them is a spec, and the
+    schema's own first complaint (an unknown key `seed`) would not say so."""
+    if not {"experiment", "grid", "variants", "space"} & raw.keys():
+        raise SpecError(f"{path}: a spec, not an ablation (grid: or variants:) or a sweep (space:); "
+                        f"`nanolab run {path}` trains it")
 
 
 def read_record(plan_file: str | Path, root: str | Path | None = None) -> dict:
@@ -145,7 +155,9 @@ def load_plan(path: str | Path, schema: type[FileSchema], cli_overrides: tuple[s
     its experiment once; errors name the file, the key and the value."""
     path = Path(path)
     source = str(path)
-    raw = from_dict(schema, read_yaml(path), source)
+    raw = read_yaml(path)
+    not_a_spec(raw, path)
+    raw = from_dict(schema, raw, source)
     experiment = path.parent / raw.experiment
     if not experiment.is_file():
         raise SpecError(f"{source}: experiment = {shown(raw.experiment)}: no such file {experiment}")

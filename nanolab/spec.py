@@ -95,8 +95,8 @@ def read_yaml(path: Path) -> dict:
     except OSError as exc:
         raise SpecError(f"{path}: cannot read ({exc.strerror or exc})") from None
     data = parse_yaml(text, str(path))
-    if data is None:
-        return {}
+    if data is None:  # an empty spec would train every default for 2,000 steps: surely not what was meant
+        raise SpecError(f"{path}: the file is empty (or only comments); expected a mapping of keys")
     if not isinstance(data, dict):
         raise SpecError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
     return data

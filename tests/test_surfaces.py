@@ -96,3 +96,35 @@ def test_a_streamed_sample_is_the_generated_text(trained):
     out = model.generate(idx, 40, temperature=0.8, generator=torch.Generator().manual_seed(3))
     proc = cli("sample", trained, "--tokens", "40", "--prompt", "ROMEO:", "--seed", "3")
     assert proc.stdout == tokenizer.decode(out[0].tolist()) + "\n"
+
+
+# --------------------------------------------------------------------------- files that are not what the verb reads
+
+
+@pytest.mark.parametrize("verb", ["run", "status", "ablate", "report", "sweep"])
+def test_an_empty_file_is_one_line(tmp_path, verb):
+    path = tmp_path / "empty.yaml"
+    path.write_text("# nothing yet\n")
+    assert one_error_line(cli(verb, path, runs=tmp_path / "runs")) == (
+        f"{path}: the file is empty (or only comments); expected a mapping of keys")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("verb", ["status", "report", "ablate"])
+def test_a_spec_given_to_a_plan_verb_is_named_a_spec(tmp_path, verb):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY % {"name": "tiny"})
+    assert one_error_line(cli(verb, path, runs=tmp_path / "runs")) == (
+        f"{path}: a spec, not an ablation (grid: or variants:) or a sweep (space:); `nanolab run {path}` trains it")
+
+
+def test_an_ablation_without_its_experiment_is_one_line(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text("grid: {seed: [1, 2]}\n")
+    assert one_error_line(cli("ablate", path, runs=tmp_path / "runs")) == f"{path}: experiment: required"
+
+
+@pytest.mark.parametrize("timeout", ["-5", "nan", "0"])
+def test_a_sweep_timeout_is_a_positive_number_of_seconds(tmp_path, timeout):
+    proc = cli("sweep", Path(__file__).parents[1] / "sweeps/lr.yaml", f"--timeout={timeout}", runs=tmp_path / "runs")
+    assert one_error_line(proc) == f"--timeout {float(timeout)}: expected a number of seconds > 0"
