@@ -128,3 +128,11 @@ def test_an_ablation_without_its_experiment_is_one_line(tmp_path):
 def test_a_sweep_timeout_is_a_positive_number_of_seconds(tmp_path, timeout):
     proc = cli("sweep", Path(__file__).parents[1] / "sweeps/lr.yaml", f"--timeout={timeout}", runs=tmp_path / "runs")
     assert one_error_line(proc) == f"--timeout {float(timeout)}: expected a number of seconds > 0"
+
+
+def test_slurm_without_slurm_is_one_line(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY % {"name": "tiny"})
+    proc = cli("run", path, "--launcher", "slurm", runs=tmp_path / "runs", env={"PATH": str(tmp_path)})
+    assert one_error_line(proc) == ("--launcher slurm: no Slurm here (srun is not on PATH); run it on a machine of "
+                                    "the cluster (a login node), or use --launcher local")
