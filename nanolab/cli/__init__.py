@@ -78,15 +78,17 @@ def cmd_sample(args) -> int:
     idx = torch.tensor([tokenizer.encode(args.prompt) or [0]], dtype=torch.long, device=device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     print(tokenizer.decode(idx[0].tolist()), end="", flush=True)
-    pending: list[int] = []  # ids whose text is not whole yet: a BPE token may hold part of a character's bytes
+    # Each new token's text is decoded after the last printed token, which some tokenizers need (ids joins with
+    # spaces); held while it ends in a broken character (a BPE token may hold part of a character's bytes)
+    before, pending = idx[0, -1:].tolist(), []
     for token in model.stream(idx, args.tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                               use_cache=not args.no_cache, generator=gen):
         pending.append(token.item())
-        text = tokenizer.decode(pending)
+        text = tokenizer.decode(before + pending)[len(tokenizer.decode(before)):]
         if not text.endswith("\ufffd") or len(pending) == 16:  # 16: a model that only ever samples broken bytes
             print(text, end="", flush=True)
-            pending.clear()
-    print(tokenizer.decode(pending))
+            before, pending = pending[-1:], []
+    print(tokenizer.decode(before + pending)[len(tokenizer.decode(before)):])
     return 0
 
 
