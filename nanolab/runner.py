@@ -391,5 +391,10 @@ def load_trained(run_dir: str | Path, which: str = "best", device: str = "auto")
     ckpt = folder.load_checkpoint(which, map_location=target)
     tokenizer = tokenizer_from_dict(folder.read_tokenizer())
     model = build_model(cfg.model, vocab_size=tokenizer.vocab_size, block_size=cfg.data.block_size).to(target)
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:  # torch lists every mismatch over many lines; the first says enough
+        detail = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise NanolabError(f"{folder.ckpt(which)} does not fit {folder.config_path} (edited since the run?): "
+                           f"{detail[:300]}") from None
     return model.eval(), tokenizer, target

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from nanolab import load_spec, run
+from test_faults import small_tmpfs  # noqa: F401 - a fixture: a 3 MB tmpfs
 
 TINY = """\
 name: %(name)s
@@ -136,3 +137,53 @@ def test_slurm_without_slurm_is_one_line(tmp_path):
     proc = cli("run", path, "--launcher", "slurm", runs=tmp_path / "runs", env={"PATH": str(tmp_path)})
     assert one_error_line(proc) == ("--launcher slurm: no Slurm here (srun is not on PATH); run it on a machine of "
                                     "the cluster (a login node), or use --launcher local")
+
+
+# --------------------------------------------------------------------------- export
+
+
+def test_export_of_a_run_whose_config_was_edited_is_one_line(trained, tmp_path):
+    import shutil
+
+    edited = tmp_path / "edited"
+    shutil.copytree(trained, edited)
+    config = edited / "config.yaml"
+    config.write_text(config.read_text().replace("n_embd: 16", "n_embd: 32"))
+    message = one_error_line(cli("export", edited, "--to", "hf", tmp_path / "out"))
+    assert message == (f"{edited}/ckpt/best.pt does not fit {edited}/config.yaml (edited since the run?): size "
+                       "mismatch for wte.weight: copying a param with shape torch.Size([65, 16]) from checkpoint, "
+                       "the shape in current model is torch.Size([65, 32]).")
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_onto_a_full_disk_is_one_line_and_leaves_nothing(trained, small_tmpfs):
+    filler = small_tmpfs / "filler"
+    with open(filler, "wb", buffering=0) as f:  # fill the disk, then free 8 KiB: less than the model's ~30 KB
+        with pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 4096)
+    os.truncate(filler, filler.stat().st_size - 8192)
+    out = small_tmpfs / "export"
+    message = one_error_line(cli("export", trained, "--to", "hf", out))
+    assert message == f"no space left on device while writing {out}/model.safetensors"
+    assert sorted(p.name for p in small_tmpfs.iterdir()) == ["filler"]
+
+
+def test_export_onto_a_link_to_an_empty_folder_writes_the_folder(trained, tmp_path):
+    (tmp_path / "target").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    proc = cli("export", trained, "--to", "hf", tmp_path / "link")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "target/model.safetensors").is_file()
+
+
+def test_a_killed_exports_hidden_copy_goes_with_the_next_export(trained, tmp_path):
+    out = tmp_path / "export"
+    killed = subprocess.run([sys.executable, "-c", "import os, signal; from pathlib import Path\n"
+                             "from nanolab.files import atomic_dir\n"
+                             f"with atomic_dir(Path({str(out)!r})) as tmp:\n"
+                             "    (tmp / 'model.safetensors').write_bytes(b'0' * 1000)\n"
+                             "    os.kill(os.getpid(), signal.SIGKILL)\n"])
+    assert killed.returncode == -9 and len(list(tmp_path.glob(".export.*.tmp"))) == 1
+    assert cli("export", trained, "--to", "hf", out).returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
