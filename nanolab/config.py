@@ -135,6 +135,10 @@ class ModelConfig:
 DEVICE_PATTERN = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)\Z")  # \Z: `$` would let "cpu\n" through
 
 
+MAX_STEPS = 10**9  # optimizer steps a run may plan, however its budget is given: a bound on the loop, not a limit
+# anyone meets (a billion steps is years on one GPU); beyond it a typo such as max_tokens: 2**70 would be accepted
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     batch_size: int = 12  # sequences per micro-step
@@ -173,6 +177,7 @@ class TrainConfig:
     def __post_init__(self):
         _check_fields(self)
         _positive(self, "batch_size", "grad_accum", "max_iters", "lr", "eval_interval", "eval_iters", "log_interval")
+        _check(self.max_iters <= MAX_STEPS, "max_iters", self.max_iters, f"must be at most {MAX_STEPS:,}")
         _check(0 <= self.min_lr <= self.lr, "min_lr", self.min_lr, f"must be in [0, lr={self.lr}]")
         _check(self.warmup_iters >= 0, "warmup_iters", self.warmup_iters, "must be >= 0")
         _check(0 < self.cooldown_frac <= 1, "cooldown_frac", self.cooldown_frac,
@@ -269,6 +274,10 @@ class Config:
         _check(bool(NAME_PATTERN.match(self.name)), "name", self.name, f"{NAME_RULE} (it names the run folder)")
         _check(0 <= self.seed <= 2**SEED_BITS, "seed", self.seed, f"must be in [0, 2**{SEED_BITS}] (64-bit "
                "generators, with room for the offsets nanolab adds)")
+        if self.train.max_tokens is not None:
+            steps = math.ceil(self.train.max_tokens / self.tokens_per_step)
+            _check(steps <= MAX_STEPS, "train.max_tokens", self.train.max_tokens, f"{steps:,} steps of "
+                   f"{self.tokens_per_step:,} tokens; at most {MAX_STEPS:,} steps")
         if self.model.block_size != self.data.block_size:  # the model's context is the data's
             object.__setattr__(self, "model", replace(self.model, block_size=self.data.block_size))
 

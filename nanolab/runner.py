@@ -32,11 +32,11 @@ from torch.nn.parallel import DistributedDataParallel
 from nanolab import device as dev
 from nanolab import distributed
 from nanolab.components.optim import build_optimizer
-from nanolab.config import Config
+from nanolab.config import MAX_STEPS, Config
 from nanolab.data import Data, load_data
 from nanolab.distributed import World
 from nanolab.environment import environment
-from nanolab.errors import NanolabError
+from nanolab.errors import NanolabError, SpecError
 from nanolab.model import build_model
 from nanolab.progress import Progress
 from nanolab.files import WriteFailed
@@ -162,6 +162,9 @@ def build(cfg: Config, device: torch.device, amp: torch.dtype | None = None, wor
 def with_budget(cfg: Config, flops_per_token: int) -> Config:
     """`cfg` with max_iters set to the steps that train.max_tokens or train.max_flops allow (if one is set)."""
     steps = cfg.train.budget_steps(cfg.tokens_per_step, flops_per_token)
+    if steps > MAX_STEPS:  # max_tokens is bounded by the config already; max_flops needs the model's FLOPs
+        raise SpecError(f"train.max_flops = {cfg.train.max_flops:g}: {steps:,} steps of {cfg.tokens_per_step:,} "
+                        f"tokens x {flops_per_token:,} FLOPs; at most {MAX_STEPS:,} steps")
     return cfg if steps == cfg.train.max_iters else replace(cfg, train=replace(cfg.train, max_iters=steps))
 
 

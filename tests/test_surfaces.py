@@ -187,3 +187,22 @@ def test_a_killed_exports_hidden_copy_goes_with_the_next_export(trained, tmp_pat
     assert killed.returncode == -9 and len(list(tmp_path.glob(".export.*.tmp"))) == 1
     assert cli("export", trained, "--to", "hf", out).returncode == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+# --------------------------------------------------------------------------- budgets
+
+
+@pytest.mark.parametrize("override, message", [
+    (f"train.max_tokens={2**70}", f"train.max_tokens = {2**70}: 18,446,744,073,709,551,616 steps of 64 tokens; "
+     "at most 1,000,000,000 steps"),
+    (f"train.max_iters={10**10}", f"train.max_iters = {10**10}: must be at most 1,000,000,000"),
+    ("train.max_flops=1e30", None)])
+def test_a_budget_is_bounded(tmp_path, override, message):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY % {"name": "tiny"})
+    proc = cli("run", path, "--set", override, runs=tmp_path / "runs")
+    line = one_error_line(proc)
+    if message:
+        assert line == f"{path}: {message}"
+    else:
+        assert line.startswith("train.max_flops = 1e+30: ") and line.endswith("; at most 1,000,000,000 steps")
