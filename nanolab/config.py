@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from nanolab import registry
-from nanolab.errors import SpecError
+from nanolab.errors import SHOWN_MAX, SpecError, shown
 from nanolab.registry import closest
 
 
@@ -27,7 +27,7 @@ class ConfigError(ValueError):
     """One bad value: `key` (dotted, relative to the dataclass), the `value`, and what is `accepted`."""
 
     def __init__(self, key: str, value: object, accepted: str):
-        super().__init__(f"{key} = {value!r}: {accepted}")
+        super().__init__(f"{key} = {shown(value)}: {accepted}")
         self.key, self.value, self.accepted = key, value, accepted
 
 
@@ -79,7 +79,7 @@ class DataConfig:
         _check_fields(self)
         _positive(self, "block_size")
         _check(self.path != "", "path", self.path,
-               f"a text file, folder or glob pattern (or null for dataset {self.dataset!r})")
+               f"a text file, folder or glob pattern (or null for dataset {shown(self.dataset)})")
         _check(self.format in DATA_FORMATS, "format", self.format, f"one of: {', '.join(DATA_FORMATS)}")
         _check(self.format != "nanogpt_bin" or self.path is not None, "format", self.format,
                "nanogpt_bin reads the folder that data.path names: set data.path")
@@ -139,6 +139,10 @@ class ModelConfig:
 DEVICE_PATTERN = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)\Z")  # \Z: `$` would let "cpu\n" through
 
 
+MAX_STEPS = 10**9  # optimizer steps a run may plan, however its budget is given: a bound on the loop, not a limit
+# anyone meets (a billion steps is years on one GPU); beyond it a typo such as max_tokens: 2**70 would be accepted
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     batch_size: int = 12  # sequences per micro-step
@@ -177,6 +181,7 @@ class TrainConfig:
     def __post_init__(self):
         _check_fields(self)
         _positive(self, "batch_size", "grad_accum", "max_iters", "lr", "eval_interval", "eval_iters", "log_interval")
+        _check(self.max_iters <= MAX_STEPS, "max_iters", self.max_iters, f"must be at most {MAX_STEPS:,}")
         _check(0 <= self.min_lr <= self.lr, "min_lr", self.min_lr, f"must be in [0, lr={self.lr}]")
         _check(self.warmup_iters >= 0, "warmup_iters", self.warmup_iters, "must be >= 0")
         _check(0 < self.cooldown_frac <= 1, "cooldown_frac", self.cooldown_frac,
@@ -273,6 +278,10 @@ class Config:
         _check(bool(NAME_PATTERN.match(self.name)), "name", self.name, f"{NAME_RULE} (it names the run folder)")
         _check(0 <= self.seed <= 2**SEED_BITS, "seed", self.seed, f"must be in [0, 2**{SEED_BITS}] (64-bit "
                "generators, with room for the offsets nanolab adds)")
+        if self.train.max_tokens is not None:
+            steps = math.ceil(self.train.max_tokens / self.tokens_per_step)
+            _check(steps <= MAX_STEPS, "train.max_tokens", self.train.max_tokens, f"{steps:,} steps of "
+                   f"{self.tokens_per_step:,} tokens; at most {MAX_STEPS:,} steps")
         if self.model.block_size != self.data.block_size:  # the model's context is the data's
             object.__setattr__(self, "model", replace(self.model, block_size=self.data.block_size))
 
@@ -295,14 +304,15 @@ def _field_type(cls: type, name: str) -> Any:
 
 
 def _shown(key: Any) -> str:
-    """A key as typed, or quoted when it holds characters (newlines, controls) that would break the line."""
+    """A key as typed, or quoted (and cut) when it holds characters (newlines, controls) that would break the line
+    or is too long for one."""
     text = str(key)
-    return text if text.isprintable() else repr(text)
+    return text if text.isprintable() and len(text) <= SHOWN_MAX else shown(text)
 
 
 def _unknown_key(key: str, names: list[str]) -> str:
     hint = closest(key, names)
-    return f"unknown key; accepted: {', '.join(names)}" + (f" (did you mean {hint!r}?)" if hint else "")
+    return f"unknown key; accepted: {', '.join(names)}" + (f" (did you mean {shown(hint)}?)" if hint else "")
 
 
 def check_key(cls: type, dotted: str, source: str) -> None:
@@ -321,7 +331,7 @@ def check_key(cls: type, dotted: str, source: str) -> None:
 def from_dict(cls: type, raw: Any, source: str, prefix: str = "") -> Any:
     """Build dataclass `cls` from `raw`, converting and checking every value; SpecError on the first problem."""
     if not isinstance(raw, dict):
-        raise SpecError(f"{source}: {prefix.rstrip('.') or '<top>'} = {raw!r}: expected a mapping of keys")
+        raise SpecError(f"{source}: {prefix.rstrip('.') or '<top>'} = {shown(raw)}: expected a mapping of keys")
     derived = {f.name: f.metadata["derived"] for f in dataclasses.fields(cls) if "derived" in f.metadata}
     kwargs = {}
     for key, value in raw.items():
@@ -330,6 +340,9 @@ def from_dict(cls: type, raw: Any, source: str, prefix: str = "") -> Any:
         if key not in spec_fields(cls):
             raise SpecError(f"{source}: {_shown(f'{prefix}{key}')}: {_unknown_key(str(key), spec_fields(cls))}")
         kwargs[key] = _convert(value, _field_type(cls, key), source, f"{prefix}{key}")
+    for f in dataclasses.fields(cls):
+        if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise SpecError(f"{source}: {prefix}{f.name}: required")
     try:
         return cls(**kwargs)
     except ConfigError as exc:
@@ -338,7 +351,7 @@ def from_dict(cls: type, raw: Any, source: str, prefix: str = "") -> Any:
 
 def _convert(value: Any, hint: Any, source: str, key: str) -> Any:
     def bad(accepted: str) -> SpecError:
-        return SpecError(f"{source}: {key} = {value!r}: expected {accepted}")
+        return SpecError(f"{source}: {key} = {shown(value)}: expected {accepted}")
 
     if hint is Any:
         return value
@@ -387,7 +400,7 @@ def _convert(value: Any, hint: Any, source: str, key: str) -> Any:
         if not isinstance(value, str):
             raise bad("a string")
         return value
-    raise TypeError(f"unsupported config field type {hint!r} for {key}")
+    raise TypeError(f"unsupported config field type {shown(hint)} for {key}")
 
 
 def to_dict(cfg: Any) -> dict:

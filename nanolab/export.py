@@ -20,6 +20,8 @@ of position, norm and activation, and components of other packages. Dropout and 
 from __future__ import annotations
 
 import json
+import os
+import re
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from types import ModuleType
 from typing import Any, Callable, Iterator
 
 import tokenizers
+from safetensors import SafetensorError
 import torch
 from torch import nn
 
@@ -35,7 +38,7 @@ from nanolab.components.norms import LayerNorm, RMSNorm
 from nanolab.config import ModelConfig
 from nanolab.data.tokenizer import BPETokenizer, CharTokenizer, Tokenizer
 from nanolab.errors import NanolabError
-from nanolab.files import atomic_dir
+from nanolab.files import WriteFailed, atomic_dir, remove_dead_partial_dirs
 from nanolab.model import GPT
 from nanolab.runfolder import RunFolder
 from nanolab.runner import load_trained, resume_config
@@ -255,12 +258,21 @@ def export_hf(run_dir: Path, out_dir: Path, which: str = "best") -> str:
     cfg = resume_config(folder.path)
     arch = architecture(cfg.model, folder.config_path)
     checkpoint = checkpoint_path(folder, which)
+    out_dir = out_dir.resolve() if out_dir.is_symlink() else out_dir  # a link to a folder: the folder is written
     check_out_dir(out_dir)
     transformers = import_transformers()
     model, tokenizer, _ = load_trained(folder.path, which, device="cpu")
     hf_tok = hf_tokenizer(transformers, tokenizer, cfg.data.block_size)
+    remove_dead_partial_dirs(out_dir)  # what a killed export to this folder left
     with quiet(transformers), atomic_dir(out_dir) as tmp:
-        hf_model(transformers, model, arch).save_pretrained(tmp)
+        try:
+            hf_model(transformers, model, arch).save_pretrained(tmp)
+        except SafetensorError as exc:  # safetensors' I/O error is not an OSError; its text holds the errno:
+            # "Error while serializing: I/O error: No space left on device (os error 28)"
+            code = re.search(r"os error (\d+)", str(exc))
+            if code is None:
+                raise NanolabError(f"cannot write {out_dir / 'model.safetensors'}: {str(exc)[:200]}") from None
+            raise WriteFailed(out_dir / "model.safetensors", OSError(int(code[1]), os.strerror(int(code[1])))) from None
         if hf_tok is not None:
             hf_tok.save_pretrained(tmp)
             portable_tokenizer_class(tmp / "tokenizer_config.json")

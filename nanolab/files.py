@@ -63,11 +63,13 @@ def atomic_path(path: Path) -> Iterator[Path]:
 @contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; on success its files are synced and it is renamed to `path`, else
-    it goes. A killed process leaves only a `.<name>.<random>.tmp` folder, which `remove_partial_dirs` clears."""
+    it goes. A killed process leaves only a `.<name>.<pid>.<random>.tmp` folder, which `remove_partial_dirs` (or
+    `remove_dead_partial_dirs`) clears."""
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        # the pid in the name tells a later call whether the folder's writer is still alive
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
         yield tmp
         for file in tmp.iterdir():
             with open(file, "rb") as f:
@@ -87,6 +89,25 @@ def remove_partial_dirs(path: Path) -> None:
     other process is writing `path` (it holds a lock)."""
     for leftover in path.parent.glob(f".{path.name}.*.tmp"):
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+def remove_dead_partial_dirs(path: Path) -> None:
+    """Delete the temporary folders of `atomic_dir(path)` calls whose process on this machine has died (killed),
+    for a caller without a lock; a live writer's folder stays."""
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = leftover.name.removeprefix(f".{path.name}.").split(".")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def write_text(path: Path, text: str) -> None:

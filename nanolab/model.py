@@ -184,7 +184,14 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, use_cache: bool = True, generator: torch.Generator | None = None):
-        """Append `max_new_tokens` sampled tokens to idx (B, T); temperature 0 takes the argmax (greedy).
+        """idx (B, T) with `max_new_tokens` sampled tokens appended; temperature 0 takes the argmax (greedy)."""
+        new = self.stream(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator)
+        return torch.cat([idx, *new], dim=1)
+
+    def stream(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+               top_p: float | None = None, use_cache: bool = True, generator: torch.Generator | None = None):
+        """Yield each new token (B, 1) as it is sampled; only the last block_size tokens are held, so any length
+        runs in the same memory.
 
         The context is the last block_size tokens. Without the cache every step runs the cropped context
         (nanoGPT). With it, one prefill pass fills a KV cache per layer, then each step runs one token.
@@ -194,19 +201,19 @@ class GPT(nn.Module):
         information from tokens that have left the window.)
         """
         block_size, cache, n_cached = self.cfg.block_size, None, 0
+        idx = idx[:, -block_size:]
         for _ in range(max_new_tokens):
             if not use_cache:
-                logits = self(idx[:, -block_size:])
+                logits = self(idx)
             elif cache is None or n_cached == block_size:  # (re-)prefill the context
-                context = idx[:, -block_size:]
-                cache, n_cached = [KVCache(block_size) for _ in self.blocks], context.size(1)
-                logits = self(context, cache=cache)
+                cache, n_cached = [KVCache(block_size) for _ in self.blocks], idx.size(1)
+                logits = self(idx, cache=cache)
             else:  # one new token at the next position
                 pos = torch.full((1,), n_cached, dtype=torch.long, device=idx.device)
                 logits, n_cached = self(idx[:, -1:], pos=pos, cache=cache), n_cached + 1
             idx_next = sample(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
-            idx = torch.cat((idx, idx_next), dim=1)
-        return idx
+            idx = torch.cat((idx, idx_next), dim=1)[:, -block_size:]
+            yield idx_next
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters, tied ones once; non_embedding leaves out the tables looked up, not multiplied: the token,
@@ -253,18 +260,23 @@ class GPT(nn.Module):
 
 def sample(logits, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
            generator: torch.Generator | None = None):
-    """One token id per row of logits (B, vocab) -> (B, 1): greedy at temperature 0, else sampled from the
-    softmax at `temperature`, restricted to the top_k most likely tokens and to the nucleus of mass top_p
+    """One token id per row of logits (B, vocab) -> (B, 1): greedy at temperature 0 (or one too small for the
+    logits' dtype), else sampled from the softmax at `temperature`, restricted to the top_k most likely tokens and to the nucleus of mass top_p
     (Holtzman et al. 2019, arXiv:1904.09751)."""
-    if temperature == 0:
+    # A temperature below the logits' smallest normal number is 0 in their dtype (1e-300 in float32), and the
+    # distribution at it is the argmax to that precision anyway
+    if temperature < torch.finfo(logits.dtype).tiny:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
+    # the largest logit moved to 0 first: divided by a tiny temperature it stays 0 (the others go to -inf), where
+    # the raw logits would overflow to inf and the softmax to nan
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None:
         probs, order = torch.sort(logits.softmax(dim=-1), descending=True)  # (B, vocab)
         outside = probs.cumsum(dim=-1) - probs >= top_p  # the mass before it already reaches top_p
+        outside[:, 0] = False  # the most likely token always stays: a top_p of 1e-300 is 0 in float32
         logits = logits.masked_fill(torch.zeros_like(outside).scatter(1, order, outside), float("-inf"))
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
 

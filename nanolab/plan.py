@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from nanolab import files
 from nanolab.config import NAME_PATTERN, NAME_RULE, Config, flatten, from_dict, to_dict
-from nanolab.errors import NanolabError, SpecError
+from nanolab.errors import NanolabError, SpecError, shown
 from nanolab.launch import Outcome
 from nanolab.runfolder import RunFolder, RunStore
 from nanolab.spec import load_spec, normalize_overrides, parse_override, read_yaml, set_dotted
@@ -96,7 +96,7 @@ class Plan:
         if path.is_file():
             stored = files.read_json(path)
             if stored.get("fingerprint") != mine:
-                raise SpecError(changed_message(self.path, f"plan {self.name!r} in {self.folder}",
+                raise SpecError(changed_message(self.path, f"plan {shown(self.name)} in {self.folder}",
                                                 stored.get("resolved", {}), resolved))
             return mine
         files.write_json(path, {"kind": self.kind, "name": self.name, "file": str(self.path),
@@ -124,7 +124,17 @@ def what_changed(old: dict, new: dict) -> str:
 
 def plan_kind(path: str | Path) -> str:
     """A sweep file has `space:`; any other plan file is an ablation."""
-    return "sweep" if "space" in read_yaml(Path(path)) else "ablation"
+    raw = read_yaml(Path(path))
+    not_a_spec(raw, path)
+    return "sweep" if "space" in raw else "ablation"
+
+
+def not_a_spec(raw: dict, path: str | Path) -> None:
+    """A plan file names its experiment, grid, variants or space; a file with none of them is a spec, and the
+    schema's own first complaint (an unknown key `seed`) would not say so."""
+    if not {"experiment", "grid", "variants", "space"} & raw.keys():
+        raise SpecError(f"{path}: a spec, not an ablation (grid: or variants:) or a sweep (space:); "
+                        f"`nanolab run {path}` trains it")
 
 
 def read_record(plan_file: str | Path, root: str | Path | None = None) -> dict:
@@ -145,13 +155,15 @@ def load_plan(path: str | Path, schema: type[FileSchema], cli_overrides: tuple[s
     its experiment once; errors name the file, the key and the value."""
     path = Path(path)
     source = str(path)
-    raw = from_dict(schema, read_yaml(path), source)
+    raw = read_yaml(path)
+    not_a_spec(raw, path)
+    raw = from_dict(schema, raw, source)
     experiment = path.parent / raw.experiment
     if not experiment.is_file():
-        raise SpecError(f"{source}: experiment = {raw.experiment!r}: no such file {experiment}")
+        raise SpecError(f"{source}: experiment = {shown(raw.experiment)}: no such file {experiment}")
     name = raw.name or path.stem
     if not NAME_PATTERN.match(name):
-        raise SpecError(f"{source}: name = {name!r}: {NAME_RULE} (it names the plan's folders)")
+        raise SpecError(f"{source}: name = {shown(name)}: {NAME_RULE} (it names the plan's folders)")
     file_overrides = normalize_overrides(raw.overrides, source)
     for text in file_overrides:
         parse_override(text, Config, f"{source}: overrides")

@@ -32,11 +32,11 @@ from torch.nn.parallel import DistributedDataParallel
 from nanolab import device as dev
 from nanolab import distributed
 from nanolab.components.optim import build_optimizer
-from nanolab.config import Config
+from nanolab.config import MAX_STEPS, Config
 from nanolab.data import Data, load_data
 from nanolab.distributed import World
 from nanolab.environment import environment
-from nanolab.errors import NanolabError
+from nanolab.errors import NanolabError, SpecError
 from nanolab.model import build_model
 from nanolab.progress import Progress
 from nanolab.files import WriteFailed
@@ -162,6 +162,9 @@ def build(cfg: Config, device: torch.device, amp: torch.dtype | None = None, wor
 def with_budget(cfg: Config, flops_per_token: int) -> Config:
     """`cfg` with max_iters set to the steps that train.max_tokens or train.max_flops allow (if one is set)."""
     steps = cfg.train.budget_steps(cfg.tokens_per_step, flops_per_token)
+    if steps > MAX_STEPS:  # max_tokens is bounded by the config already; max_flops needs the model's FLOPs
+        raise SpecError(f"train.max_flops = {cfg.train.max_flops:g}: {steps:,} steps of {cfg.tokens_per_step:,} "
+                        f"tokens x {flops_per_token:,} FLOPs; at most {MAX_STEPS:,} steps")
     return cfg if steps == cfg.train.max_iters else replace(cfg, train=replace(cfg.train, max_iters=steps))
 
 
@@ -391,5 +394,10 @@ def load_trained(run_dir: str | Path, which: str = "best", device: str = "auto")
     ckpt = folder.load_checkpoint(which, map_location=target)
     tokenizer = tokenizer_from_dict(folder.read_tokenizer())
     model = build_model(cfg.model, vocab_size=tokenizer.vocab_size, block_size=cfg.data.block_size).to(target)
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:  # torch lists every mismatch over many lines; the first says enough
+        detail = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise NanolabError(f"{folder.ckpt(which)} does not fit {folder.config_path} (edited since the run?): "
+                           f"{detail[:300]}") from None
     return model.eval(), tokenizer, target

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from nanolab.config import Config, check_key, flatten, from_dict, to_dict
-from nanolab.errors import SpecError
+from nanolab.errors import SpecError, shown
 
 OVERRIDE_SOURCE = "--set"
 
@@ -52,7 +52,7 @@ class SpecLoader(yaml.SafeLoader):
             except TypeError:
                 continue  # an unhashable key: SafeLoader's own error says so
             if first is not None:
-                raise DuplicateKeyError(None, None, f"duplicate key {key!r} (lines {first} and {line})", None)
+                raise DuplicateKeyError(None, None, f"duplicate key {shown(key)} (lines {first} and {line})", None)
             seen[key] = line
         return super().construct_mapping(node, deep)
 
@@ -62,7 +62,7 @@ def _yaml_problem(exc: Exception) -> str:
     problem = getattr(exc, "problem", None) or str(exc)
     if isinstance(exc, yaml.reader.ReaderError):
         char = chr(exc.character) if isinstance(exc.character, int) else exc.character  # a code point or bytes
-        return f"character {char!r} not allowed in YAML (position {exc.position})"
+        return f"character {shown(char)} not allowed in YAML (position {exc.position})"
     if isinstance(exc, DuplicateKeyError):
         return f"{problem}: write each key once"
     if isinstance(exc, yaml.constructor.ConstructorError) and "constructor for the tag" in problem:
@@ -95,8 +95,8 @@ def read_yaml(path: Path) -> dict:
     except OSError as exc:
         raise SpecError(f"{path}: cannot read ({exc.strerror or exc})") from None
     data = parse_yaml(text, str(path))
-    if data is None:
-        return {}
+    if data is None:  # an empty spec would train every default for 2,000 steps: surely not what was meant
+        raise SpecError(f"{path}: the file is empty (or only comments); expected a mapping of keys")
     if not isinstance(data, dict):
         raise SpecError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
     return data
@@ -114,10 +114,10 @@ def read_yaml_chain(path: Path, _chain: tuple[Path, ...] = ()) -> dict:
     if parent is None:
         return data
     if not isinstance(parent, str):
-        raise SpecError(f"{path}: extends = {parent!r}: expected the path of another spec file")
+        raise SpecError(f"{path}: extends = {shown(parent)}: expected the path of another spec file")
     parent_path = path.parent / parent
     if not parent_path.is_file():
-        raise SpecError(f"{path}: extends = {parent!r}: {_not_a_file(parent_path)} {parent_path}")
+        raise SpecError(f"{path}: extends = {shown(parent)}: {_not_a_file(parent_path)} {parent_path}")
     return deep_merge(read_yaml_chain(parent_path, (*_chain, resolved)), data)
 
 
@@ -133,7 +133,7 @@ def _resolve(base: Path, value: str, where: str) -> str:
     try:
         return str((base / value).resolve())
     except ValueError as exc:  # an embedded NUL
-        raise SpecError(f"{where} = {value!r}: not a file path ({exc})") from None
+        raise SpecError(f"{where} = {shown(value)}: not a file path ({exc})") from None
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -156,10 +156,10 @@ def parse_override(text: str, cls: type = Config, source: str = OVERRIDE_SOURCE,
     key, sep, value_text = text.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise SpecError(f"{source} {text!r}: expected KEY=VALUE, e.g. train.lr=3e-3")
+        raise SpecError(f"{source} {shown(text)}: expected KEY=VALUE, e.g. train.lr=3e-3")
     check_key(cls, key, source)
     # Text that is not YAML is an error, not a string: `tags=[a,b` must not become the tag '[a,b'
-    value = parse_yaml(value_text, f"{source}: {key} = {value_text!r}") if value_text.strip() else ""
+    value = parse_yaml(value_text, f"{source}: {key} = {shown(value_text)}") if value_text.strip() else ""
     if isinstance(value, str) and key.endswith(("data.path", "data.val_path")) and value:
         value = _resolve(relative_to or Path.cwd(), value, f"{source}: {key}")
     return key, value
@@ -185,7 +185,7 @@ def normalize_overrides(value: Any, source: str, key: str = "overrides") -> tupl
         return tuple(format_override(k, v) for k, v in flatten(value).items())
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return tuple(value)
-    raise SpecError(f"{source}: {key} = {value!r}: expected a list of KEY=VALUE strings or a mapping of dotted keys")
+    raise SpecError(f"{source}: {key} = {shown(value)}: expected a list of KEY=VALUE strings or a mapping of dotted keys")
 
 
 def set_dotted(raw: dict, dotted: str, value: Any) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nanolab.config import NAME_PATTERN, NAME_RULE, Config, ConfigError
-from nanolab.errors import SpecError
+from nanolab.errors import SpecError, shown
 from nanolab.launch import Launched, Launcher
 from nanolab.plan import Plan
 from nanolab.runfolder import RunStore
@@ -68,7 +68,7 @@ def tuning_sweeps(plan: Plan, raw: Any, varied: list[str], variants: dict[str, d
     for variant_id, variant in variants.items():
         name = f"{plan.name}-tune-{variant_id}"
         if not NAME_PATTERN.match(name):
-            raise SpecError(f"{source}: the tuning study of {variant_id} would be named {name!r}: {NAME_RULE}; "
+            raise SpecError(f"{source}: the tuning study of {variant_id} would be named {shown(name)}: {NAME_RULE}; "
                             "shorten the ablation's name or its grid values")
         study_plan = plan.with_changes(name, "sweep", {**variant, **tune_changes})
         sweeps[variant_id] = build_sweep(study_plan, block, str(RunStore().journal(name)), at="tune.",

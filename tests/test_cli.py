@@ -152,7 +152,7 @@ def test_set_comes_before_or_after_the_file(verb, file, capsys):
     ("--top-p", "1.5", "--top-p 1.5: expected a number in (0, 1]"),
     ("--temperature", "nan", "--temperature nan: expected a finite number >= 0"),
     ("--temperature", "-1", "--temperature -1.0: expected a finite number >= 0"),
-    ("--tokens", "-5", "--tokens -5: expected an integer >= 0"),
+    ("--tokens", "-5", "--tokens -5: expected an integer in [0, 1,000,000]"),
 ])
 def test_sample_ranges_are_checked_before_the_run_folder_is_read(flag, value, fragment, capsys):
     assert main(["sample", "nowhere", flag, value]) == EXIT_USAGE

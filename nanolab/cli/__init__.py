@@ -77,9 +77,18 @@ def cmd_sample(args) -> int:
 
     idx = torch.tensor([tokenizer.encode(args.prompt) or [0]], dtype=torch.long, device=device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    out = model.generate(idx, args.tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                         use_cache=not args.no_cache, generator=gen)
-    print(tokenizer.decode(out[0].tolist()))
+    print(tokenizer.decode(idx[0].tolist()), end="", flush=True)
+    # Each new token's text is decoded after the last printed token, which some tokenizers need (ids joins with
+    # spaces); held while it ends in a broken character (a BPE token may hold part of a character's bytes)
+    before, pending = idx[0, -1:].tolist(), []
+    for token in model.stream(idx, args.tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                              use_cache=not args.no_cache, generator=gen):
+        pending.append(token.item())
+        text = tokenizer.decode(before + pending)[len(tokenizer.decode(before)):]
+        if not text.endswith("\ufffd") or len(pending) == 16:  # 16: a model that only ever samples broken bytes
+            print(text, end="", flush=True)
+            before, pending = pending[-1:], []
+    print(tokenizer.decode(before + pending)[len(tokenizer.decode(before)):])
     return 0
 
 
@@ -159,11 +168,13 @@ def cmd_report(args) -> int:
     return EXIT_OK
 
 
+MAX_SAMPLE_TOKENS = 1_000_000  # streamed as sampled, so the bound is on time (minutes on a CPU), not memory
 SAMPLE_RANGES = {  # nanolab sample's numbers: dest -> (what is accepted, the check)
-    "tokens": ("an integer >= 0", lambda v: v >= 0),
+    "tokens": (f"an integer in [0, {MAX_SAMPLE_TOKENS:,}]", lambda v: 0 <= v <= MAX_SAMPLE_TOKENS),
     "temperature": ("a finite number >= 0", lambda v: math.isfinite(v) and v >= 0),
     "top_k": ("an integer >= 1", lambda v: v >= 1),
     "top_p": ("a number in (0, 1]", lambda v: 0 < v <= 1),
+    "seed": ("an integer in [0, 2**64)", lambda v: 0 <= v < 2**64),  # torch's generator takes 64 bits
 }
 
 
@@ -227,12 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "folder's checkpoint with the KV cache; the run's saved tokenizer means no corpus is needed.")
     p.add_argument("run_dir", metavar="RUN_FOLDER", help="a run folder (its checkpoint and tokenizer.json)")
     p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
-    p.add_argument("--tokens", type=int, default=500, help="new tokens to generate, >= 0 (default 500)")
+    p.add_argument("--tokens", type=int, default=500, help=f"new tokens to generate, 0 to {MAX_SAMPLE_TOKENS:,} "
+                   "(default 500), printed as they are sampled")
     p.add_argument("--temperature", type=float, default=0.8, help=">= 0; 0 is greedy (default 0.8)")
     p.add_argument("--top-k", type=int, default=None, help="sample from the k >= 1 most likely tokens")
     p.add_argument("--top-p", type=float, default=None,
                    help="nucleus sampling: the smallest set with mass p, 0 < p <= 1")
-    p.add_argument("--seed", type=int, default=1337, help="seed of the sampling generator (default 1337)")
+    p.add_argument("--seed", type=int, default=1337, help="seed of the sampling generator, 0 <= seed < 2**64 "
+                   "(default 1337)")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best",
                    help="which checkpoint: best (default; last when there is no best) or last")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context at every token")

@@ -4,6 +4,7 @@ the flags, the front-end's engine call, what is printed and the exit status; and
 
 from __future__ import annotations
 
+import math
 import shlex
 import signal
 import sys
@@ -46,6 +47,8 @@ def cmd_sweep(args) -> int:
     if args.status:
         print(sweep_status(sweep))
         return EXIT_OK
+    if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise NanolabError(f"--timeout {args.timeout}: expected a number of seconds > 0")
     if args.trials is not None and args.trials < 1:
         raise NanolabError(f"--trials {args.trials}: expected a number of trials >= 1")
     options = LaunchOptions.from_args(args, sweep.slurm)

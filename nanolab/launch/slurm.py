@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -56,6 +57,9 @@ class Job:
 class SlurmLauncher(Launcher):
     def __init__(self, options: LaunchOptions, plan_folder: Path):
         self.options, self.cluster = options, "local" if options.backend == "submitit-local" else "slurm"
+        if self.cluster == "slurm" and shutil.which("srun") is None:  # submitit's own check is a traceback
+            raise NanolabError("--launcher slurm: no Slurm here (srun is not on PATH); run it on a machine of the "
+                               "cluster (a login node), or use --launcher local")
         self.children = self.cluster == "local"
         self.folder = RunStore.job_records(plan_folder, self.cluster)
         self.book = self.folder / "jobs.json"

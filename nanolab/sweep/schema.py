@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from nanolab.config import Config, ConfigError, check_key, from_dict
-from nanolab.errors import SpecError
+from nanolab.errors import SpecError, shown
 from nanolab.plan import Plan, fingerprint, load_plan
 from nanolab.registry import closest
 from nanolab.runfolder import RunFolder, RunStore
@@ -41,7 +41,7 @@ DEFAULTS = {"sampler": "tpe", "pruner": "median"}
 
 def accepted(value: Any, choices: list[str], what: str) -> str:
     hint = closest(str(value), choices)
-    suffix = f" (did you mean {hint!r}?)" if hint else ""
+    suffix = f" (did you mean {shown(hint)}?)" if hint else ""
     return f"unknown {what}; accepted: {', '.join(choices) or '(none)'}{suffix}"
 
 
@@ -200,7 +200,7 @@ def build_sweep(plan: Plan, raw, storage: str, *, at: str = "",
     for dim in sweep.space:
         for value in dim.values():
             if problem := plan.problem({dim.key: value}):
-                where = f"{at}space" if problem.startswith(f"{dim.key} = ") else f"{at}space.{dim.key} = {value!r}"
+                where = f"{at}space" if problem.startswith(f"{dim.key} = ") else f"{at}space.{dim.key} = {shown(value)}"
                 raise SpecError(f"{source}: {where}: {problem}")
     for kind in ("sampler", "pruner"):
         if problem := optuna_study.algorithm_problem(sweep, kind):
@@ -224,7 +224,7 @@ def _dimension(key: str, spec: Any, source: str, at: str) -> Dimension:
     where = f"{source}: {at}space.{key}"
     kinds = [k for k in DISTRIBUTIONS if isinstance(spec, dict) and k in spec]
     if len(kinds) != 1:
-        raise SpecError(f"{where} = {spec!r}: expected one of {{float: [low, high], log: true}}, "
+        raise SpecError(f"{where} = {shown(spec)}: expected one of {{float: [low, high], log: true}}, "
                         "{int: [low, high], step: n}, {choice: [a, b, ...]}")
     kind = kinds[0]
     for option in spec:
@@ -234,18 +234,18 @@ def _dimension(key: str, spec: Any, source: str, at: str) -> Dimension:
         choices = spec["choice"]
         if not isinstance(choices, list) or not choices or not all(
                 c is None or isinstance(c, (str, int, float, bool)) for c in choices):
-            raise SpecError(f"{where}.choice = {choices!r}: expected a non-empty list of plain values "
+            raise SpecError(f"{where}.choice = {shown(choices)}: expected a non-empty list of plain values "
                             "(strings, numbers, true/false, null)")
         return Dimension(key, kind, choices=tuple(choices))
     bounds = [_number(b, kind) for b in spec[kind]] if isinstance(spec[kind], list) else []
     if len(bounds) != 2 or None in bounds or bounds[0] >= bounds[1]:
-        raise SpecError(f"{where}.{kind} = {spec[kind]!r}: expected [low, high], {kind}s with low < high")
+        raise SpecError(f"{where}.{kind} = {shown(spec[kind])}: expected [low, high], {kind}s with low < high")
     log, step = spec.get("log", False), spec.get("step")
     if not isinstance(log, bool) or (log and bounds[0] <= 0):
-        raise SpecError(f"{where}.log = {log!r}: expected true or false; true needs low > 0")
+        raise SpecError(f"{where}.log = {shown(log)}: expected true or false; true needs low > 0")
     number = None if step is None else _number(step, kind)
     if step is not None and (number is None or number <= 0 or (log and (kind == "float" or number != 1))):
-        raise SpecError(f"{where}.step = {step!r}: expected a {kind} > 0, and no step with log: true")
+        raise SpecError(f"{where}.step = {shown(step)}: expected a {kind} > 0, and no step with log: true")
     return Dimension(key, kind, bounds[0], bounds[1], log, number)
 
 
@@ -266,7 +266,7 @@ def _algorithm(raw: Any, kind: str, source: str, at: str) -> Algorithm:
     names = optuna_study.algorithm_names(kind)
     if name not in names:
         key = f"{kind}.name" if isinstance(raw, dict) else kind
-        raise SpecError(f"{source}: {at}{key} = {name!r}: {accepted(name, names, kind)}")
+        raise SpecError(f"{source}: {at}{key} = {shown(name)}: {accepted(name, names, kind)}")
     allowed = optuna_study.algorithm_options(kind, name)
     for option in options:
         if option not in allowed:
