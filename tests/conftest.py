@@ -10,12 +10,15 @@ The autouse session fixture `nanolab_env` sets, for the whole session:
   which W&B mode it wants (`disabled` for most, `offline` where W&B files are read back); never online.
 
 Tests that need a different cache (e.g. an empty one) override the variables with `monkeypatch`.
+
+`small_tmpfs` is a 3 MB tmpfs for the tests of a really full disk (skipped where it cannot be mounted).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -44,3 +47,16 @@ def nanolab_env(tmp_path_factory):
         mp.delenv("WANDB_API_KEY", raising=False)
         mp.setenv("WANDB_SILENT", "true")
         yield
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 3 MB tmpfs at tmp_path/full (root only; skipped with the reason where it cannot be mounted)."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -301,19 +301,6 @@ def test_meta_json_is_rewritten_in_place_when_no_copy_fits_else_stderr_says_so(t
     assert "could not record status failed in meta.json" in capsys.readouterr().err
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 3 MB tmpfs at tmp_path/full (root only; skipped with the reason where it cannot be mounted)."""
-    mount = tmp_path / "full"
-    mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 def test_a_real_full_disk_keeps_the_checkpoint_and_says_so_in_meta(tmp_path, small_tmpfs):
     # n_embd 112: ~1.9 MB checkpoints: step 5's fits, step 10's temporary copy beside it does not
     path = spec(tmp_path, iters=20, eval=20, ckpt=5, embd=112)

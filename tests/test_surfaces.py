@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from nanolab import load_spec, run
-from test_faults import small_tmpfs  # noqa: F401 - a fixture: a 3 MB tmpfs
 
 TINY = """\
 name: %(name)s

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-from test_faults import small_tmpfs  # noqa: F401 - a fixture
 from test_launcher import alive
 from test_sweep import sweep_file, trial_rows
 
