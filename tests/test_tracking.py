@@ -377,6 +377,17 @@ def test_online_without_api_key_fails_fast(wb, tmp_path, monkeypatch, capsys):
     assert (run_dir / "summary.json").is_file() and "wandb_id" not in meta
 
 
+def test_a_settings_error_names_its_field(wb, tmp_path, monkeypatch, capsys):
+    """WANDB_SILENT set empty: W&B's Settings refuse it, and the note says which field and value, not only
+    "1 validation error for Settings"."""
+    monkeypatch.setenv("WANDB_SILENT", "")
+    trackers = open_all(config("offline"), tmp_path / "run", meta := {"run_id": "r"})
+    (line,) = nanolab_lines(capsys.readouterr().err)
+    assert line.startswith("nanolab: W&B disabled for this run: wandb.init failed (ValidationError: 1 validation "
+                           "error for Settings: silent: Input should be a valid boolean")
+    assert "(got '')" in line and "wandb_id" not in meta and len(trackers) == 1
+
+
 def test_online_unreachable_server_fails_within_init_timeout(wb, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "online")
     monkeypatch.setenv("WANDB_API_KEY", "k" * 40)  # a key, but no server behind the URL

@@ -29,9 +29,19 @@ def note(message: str) -> None:
 
 
 def one_line(exc: BaseException | None) -> str:
-    """An error as the first line of a note."""
+    """An error as the first line of a note; a settings error (pydantic's, W&B's Settings) with the fields it
+    names, which its first line leaves out."""
     text = f"{type(exc).__name__}: {exc}".strip() if exc is not None else ""
-    return text.splitlines()[0][:300] if text else "unknown error"
+    if not text:
+        return "unknown error"
+    first = text.splitlines()[0]
+    if callable(getattr(exc, "errors", None)):
+        try:
+            fields = [f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()]
+        except (TypeError, KeyError):
+            fields = []
+        first = f"{first}: {'; '.join(fields)}" if fields else first
+    return first[:300]
 
 
 class Tracker:
