@@ -282,8 +282,13 @@ class Loop:
         for tracker in ctx.trackers:
             tracker.log_samples(state.step, sample)
         if val < state.best_val_loss:
-            state.best_val_loss, state.best_step = val, state.step
-            self.save("best")
+            previous = state.best_val_loss, state.best_step
+            state.best_val_loss, state.best_step = val, state.step  # best.pt's own state names itself the best
+            try:
+                self.save("best")
+            except BaseException:  # a full disk: summary.json must name the best.pt on disk, not the one refused
+                state.best_val_loss, state.best_step = previous
+                raise
         if ctx.on_eval is not None:
             ctx.on_eval(state.step, metrics)
 

@@ -301,6 +301,18 @@ def test_meta_json_is_rewritten_in_place_when_no_copy_fits_else_stderr_says_so(t
     assert "could not record status failed in meta.json" in capsys.readouterr().err
 
 
+def test_a_best_checkpoint_the_full_disk_refused_is_not_in_the_summary(tmp_path, small_tmpfs):
+    # n_embd 112: ~1.9 MB checkpoints: step 10's best.pt fits, step 20's temporary copy beside it does not
+    proc = cli("run", str(spec(tmp_path, iters=20, eval=10, ckpt=1000, embd=112)), runs=small_tmpfs, timeout=300)
+    assert proc.returncode == 1 and "no space left on device while writing ckpt/best.pt" in proc.stderr
+    (run_dir,) = (small_tmpfs / "faults").iterdir()
+    on_disk = RunFolder(run_dir).load_checkpoint("best")["state"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["best/step"], summary["best/val_loss"]) == (on_disk["step"], on_disk["best_val_loss"]) == (
+        10, on_disk["last_eval"][VAL_LOSS])
+    assert summary["final/val_loss"] < summary["best/val_loss"]  # step 20's evaluation was better, and not saved
+
+
 def test_a_real_full_disk_keeps_the_checkpoint_and_says_so_in_meta(tmp_path, small_tmpfs):
     # n_embd 112: ~1.9 MB checkpoints: step 5's fits, step 10's temporary copy beside it does not
     path = spec(tmp_path, iters=20, eval=20, ckpt=5, embd=112)
