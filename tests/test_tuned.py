@@ -96,7 +96,8 @@ def test_a_tuned_key_may_not_also_be_a_grid_key_or_set(tmp_path, capsys):
 
 
 def started(run_dirs: list[Path]) -> dict[str, str]:
-    return {d.name: meta(d)["start_time"] for d in run_dirs if (d / "meta.json").is_file()}
+    """<group>/<run id> -> start time (two studies each have a trial-0)."""
+    return {f"{d.parent.name}/{d.name}": meta(d)["start_time"] for d in run_dirs if (d / "meta.json").is_file()}
 
 
 @pytest.mark.parametrize("kill_during", ["tuning", "a study's last trial", "final runs"])
@@ -112,7 +113,7 @@ def test_a_tuned_ablation_killed_at_any_point_resumes_without_redoing_studies_or
     ablation.communicate(timeout=60)
     every_run = lambda: [d for name in ("tuned", "tuned-tune-activation=relu", "tuned-tune-activation=swiglu")
                          for d in sorted((runs_root() / name).glob("*")) if d.is_dir()]
-    before = {d.name: RunFolder(d).status for d in every_run()}
+    before = {f"{d.parent.name}/{d.name}": RunFolder(d).status for d in every_run()}
     times = started(every_run())
 
     _, results = ablate(path)
@@ -136,4 +137,4 @@ def test_a_tuned_ablation_killed_at_any_point_resumes_without_redoing_studies_or
         if status == "finished":
             assert started(after)[name] == times[name]
     if kill_during == "final runs":  # it continued in its own folder
-        assert started(after)[victim.name] == times[victim.name]
+        assert started(after)[f"tuned/{victim.name}"] == times[f"tuned/{victim.name}"]

@@ -37,9 +37,9 @@ def optimize(sweep: Sweep, study: SweepStudy, trials: int, launcher: Launcher,
         nonlocal claimed
         for line in study.recover():
             board.say(line)
-        if (deadline and time.time() > deadline) or study.exhausted():
+        if deadline and time.time() > deadline:
             return None
-        if not study.waiting() and claimed >= trials:
+        if not study.waiting() and (claimed >= trials or study.exhausted()):  # a retry runs on an exhausted grid
             return None
         ticket = study.ask(owned=launcher.children)
         if ticket.origin == ticket.number:
