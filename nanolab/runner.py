@@ -128,7 +128,7 @@ def run(cfg: Config, *, run_id: str | None = None, resume_dir: str | Path | None
         dev.configure(device)
         resumed = open_resumed(resume_dir, cfg, device) if resume_dir is not None else None  # before the data
         built = build(cfg, device, amp, world)
-        cfg = with_budget(cfg, built.model.flops_per_token())
+        cfg = with_budget(cfg, built.model.flops_per_token(), world.main)
         scaler = dev.grad_scaler(device, amp)
         if resumed is None:
             session = prepare_fresh(cfg, world, built, run_id, extra_meta)
@@ -159,13 +159,20 @@ def build(cfg: Config, device: torch.device, amp: torch.dtype | None = None, wor
     return Built(data, model, optimizer, torch.Generator().manual_seed(cfg.seed))
 
 
-def with_budget(cfg: Config, flops_per_token: int) -> Config:
-    """`cfg` with max_iters set to the steps that train.max_tokens or train.max_flops allow (if one is set)."""
+def with_budget(cfg: Config, flops_per_token: int, main: bool = True) -> Config:
+    """`cfg` with max_iters set to the steps that train.max_tokens or train.max_flops allow (if one is set); the
+    max_iters it replaces is named in one line, not dropped silently (`main`: this rank says it)."""
     steps = cfg.train.budget_steps(cfg.tokens_per_step, flops_per_token)
     if steps > MAX_STEPS:  # max_tokens is bounded by the config already; max_flops needs the model's FLOPs
         raise SpecError(f"train.max_flops = {cfg.train.max_flops:g}: {steps:,} steps of {cfg.tokens_per_step:,} "
                         f"tokens x {flops_per_token:,} FLOPs; at most {MAX_STEPS:,} steps")
-    return cfg if steps == cfg.train.max_iters else replace(cfg, train=replace(cfg.train, max_iters=steps))
+    if steps == cfg.train.max_iters:
+        return cfg
+    if main:
+        budget = "max_tokens" if cfg.train.max_tokens is not None else "max_flops"
+        print(f"nanolab: train.{budget} = {getattr(cfg.train, budget):,} sets {steps:,} steps; train.max_iters = "
+              f"{cfg.train.max_iters:,} is not used", file=sys.stderr, flush=True)
+    return replace(cfg, train=replace(cfg.train, max_iters=steps))
 
 
 def check_memory(cfg: Config, vocab_size: int, device: torch.device, amp: torch.dtype | None, world: World) -> None:

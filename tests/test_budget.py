@@ -31,13 +31,17 @@ def test_every_logged_row_carries_tokens_flops_and_wall_time(tmp_path):
 
 @pytest.mark.parametrize("budget, steps", [("max_tokens=1000", math.ceil(1000 / TOKENS_PER_STEP)),
                                            ("max_tokens=640", 10), ("max_flops=FLOPS", 7)])
-def test_a_token_or_flop_budget_sets_the_steps(tmp_path, budget, steps):
+def test_a_token_or_flop_budget_sets_the_steps(tmp_path, budget, steps, capsys):
     spec = tiny_spec(tmp_path, iters=500, eval=5)
     if "FLOPS" in budget:  # 7 steps' worth, less a little: rounded up to 7
         probe = run(load_spec(spec, ["train.max_iters=1"]), show_progress=False)
         budget = f"max_flops={(7 * TOKENS_PER_STEP - 1) * probe.folder.read_meta()['flops_per_token']}"
+    capsys.readouterr()
     result = run(load_spec(spec, [f"train.{budget}"]), show_progress=False)
     assert result.summary["steps"] == steps and result.folder.metrics()[-1]["step"] == steps
+    key, value = budget.split("=")
+    assert (f"nanolab: train.{key} = {float(value) if key == 'max_flops' else int(value):,} sets {steps:,} steps; "
+            "train.max_iters = 500 is not used") in capsys.readouterr().err  # not dropped silently
     assert result.folder.read_config()["train"]["max_iters"] == steps  # the saved config says what ran
     again = run(load_spec(result.folder.config_path), show_progress=False)  # and repeats it
     assert again.summary["steps"] == steps
