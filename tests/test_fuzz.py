@@ -147,7 +147,7 @@ def test_spec_ends_in_a_config_or_one_line(file_entries, sets, raw_text):
         again.write_text(dump_spec(cfg), encoding="utf-8")
         assert load_spec(again) == cfg  # the run folder's config.yaml repeats the run
         empty = folder / "empty.yaml"
-        empty.write_text("")
+        empty.write_text("{}\n")  # every default (an empty file is refused)
         as_sets = [format_override(k, v) for k, v in flatten(to_dict(cfg)).items()]
         assert load_spec(empty, as_sets) == cfg  # as ablations and sweeps pass values: format, then parse
 

@@ -388,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except NanolabError as exc:
-        print(f"nanolab: error: {exc}", file=sys.stderr)
+        print(f"nanolab: error: {' '.join(str(exc).splitlines())}", file=sys.stderr)  # one line, whatever it quotes
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_SIGTERM if "SIGTERM" in RECEIVED else EXIT_SIGINT
