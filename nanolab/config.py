@@ -207,7 +207,7 @@ class TrainConfig:
     def budget_steps(self, tokens_per_step: int, flops_per_token: int) -> int:
         """The optimizer steps the budget allows: max_iters, or the fewest steps that spend max_tokens / max_flops."""
         if self.max_tokens is not None:
-            return math.ceil(self.max_tokens / tokens_per_step)
+            return -(-self.max_tokens // tokens_per_step)
         if self.max_flops is not None:
             return math.ceil(self.max_flops / (tokens_per_step * flops_per_token))
         return self.max_iters
@@ -279,7 +279,7 @@ class Config:
         _check(0 <= self.seed <= 2**SEED_BITS, "seed", self.seed, f"must be in [0, 2**{SEED_BITS}] (64-bit "
                "generators, with room for the offsets nanolab adds)")
         if self.train.max_tokens is not None:
-            steps = math.ceil(self.train.max_tokens / self.tokens_per_step)
+            steps = -(-self.train.max_tokens // self.tokens_per_step)  # integers: 10**400 tokens is no float
             _check(steps <= MAX_STEPS, "train.max_tokens", self.train.max_tokens, f"{steps:,} steps of "
                    f"{self.tokens_per_step:,} tokens; at most {MAX_STEPS:,} steps")
         if self.model.block_size != self.data.block_size:  # the model's context is the data's

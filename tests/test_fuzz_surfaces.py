@@ -21,7 +21,7 @@ from unittest import mock
 
 import pytest
 import yaml
-from hypothesis import event, given, settings
+from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
 from nanolab.cli import main
@@ -231,6 +231,7 @@ budget_values = (st.none() | st.integers(-2, 100) | st.sampled_from(HUGE_INTS) |
 @settings(FUZZ, max_examples=EXAMPLES)
 @given(budgets=st.fixed_dictionaries({}, optional={f"train.{k}": budget_values
                                                    for k in ("max_tokens", "max_flops", "max_iters")}))
+@example(budgets={"train.max_tokens": 10**400})  # OverflowError in a float division (found by this fuzz)
 def test_budgets_print_config(trained, budgets):
     sets = [f"--set={k}={'null' if v is None else v}" for k, v in budgets.items()]
     with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(os.environ, {"NANOLAB_RUNS": str(Path(tmp) / "r")}):
