@@ -206,6 +206,8 @@ def checkpoint_path(folder: RunFolder, which: str) -> Path:
 
 def check_out_dir(out_dir: Path) -> None:
     """An export never overwrites: OUT_DIR is new or an empty folder."""
+    if "\x00" in str(out_dir):  # os.mkdir raises ValueError on it
+        raise NanolabError(f"OUT_DIR {str(out_dir)!r}: holds a NUL character; give a folder path without one")
     if out_dir.exists() and not out_dir.is_dir():
         raise NanolabError(f"{out_dir}: exists and is not a folder; give a new or empty folder")
     if out_dir.is_dir() and any(out_dir.iterdir()):

@@ -139,6 +139,7 @@ OUT_SHAPES = ["new", "nested/a/b", "file", "full", "empty", "odd name é;$(x)", 
 @settings(FUZZ, max_examples=EXAMPLES)
 @given(shape=st.sampled_from(OUT_SHAPES) | st.text(max_size=10), checkpoint=st.sampled_from(["best", "last", "best", "last", "x"]),
        run=st.sampled_from(["run", "runs", "missing", "tiny.yaml"]), to=st.sampled_from(["hf"] * 5 + ["gguf"]))
+@example(shape="\x00", checkpoint="best", run="run", to="hf")  # ValueError from os.mkdir (found by this fuzz)
 def test_export(trained, shape, checkpoint, run, to):
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
