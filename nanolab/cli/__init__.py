@@ -8,6 +8,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -383,8 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = one_line_warning  # a warning is a line for the user, not a source listing
     args = build_parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, stop)
+    RECEIVED.clear()
+    previous = ({signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+                if threading.current_thread() is threading.main_thread() else {})  # only it may set handlers
     try:
         return args.func(args)
     except NanolabError as exc:
@@ -392,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_SIGTERM if "SIGTERM" in RECEIVED else EXIT_SIGINT
+    finally:  # main() called in-process (tests, notebooks) leaves the caller's handlers as they were
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":
