@@ -119,7 +119,7 @@ class Ablation:
 
     @property
     def fingerprint(self) -> str:
-        return fingerprint(json.loads(json.dumps(self.resolved(), default=str)))
+        return fingerprint(self.resolved())
 
     def facts(self) -> dict:
         """What a report says of the ablation: each varied key's values, the baseline, whether it tuned."""
@@ -144,10 +144,9 @@ def load_ablation(path, seeds: list[int] | None = None, extra: tuple[str, ...] =
     products = [(label(dict(zip(keys, values))), dict(zip(keys, values)))
                 for values in itertools.product(*raw.grid.values())] if raw.grid else []
     variants = [(text, parse_changes(written, plan.path, "grid")) for text, written in named or products]
-    ids = variant_ids({json.dumps(variant, sort_keys=True, default=str): text.replace(",", "_")
-                       for text, variant in variants})
-    cells = [Cell(ids[json.dumps(variant, sort_keys=True, default=str)], text, variant, seed)
-             for text, variant in variants for seed in seeds or raw.seeds]
+    keyed = [(json.dumps(variant, sort_keys=True, default=str), text, variant) for text, variant in variants]
+    ids = variant_ids({key: text.replace(",", "_") for key, text, _ in keyed})
+    cells = [Cell(ids[key], text, variant, seed) for key, text, variant in keyed for seed in seeds or raw.seeds]
     ablation = Ablation(plan, tuple(cells), None, slurm=raw.launcher)
     for cell in cells:  # every cell is checked before the first run starts
         try:

@@ -40,6 +40,7 @@ FileSchema = TypeVar("FileSchema")
 # short runs, and a sample costs as much as a few evaluations, for text nobody reads in an ablation)
 PLAN_DEFAULTS = ("train.sample_tokens=0",)
 UNTRAINED = ("name", "tracking")  # config sections that change where a run is recorded, not what it trains
+VERBS = {"ablation": "ablate", "sweep": "sweep"}  # the command that runs a plan of each kind
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,7 @@ class Plan:
 
     def config(self, changes: Mapping[str, Any] = {}) -> Config:
         """The base config with a job's `changes` (dotted key -> value) applied."""
-        raw = copy.deepcopy(self.base)
-        for key, value in changes.items():
-            set_dotted(raw, key, value)
-        return from_dict(Config, raw, str(self.path))
+        return from_dict(Config, applied(self.base, changes.items()), str(self.path))
 
     def problem(self, changes: Mapping[str, Any] = {}) -> str | None:
         """What the config finds wrong with `changes` (the plan file's name left out), or None."""
@@ -77,10 +75,7 @@ class Plan:
     def with_changes(self, name: str, kind: str, changes: Mapping[str, Any]) -> Plan:
         """Another plan made from this snapshot (a tuned variant's study): `changes` in its base, then `--set` again
         (it wins over a `tune.overrides`, as over a file's overrides)."""
-        base = copy.deepcopy(self.base)
-        for key, value in (*changes.items(), *self.cli):
-            set_dotted(base, key, value)
-        return Plan(self.path, name, kind, self.experiment, base, self.cli)
+        return Plan(self.path, name, kind, self.experiment, applied(self.base, (*changes.items(), *self.cli)), self.cli)
 
     def trained(self) -> dict:
         """The base config less what does not change what a run trains (its name, tracking, the sample length:
@@ -105,7 +100,16 @@ class Plan:
         return mine
 
 
+def applied(base: dict, changes) -> dict:
+    """A copy of `base` with each (dotted key, value) of `changes` set, in order."""
+    raw = copy.deepcopy(base)
+    for key, value in changes:
+        set_dotted(raw, key, value)
+    return raw
+
+
 def fingerprint(resolved: dict) -> str:
+    """A short hash of `resolved` as JSON writes it (tuples as lists, other values as their str)."""
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -145,7 +149,7 @@ def read_record(plan_file: str | Path, root: str | Path | None = None) -> dict:
     record = RunStore(root).plan_folder(kind, str(name)) / "plan.json"
     if not record.is_file():
         raise NanolabError(f"no runs of {kind} {name} in {RunStore(root).group(str(name))}; run `nanolab "
-                           f"{'sweep' if kind == 'sweep' else 'ablate'} {plan_file}` first")
+                           f"{VERBS[kind]} {plan_file}` first")
     return files.read_json(record)
 
 

@@ -25,12 +25,11 @@ from nanolab.analysis.stats import TUNED, compare, is_finished
 from nanolab.config import Config, from_dict
 from nanolab.errors import NanolabError
 from nanolab.files import read_json, write_text
-from nanolab.plan import read_record
+from nanolab.plan import VERBS, read_record
 from nanolab.runfolder import RunFolder, RunStore
 from nanolab.vocab import STEPS, TOKENS_SEEN, VAL_LOSS
 
 PLOTS = {"step": "val_loss_step.png", "flops": "val_loss_flops.png"}  # x axis -> file
-VERBS = {"ablation": "ablate", "sweep": "sweep"}
 
 
 def write_report(plan_file: str | os.PathLike, out: str | os.PathLike | None = None,

@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,7 +168,7 @@ class Sweep:
 
     @property
     def fingerprint(self) -> str:
-        return fingerprint(json.loads(json.dumps(self.resolved(), default=str)))
+        return fingerprint(self.resolved())
 
     def resolved(self) -> dict:
         """What makes two calls the same study: the experiment with its overrides, the space, the objectives."""
