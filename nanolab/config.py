@@ -31,9 +31,17 @@ class ConfigError(ValueError):
         self.key, self.value, self.accepted = key, value, accepted
 
 
-def component(kind: str, default: str, help: str = ""):
+def key(default: Any, doc: str, **metadata: Any):
+    """A spec key with its default and its one-line doc, written once: `nanolab keys`, `nanolab run --help` and the
+    docs site's spec reference all read it (as litgpt's configs keep each field's doc on the field)."""
+    if dataclasses.is_dataclass(default):
+        return field(default_factory=type(default), metadata={"doc": doc, **metadata})
+    return field(default=default, metadata={"doc": doc, **metadata})
+
+
+def component(kind: str, default: str, doc: str):
     """A string field holding a registry name of `kind`."""
-    return field(default=default, metadata={"kind": kind, "help": help})
+    return key(default, doc, kind=kind)
 
 
 def _check_fields(cfg) -> None:
@@ -67,13 +75,18 @@ DATA_FORMATS = ("auto", "text", "nanogpt_bin")
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = component("dataset", "shakespeare_char", "a built-in corpus, used when `path` is not set")
-    path: str | None = None  # UTF-8 text: a file, a folder or a glob; relative paths resolve against the spec file
-    val_path: str | None = None  # the val split's own text (file, folder or glob); null: the last 10% of `path`
-    format: str = "auto"  # text, nanogpt_bin (a folder of train.bin, val.bin [, meta.pkl]), or auto: either
-    tokenizer: str = component("tokenizer", "char")
-    vocab_size: int | None = None  # BPE vocabulary size, or that of GPT-2 .bin files (no meta); null = the default
-    block_size: int = 64  # context length in tokens
+    dataset: str = component("dataset", "shakespeare_char", "a registered corpus (downloaded once, verified by "
+                             "SHA-256), used when `path` is not set")
+    path: str | None = key(None, "UTF-8 text instead: a file, a folder (its files by name, recursively) or a glob, "
+                           "relative to the spec file; or a folder of nanoGPT's train.bin, val.bin and meta.pkl")
+    val_path: str | None = key(None, "the val split's own text (file, folder or glob); null: the last 10% of "
+                               "`path`'s tokens")
+    format: str = key("auto", "text, nanogpt_bin (nanoGPT's prepared data, read in place) or auto: nanogpt_bin for "
+                      "a folder holding train.bin, val.bin and a meta file")
+    tokenizer: str = component("tokenizer", "char", "saved with the run as tokenizer.json")
+    vocab_size: int | None = key(None, "BPE vocabulary size (null: 4096; at least 256), or that of GPT-2 .bin files "
+                                 "without meta; char ignores it")
+    block_size: int = key(64, "context length in tokens; the model's too")
 
     def __post_init__(self):
         _check_fields(self)
@@ -96,25 +109,28 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
-    bias: bool = False  # biases in Linear layers and norms
-    activation: str = component("activation", "gelu", "the MLP: relu, gelu, relu2, swiglu, ...")
-    position: str = component("position", "learned")
-    attention: str = component("attention", "sdpa")
-    norm: str = component("norm", "layernorm")
-    norm_placement: str = "pre"  # pre: x + f(norm(x)); post: norm(x + f(x))
-    qk_norm: bool = False  # RMS-normalise q and k per head (modded-nanogpt)
-    tie_weights: bool = True  # share the token embedding with the LM head
-    zero_init_proj: bool = False  # zero-initialise the residual output projections (modded-nanogpt)
-    rope_base: float = 10000.0  # RoPE frequency base, used by `position: rotary`
-    mlp_ratio: float = 4.0  # MLP hidden size / n_embd (GLU variants take 2/3 of it)
-    checkpoint_activations: bool = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
-    logit_softcap: float | None = None  # logits = c * tanh(logits / c) (Gemma 2; modded-nanogpt); None: uncapped
-    value_embeds: int = 0  # the first N layers add a token embedding table's output to their values V (modded-nanogpt)
-    block_size: int = field(default=64, metadata={"derived": "data.block_size"})
+    n_layer: int = key(4, "transformer blocks")
+    n_head: int = key(4, "attention heads; n_embd % n_head == 0")
+    n_embd: int = key(128, "the residual stream's width")
+    dropout: float = key(0.0, "embedding, attention and residual dropout, in [0, 1)")
+    bias: bool = key(False, "biases in linear layers and norms")
+    activation: str = component("activation", "gelu", "the MLP (`nanolab components` lists them)")
+    position: str = component("position", "learned", "the position scheme")
+    attention: str = component("attention", "sdpa", "the attention kernel")
+    norm: str = component("norm", "layernorm", "the normalization layer")
+    norm_placement: str = key("pre", "pre: x + f(norm(x)); post: norm(x + f(x))")
+    qk_norm: bool = key(False, "RMS-normalise q and k per head (modded-nanogpt)")
+    tie_weights: bool = key(True, "share the token embedding with the LM head")
+    zero_init_proj: bool = key(False, "zero-initialise the residual output projections (modded-nanogpt)")
+    rope_base: float = key(10000.0, "RoPE frequency base, used by `position: rotary`")
+    mlp_ratio: float = key(4.0, "MLP hidden size / n_embd (GLU variants take 2/3 of it); mlp_ratio * n_embd >= 2")
+    checkpoint_activations: bool = key(False, "recompute each block's activations in the backward pass: less "
+                                       "memory for ~1/3 more compute")
+    logit_softcap: float | None = key(None, "logits = c * tanh(logits / c) before the loss and sampling (Gemma 2; "
+                                      "modded-nanogpt: 30, then 15); null: uncapped")
+    value_embeds: int = key(0, "value embeddings (modded-nanogpt): each of the first N layers adds its own vocab x "
+                            "n_embd table, looked up with the input tokens, to its attention values; at most n_layer")
+    block_size: int = key(64, "the context length", derived="data.block_size")
 
     def __post_init__(self):
         _check_fields(self)
@@ -145,38 +161,41 @@ MAX_STEPS = 10**9  # optimizer steps a run may plan, however its budget is given
 
 @dataclass(frozen=True)
 class TrainConfig:
-    batch_size: int = 12  # sequences per micro-step
-    grad_accum: int = 1  # micro-steps per optimizer step
-    max_iters: int = 2000
-    # a compute budget instead of max_iters (which the run then sets to the steps that spend it, rounded up),
-    # so that every cell of an ablation trains on equal tokens or FLOPs; no wall-time budget: it would make
-    # the steps, and so the run, depend on the machine's speed and load
-    max_tokens: int | None = None
-    max_flops: float | None = None  # x the model's training FLOPs per token (PaLM's 6N + attention estimate)
-    optimizer: str = component("optimizer", "adamw")
-    lr: float = 1.0e-3
-    min_lr: float = 1.0e-4
-    schedule: str = component("schedule", "cosine", "decay after warmup: cosine, linear, constant")
-    warmup_iters: int = 100
-    # wsd's decay: the last cooldown_frac of the schedule's span (warmup_iters to lr_decay_iters or max_iters). A
-    # fraction, not a step, so that it follows max_iters when a max_tokens / max_flops budget sets it; a key of its
-    # own because the schedule is called with the arguments it names, and only wsd names this one
-    cooldown_frac: float = 0.2
-    lr_decay_iters: int | None = None  # None: decay until max_iters
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    muon_lr: float = 0.02  # learning rate of the Muon-updated hidden matrices
-    grad_clip: float = 1.0  # 0 disables clipping
-    eval_interval: int = 250
-    eval_iters: int = 20
-    log_interval: int = 10
-    checkpoint_interval: int | None = None  # None: every eval_interval
-    sample_tokens: int = 200  # length of the sample generated (and logged) at each evaluation
-    device: str = "auto"  # auto picks cuda, then mps, then cpu
-    dtype: str = "auto"  # auto: bfloat16 autocast on CUDA, float32 elsewhere
-    compile: bool = False
-    final_eval: bool = False  # at the end of a finished run, val/loss_whole: the loss over the whole val split
+    batch_size: int = key(12, "sequences per micro-step")
+    grad_accum: int = key(1, "micro-steps per optimizer step")
+    max_iters: int = key(2000, f"optimizer steps, at most {MAX_STEPS:,} (so are the steps a budget plans)")
+    # A compute budget instead of max_iters (which the run then sets to the steps that spend it, rounded up), so
+    # that every cell of an ablation trains on equal tokens or FLOPs. No wall-time budget: it would make the steps,
+    # and so the run, depend on the machine's speed and load.
+    max_tokens: int | None = key(None, "a budget in training tokens instead of max_iters, which becomes "
+                                 "ceil(max_tokens / tokens per step); a line on stderr names the max_iters replaced")
+    max_flops: float | None = key(None, "a budget in training FLOPs (tokens x the model's training FLOPs per token, "
+                                  "PaLM's 6N + attention), the same way; one budget at most")
+    optimizer: str = component("optimizer", "adamw", "the optimizer")
+    lr: float = key(1.0e-3, "peak learning rate")
+    min_lr: float = key(1.0e-4, "final learning rate, in [0, lr]")
+    schedule: str = component("schedule", "cosine", "decay after warmup")
+    warmup_iters: int = key(100, "linear warmup steps")
+    # A fraction, not a step, so that it follows max_iters when a budget sets it; a key of its own because the
+    # schedule is called with the arguments it names, and only wsd names this one
+    cooldown_frac: float = key(0.2, "wsd only: decay linearly over this last fraction of the steps after warmup "
+                               "(1: linear); in (0, 1]")
+    lr_decay_iters: int | None = key(None, "decay until this step (null: max_iters)")
+    weight_decay: float = key(0.1, "AdamW's decoupled weight decay")
+    beta1: float = key(0.9, "Adam's beta1, in [0, 1)")
+    beta2: float = key(0.99, "Adam's beta2, in [0, 1)")
+    muon_lr: float = key(0.02, "Muon's learning rate for the hidden matrices")
+    grad_clip: float = key(1.0, "clip the global gradient norm (0: off); the logged norm is pre-clip")
+    eval_interval: int = key(250, "evaluate every N steps (and at the end)")
+    eval_iters: int = key(20, "batches per split in each evaluation")
+    log_interval: int = key(10, "train/loss is the mean over these steps")
+    checkpoint_interval: int | None = key(None, "write ckpt/last.pt every N steps (null: eval_interval)")
+    sample_tokens: int = key(200, "length of the sample generated (and logged) at each evaluation")
+    device: str = key("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    dtype: str = key("auto", "auto (bfloat16 autocast on CUDA, float32 elsewhere), float32, bfloat16, float16 "
+                     "(CUDA/MPS, with a loss scaler)")
+    compile: bool = key(False, "torch.compile the model (checkpoints stay loadable without it)")
+    final_eval: bool = key(False, "at the run's last step, log val/loss_whole: the loss over the whole val split")
 
     def __post_init__(self):
         _check_fields(self)
@@ -227,11 +246,11 @@ WANDB_TAG_MAX = 64
 
 @dataclass(frozen=True)
 class WandbConfig:
-    project: str = "nanolab"
-    entity: str | None = None
-    mode: str = "auto"  # auto: online when logged in, else offline; WANDB_MODE wins
-    dir: str | None = None
-    log_checkpoints: bool = False  # upload best/last checkpoints as an Artifact
+    project: str = key("nanolab", f"the W&B project: 1 to 128 characters, none of {WANDB_PROJECT_FORBIDS}")
+    entity: str | None = key(None, "the W&B entity (null: your default)")
+    mode: str = key("auto", "auto (online when logged in, else offline), online, offline, disabled; WANDB_MODE wins")
+    dir: str | None = key(None, "where W&B writes its files (null: the run folder)")
+    log_checkpoints: bool = key(False, "upload the best and last checkpoints as a W&B Artifact")
 
     def __post_init__(self):
         _check_fields(self)
@@ -243,11 +262,11 @@ class WandbConfig:
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    wandb: WandbConfig = field(default_factory=WandbConfig)
-    group: str | None = None  # W&B group; sweeps and ablations set it to their name
-    job_type: str = "run"  # run, sweep or ablate
-    tags: tuple[str, ...] = ()
-    notes: str | None = None
+    wandb: WandbConfig = key(WandbConfig(), "Weights & Biases")
+    group: str | None = key(None, "the W&B group; sweeps and ablations set it to their name")
+    job_type: str = key("run", "the W&B job type: run, sweep or ablate")
+    tags: tuple[str, ...] = key((), f"W&B tags, each 1 to {WANDB_TAG_MAX} characters; plans add their own")
+    notes: str | None = key(None, "W&B notes")
 
     def __post_init__(self):
         _check_fields(self)
@@ -266,12 +285,12 @@ SEED_BITS = 62
 
 @dataclass(frozen=True)
 class Config:
-    name: str = "run"
-    seed: int = 1337
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    name: str = key("run", f"the run folder runs/<name>/<run-id>: {NAME_RULE}")
+    seed: int = key(1337, f"model init, batches, dropout and samples; 0 to 2**{SEED_BITS}")
+    data: DataConfig = key(DataConfig(), "the corpus, its tokenizer and the context")
+    model: ModelConfig = key(ModelConfig(), "the transformer and its components")
+    train: TrainConfig = key(TrainConfig(), "the optimizer, schedule, budget, evaluation and device")
+    tracking: TrackingConfig = key(TrackingConfig(), "W&B and the run's labels")
 
     def __post_init__(self):
         _check_fields(self)
@@ -297,6 +316,39 @@ class Config:
 def spec_fields(cls: type) -> list[str]:
     """The keys a spec may set for `cls` (derived fields are not among them)."""
     return [f.name for f in dataclasses.fields(cls) if "derived" not in f.metadata]
+
+
+@dataclass(frozen=True)
+class KeyDoc:
+    """One spec key as `nanolab keys` and the docs site show it."""
+    key: str
+    type: str
+    default: Any
+    doc: str
+
+
+def key_docs(cls: type | None = None, prefix: str = "") -> list[KeyDoc]:
+    """Every key a spec may set, depth first in declaration order, from the fields' own metadata."""
+    cls, out = cls or Config, []
+    for f in dataclasses.fields(cls):
+        hint = _field_type(cls, f.name)
+        if "derived" in f.metadata:
+            continue
+        if dataclasses.is_dataclass(hint):
+            out += key_docs(hint, f"{prefix}{f.name}.")
+            continue
+        kind = f.metadata.get("kind")
+        shown_type = f"{kind} name" if kind else _type_name(hint)
+        out.append(KeyDoc(f"{prefix}{f.name}", shown_type, to_dict(cls())[f.name], f.metadata["doc"]))
+    return out
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, types.UnionType):
+        return " | ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        return "list of str"
+    return getattr(hint, "__name__", str(hint))
 
 
 def _field_type(cls: type, name: str) -> Any:
