@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -9,11 +10,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.progress import Progress as RichProgress
 
 
+QUIET_ENV = "NANOLAB_QUIET"  # `nanolab -q` sets it: an environment variable, so that workers and Slurm jobs see it
+
+
+def quiet() -> bool:
+    """No progress output at all (bars, step lines, download and tokenizing lines): `nanolab ... -q`."""
+    return os.environ.get(QUIET_ENV) == "1"
+
+
 class Progress:
     """`update(step, loss, val_loss, tokens_per_sec, val_step)` after each log; a line every ~10% when not a TTY."""
 
     def __init__(self, total: int, start: int = 0, enabled: bool = True, stream=None):
-        self.total, self.start, self.enabled = total, start, enabled
+        self.total, self.start, self.enabled = total, start, enabled and not quiet()
         self.stream = stream or sys.stderr
         self.bar = None
         self.next_line = start

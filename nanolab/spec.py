@@ -18,13 +18,14 @@ from nanolab.errors import SpecError, shown
 OVERRIDE_SOURCE = "--set"
 
 
-def load_spec(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
-    """Read a spec file (following `extends`), apply `a.b=value` overrides and validate into a Config."""
-    raw = read_yaml_chain(Path(path))
+def load_spec(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Read a spec file (following `extends`; None: the defaults), apply `a.b=value` overrides and validate into a
+    Config."""
+    raw = read_yaml_chain(Path(path)) if path is not None else {}
     for text in overrides:
         key, value = parse_override(text, Config)
         set_dotted(raw, key, value)
-    return from_dict(Config, raw, str(path))
+    return from_dict(Config, raw, str(path) if path is not None else "the defaults")
 
 
 def spec_from_dict(raw: dict, source: str = "<dict>") -> Config:

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 import warnings
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import yaml
 
 from nanolab import __version__
 from nanolab.errors import NanolabError
+from nanolab.cli import conventions
 from nanolab.cli.plans import RECEIVED, cmd_ablate, cmd_status, cmd_sweep, launch_run, stop
 from nanolab.launch import BACKENDS
 from nanolab.vocab import BEST_VAL_LOSS, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, VAL_LOSS
@@ -44,8 +46,8 @@ def cmd_run(args) -> int:
     if args.resume:
         if args.spec or args.set:
             raise NanolabError("--resume takes a run folder alone: the run continues with its saved config")
-    else:
-        the_file(args, "spec", "a SPEC file (or --resume RUN_FOLDER)")
+    else:  # --print-config alone prints the defaults
+        the_file(args, "spec", "a SPEC file (or --resume RUN_FOLDER)", required=not args.print_config)
     if args.launcher != "local" and args.resume:
         raise NanolabError("--resume runs here; with --launcher slurm a requeued job continues its run by itself")
     from nanolab.launch import LaunchOptions
@@ -117,6 +119,10 @@ def cmd_data(args) -> int:
 def cmd_components(args) -> int:
     from nanolab import registry
 
+    if args.json:
+        print(conventions.as_json({kind: {e.name: e.description for e in registry.entries(kind)}
+                                   for kind in registry.kinds()}))
+        return 0
     for kind in registry.kinds():
         print(kind)
         for entry in registry.entries(kind):
@@ -124,11 +130,11 @@ def cmd_components(args) -> int:
     return 0
 
 
-def the_file(args, dest: str, what: str) -> None:
+def the_file(args, dest: str, what: str, required: bool = True) -> None:
     """The verb's file: its positional, or the last word after --set (which takes every word it can) without '='."""
     if getattr(args, dest) is None and args.set and "=" not in args.set[-1]:
         setattr(args, dest, args.set.pop())
-    if getattr(args, dest) is None:
+    if getattr(args, dest) is None and required:
         raise NanolabError(f"nanolab {args.command} needs {what}; see nanolab {args.command} --help")
 
 
@@ -215,10 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
                         help="print nanolab's version and exit")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sets = dict(nargs="+", default=[], metavar="KEY=VALUE", action="extend",
                 help="override spec keys, e.g. --set model.position=rotary train.lr=3e-3 (values parse as YAML); "
-                "before or after the file")
+                f"before or after the file. {conventions.DOTTED_HELP}")
 
     p = sub.add_parser("run", help="train one model from a spec", description="Train one model from a spec file "
                        "into a new run folder $NANOLAB_RUNS/<name>/<run-id> (default ./runs). Exit 130/143 after "
@@ -226,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", nargs="?", metavar="SPEC", help="a spec YAML file (a run folder's config.yaml repeats that run)")
     p.add_argument("--set", **sets)
     p.add_argument("--print-config", action="store_true",
-                   help="print the resolved config as YAML and exit: nothing runs, nothing is written")
+                   help="print the resolved config as YAML and exit: nothing runs, nothing is written; without a "
+                   "SPEC, the defaults (with --set)")
     p.add_argument("--resume", metavar="RUN_FOLDER", help="continue an interrupted run in its own folder")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="data-parallel over N processes on this machine (starts torchrun; one GPU each on CUDA); "
@@ -284,7 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("components", help="list the registered components",
                        description="Print every registered component: kind, name, description.")
+    p.add_argument("--json", action="store_true", help="a JSON object: kind -> name -> description")
     p.set_defaults(func=cmd_components)
+    conventions.add_verbs(sub)
 
     p = sub.add_parser("sweep", help="run an Optuna study over a sweep file",
                        description="Run (or continue: the same command again adds trials) an Optuna study in which "
@@ -373,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "after $NANOLAB_SYNC_TIMEOUT seconds (default 300).")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_FOLDER", help="run folders with offline W&B runs")
     p.set_defaults(func=cmd_sync)
+    for verb in sub.choices.values():
+        conventions.add_common_flags(verb)
     return parser
 
 
@@ -382,14 +393,22 @@ def one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = one_line_warning  # a warning is a line for the user, not a source listing
-    args = build_parser().parse_args(argv)
-    args.argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(conventions.expand_dotted_flags(argv))
+    if args.command is None:
+        parser.print_help()
+        return EXIT_OK
+    args.argv = argv
+    conventions.apply_common_flags(args)
     RECEIVED.clear()
     previous = ({signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
                 if threading.current_thread() is threading.main_thread() else {})  # only it may set handlers
     try:
         return args.func(args)
     except NanolabError as exc:
+        if args.verbose:
+            traceback.print_exc()
         print(f"nanolab: error: {' '.join(str(exc).splitlines())}", file=sys.stderr)  # one line, whatever it quotes
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -43,6 +43,7 @@ from nanolab.data.integrity import identity, scan
 from nanolab.data.sources import Source, text_pieces
 from nanolab.data.tokenizer import Tokenizer, tokenizer_from_dict
 from nanolab.errors import NanolabError
+from nanolab.progress import quiet
 
 CACHE_FORMAT = 2  # part of every key: raise it when the entry's layout or the tokenizing changes
 TRAIN_FRACTION = 0.9  # without val files, the first 90% of the tokens train and the last 10% validate
@@ -230,7 +231,7 @@ def chars_from(start: int, pieces: list[Piece], tokens: Path, tokenizer: Tokeniz
 @contextmanager
 def progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
     """advance(n): a progress bar on a terminal, one line otherwise; nothing for a small corpus."""
-    if total < PROGRESS_MIN_BYTES:
+    if total < PROGRESS_MIN_BYTES or quiet():
         yield lambda n: None
     elif not sys.stderr.isatty():
         print(f"nanolab: {description} ({total // 2 / 1e6:,.0f} MB of text)", file=sys.stderr, flush=True)

@@ -18,6 +18,7 @@ from typing import BinaryIO
 
 from nanolab import registry
 from nanolab.errors import NanolabError
+from nanolab.progress import quiet
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -73,7 +74,7 @@ def _fetch(url: str, out: BinaryIO) -> str:
     """Write the body at `url` into `out` (a progress bar on a terminal for large bodies); its SHA-256."""
     with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response:
         total = int(response.headers.get("Content-Length") or 0)
-        if total < PROGRESS_MIN_BYTES or not sys.stderr.isatty():
+        if total < PROGRESS_MIN_BYTES or not sys.stderr.isatty() or quiet():
             return _copy_hashing(response, out)
         from rich.console import Console
         from rich.progress import Progress
