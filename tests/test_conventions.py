@@ -1,0 +1,89 @@
+"""The CLI conventions every verb shares: dotted flags, -q/-v, --json, keys, completion, bare `nanolab`."""
+
+import io
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from nanolab import cli, registry
+from nanolab.config import Config, to_dict
+from nanolab.reference import _subcommands
+from nanolab.progress import QUIET_ENV, Progress
+
+
+def main(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_bare_nanolab_prints_the_help_and_exits_0(capsys):
+    code, out, _ = main(capsys)
+    assert code == 0 and out.startswith("usage: nanolab") and "keys" in out and "completion" in out
+
+
+def test_print_config_without_a_spec_prints_the_defaults(capsys):
+    code, out, _ = main(capsys, "run", "--print-config")
+    assert code == 0 and yaml.safe_load(out) == to_dict(Config())
+
+
+def test_dotted_flags_are_set_with_both_spellings(capsys):
+    code, out, _ = main(capsys, "run", "--print-config", "--train.lr", "3e-3", "--model.position=rotary")
+    printed = yaml.safe_load(out)
+    assert code == 0 and printed["train"]["lr"] == 0.003 and printed["model"]["position"] == "rotary"
+    assert cli.conventions.expand_dotted_flags(["run", "s.yaml", "--train.lr", "1", "--", "--model.x"]) == [
+        "run", "s.yaml", "--set", "train.lr=1", "--", "--model.x"]
+
+
+def test_a_dotted_flag_is_checked_like_set(capsys):
+    code, _, err = main(capsys, "run", "--print-config", "--train.lrr", "3")
+    assert code == 2 and err.startswith("nanolab: error: --set: train.lrr: unknown key;") and "did you mean 'lr'" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_verbose_adds_the_traceback_to_the_one_line(capsys):
+    _, _, quiet_err = main(capsys, "run", "--print-config", "--set", "train.lrr=3")
+    _, _, verbose_err = main(capsys, "run", "-v", "--print-config", "--set", "train.lrr=3")
+    assert "Traceback" not in quiet_err and "Traceback (most recent call last)" in verbose_err
+    assert verbose_err.strip().splitlines()[-1] == quiet_err.strip()
+
+
+def test_keys_lists_type_default_and_doc(capsys):
+    code, out, _ = main(capsys, "keys", "train.lr")
+    assert code == 0 and out.split() == ["train.lr", "float", "0.001", "peak", "learning", "rate"]
+    code, out, _ = main(capsys, "keys", "model", "--json")
+    rows = json.loads(out)
+    assert code == 0 and rows[0] == {"key": "model.n_layer", "type": "int", "default": 4, "doc": "transformer blocks"}
+    assert {r["key"] for r in rows} == {f"model.{k}" for k in to_dict(Config())["model"]}
+
+
+def test_components_json_is_the_registry(capsys):
+    code, out, _ = main(capsys, "components", "--json")
+    listed = json.loads(out)
+    assert code == 0 and {kind: sorted(names) for kind, names in listed.items()} == {
+        kind: sorted(registry.available(kind)) for kind in registry.kinds()}
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_completion_scripts_name_every_verb(capsys, shell):
+    code, out, _ = main(capsys, "completion", shell)
+    assert code == 0 and all(verb in out for verb in _subcommands(cli.build_parser()))
+    if shell == "bash" and shutil.which("bash"):
+        loaded = subprocess.run(["bash", "-c", f"{out}\ncomplete -p nanolab"], capture_output=True, text=True)
+        assert loaded.returncode == 0 and "nanolab" in loaded.stdout, loaded.stderr
+
+
+def test_quiet_reaches_the_environment_workers_inherit_and_silences_progress(capsys, monkeypatch):
+    monkeypatch.delenv(QUIET_ENV, raising=False)  # restored (unset) after the test
+    for expected_lines, argv in ((2, ["run", "--print-config"]), (0, ["run", "-q", "--print-config"])):
+        main(capsys, *argv)
+        stream = io.StringIO()
+        with Progress(total=10, stream=stream) as bar:
+            bar.update(1, 4.0, None, 100.0)
+            bar.update(10, 3.0, 3.5, 100.0)
+        assert len(stream.getvalue().splitlines()) == expected_lines
+    assert os.environ[QUIET_ENV] == "1"
