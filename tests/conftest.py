@@ -3,8 +3,9 @@
 The autouse session fixture `nanolab_env` sets, for the whole session:
 
 - `NANOLAB_CACHE`: a temporary cache pre-seeded with a copy of Tiny Shakespeare at
-  `<cache>/tinyshakespeare/input.txt`, so nothing is downloaded. The copy comes from
-  `$NANOLAB_TEST_SHAKESPEARE` if set, else from the repository's sibling `../shared/data/tinyshakespeare/`.
+  `<cache>/tinyshakespeare/input.txt`, so no test downloads. The copy comes from `$NANOLAB_TEST_SHAKESPEARE` if
+  set, else from the repository's sibling `../shared/data/tinyshakespeare/`, else it is downloaded once, verified
+  like `nanolab run` does, into `$NANOLAB_CACHE` (offline: the session stops with one line naming the variable).
 - `NANOLAB_RUNS`: a temporary root for run and sweep folders.
 - no `WANDB_MODE` or `WANDB_API_KEY` from the caller's shell, and `WANDB_SILENT=true`: each test's spec says
   which W&B mode it wants (`disabled` for most, `offline` where W&B files are read back); never online.
@@ -31,12 +32,24 @@ def shared_shakespeare() -> Path:
     return Path(os.environ.get("NANOLAB_TEST_SHAKESPEARE") or SHARED_SHAKESPEARE)
 
 
+def corpus() -> Path:
+    """The local copy, else the user's cached (or freshly downloaded and verified) one; offline, one line."""
+    if shared_shakespeare().is_file():
+        return shared_shakespeare()
+    from nanolab.data.download import tiny_shakespeare
+    from nanolab.errors import NanolabError
+
+    try:
+        return tiny_shakespeare()
+    except NanolabError as exc:
+        pytest.exit(f"Tiny Shakespeare is not at {shared_shakespeare()} and could not be downloaded ({exc}); set "
+                    "NANOLAB_TEST_SHAKESPEARE to a copy", returncode=4)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def nanolab_env(tmp_path_factory):
     """Point nanolab's cache and run folders at temporary directories and keep W&B off the network."""
-    source = shared_shakespeare()
-    if not source.is_file():
-        pytest.fail(f"Tiny Shakespeare not found at {source}; set NANOLAB_TEST_SHAKESPEARE to a copy")
+    source = corpus()
     cache = tmp_path_factory.mktemp("cache")
     (cache / "tinyshakespeare").mkdir()
     shutil.copyfile(source, cache / "tinyshakespeare/input.txt")

@@ -1,6 +1,9 @@
 """The docs site: it builds strictly, and its reference pages are the code's own (config fields, registry, parser)."""
 
 import dataclasses
+import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -22,7 +25,7 @@ def site(tmp_path_factory) -> Path:
         pytest.fail("mkdocs is not installed: pip install -e '.[docs]'")
     out = tmp_path_factory.mktemp("site")
     done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(out)], cwd=REPO,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert done.returncode == 0, done.stderr
     return out
 
@@ -70,3 +73,25 @@ def test_keys_under_a_prefix_are_that_section_only():
 def test_an_unknown_prefix_is_one_line_with_the_closest_key():
     with pytest.raises(NanolabError, match=r"^no spec key is 'train.lrr' or under it \(did you mean train.lr\?\)$"):
         reference.keys_text("train.lrr")
+
+
+def runnable_blocks() -> list[tuple[str, str, str]]:
+    """(page, command, expected output) for every `$ ` line of a console block marked runnable in docs/."""
+    out = []
+    for path in sorted((REPO / "docs").glob("*.md")):
+        for block in re.findall(r"<!-- runnable[^>]*-->\n```console\n(.*?)```", path.read_text(), re.S):
+            for command, expected in re.findall(r"^\$ (.*)\n((?:(?!\$ ).*\n)*)", block, re.M):
+                out.append((path.name, command, expected))
+    return out
+
+
+@pytest.mark.parametrize("page, command, expected", runnable_blocks())
+def test_the_docs_runnable_examples_print_what_they_show(page, command, expected):
+    argv = shlex.split(command)
+    assert argv[0] == "nanolab"
+    done = subprocess.run([sys.executable, "-m", "nanolab", *argv[1:]], cwd=REPO, capture_output=True, text=True)
+    assert done.stdout + done.stderr == expected
+
+
+def test_some_docs_examples_are_runnable():
+    assert len(runnable_blocks()) >= 3
