@@ -17,7 +17,7 @@ the run's summary `train_time`: seconds inside training steps (no evaluation, sa
 the figure modded-nanogpt's records quote. The loss is `final/val_loss_whole`: the whole val split in
 non-overlapping windows of the run's context, after the last step. A record holds when every seed is within its budget of
 seconds and <= its target loss, and a one-sided t-test of the mean <= the target gives p < 0.01 (modded-nanogpt's
-rule); other lines are held to 1.90 with no budget. The markdown is README's
+rule); other lines are held to 1.90 with no budget. The markdown is docs/results.md's
 record table as this script printed it.
 """
 
@@ -209,7 +209,7 @@ def main() -> None:
     p.add_argument("--only", nargs="*", choices=[r.name for r in RECIPES], help="these recipes alone (none: no run)")
     p.add_argument("--step", action="store_true", help="first, the record's step before and after this round's changes")
     p.add_argument("--profile", action="store_true", help="first, the record's step by op (torch.profiler)")
-    p.add_argument("--markdown", metavar="FILE", help="also write README's record table to FILE")
+    p.add_argument("--markdown", metavar="FILE", help="also write the record table of docs/results.md to FILE")
     p.add_argument("--plot", metavar="FILE", help="also plot every run's seconds and loss to FILE (.png, .svg, ...)")
     p.add_argument("--from-json", metavar="FILE", help="read the runs of an earlier --json instead of training")
     args = p.parse_args()
