@@ -73,3 +73,29 @@ def small_tmpfs(tmp_path):
         pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+# ----------------------------------------------------------------------------- markers (registered in pyproject.toml)
+
+MODULE_MARKS = {  # every test of the module
+    "test_slurm.py": ("slurm", "slow"), "test_slurm_cluster.py": ("slurm", "slow"),
+    "test_sweep_postgres.py": ("postgres", "slow"), "test_distributed.py": ("ddp", "slow"),
+}
+FIXTURE_MARKS = {"small_tmpfs": "root", "slurm": "slurm"}
+NAME_MARKS = {"two_ranks": "ddp", "ddp_run": "ddp", "postgres": "postgres"}  # a word in the test's name
+# Tests measured over ~2 s on 2 idle cores (module, or module::test prefix): `python -m pytest --durations=0`
+# lists them; a new slow test belongs here
+SLOW = (
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.path.name
+        marks = set(MODULE_MARKS.get(module, ()))
+        marks |= {mark for fixture, mark in FIXTURE_MARKS.items() if fixture in item.fixturenames}
+        marks |= {mark for word, mark in NAME_MARKS.items() if word in item.name}
+        if marks & {"slurm", "postgres", "ddp"} or f"{module}::{item.name}".startswith(SLOW) or module in SLOW:
+            marks.add("slow")
+        for mark in sorted(marks):
+            item.add_marker(mark)
