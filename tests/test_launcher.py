@@ -86,15 +86,26 @@ def test_a_crashed_task_is_recorded_and_the_others_go_on(tmp_path, workers, caps
     assert "done 3/3, running 0, failed 1" in out
 
 
-def slow(tag: str, *, progress: bool) -> Outcome:
-    time.sleep(8)  # holds its worker while the other worker dies and is replaced
+def report_and_mark(tag: str, marker: str, *, progress: bool) -> Outcome:
+    outcome = report_worker(tag, progress=progress)
+    Path(marker).touch()
+    return outcome
+
+
+def held(tag: str, marker: str, *, progress: bool) -> Outcome:
+    """Holds its worker until `marker` exists (written by the last task, on the dead worker's replacement), however
+    long the replacement takes to start on a loaded machine."""
+    deadline = time.monotonic() + 240
+    while not Path(marker).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     return report_worker(tag, progress=progress)
 
 
 def test_a_dead_worker_is_replaced_and_its_run_marked_failed(tmp_path):
-    folder = running_folder(tmp_path / "victim")
-    tasks = [Task("victim", folder, die, ("victim",)), Task("slow", tmp_path / "slow", slow, ("slow",)),
-             *(Task(f"ok{i}", tmp_path / f"ok{i}", report_worker, (f"ok{i}",)) for i in range(2))]
+    folder, marker = running_folder(tmp_path / "victim"), str(tmp_path / "ok1-ran")
+    tasks = [Task("victim", folder, die, ("victim",)), Task("slow", tmp_path / "slow", held, ("slow", marker)),
+             Task("ok0", tmp_path / "ok0", report_worker, ("ok0",)),
+             Task("ok1", tmp_path / "ok1", report_and_mark, ("ok1", marker))]
     done, ended, _ = launch(tasks, workers=2)
     outcomes = {t.label: o for t, o in ended}
     assert done is Launched.DONE and [t.label for t, _ in ended][:3] == ["victim", "ok0", "ok1"]

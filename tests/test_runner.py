@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -149,16 +148,25 @@ def test_reference_loss_of_a_tiny_cpu_run(tmp_path):
         f"build {build_fingerprint()} ({'the reference build' if same_build else 'not ' + REFERENCE_BUILD})")
 
 
-def wait_for_step(run_root: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> Path:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert proc.poll() is None, proc.communicate()
-        for path in run_root.glob("tiny/*/metrics.jsonl"):
-            lines = path.read_text().splitlines()
-            if lines and json.loads(lines[-1])["step"] >= step:
-                return path.parent
-        time.sleep(0.05)
-    raise AssertionError("the run did not reach step %d" % step)
+STOPPED_AT = 155
+# `nanolab run` whose step STOPPED_AT waits (up to 120 s) for a signal after saying so on stdout: the test signals
+# inside that step whatever the machine's speed, where a run polled from outside could end before the signal
+STOPPABLE = f"""
+import sys, threading
+import nanolab.runner as runner, nanolab.train_loop as loop
+from nanolab.cli import main
+arrived, real_step, real_handle = threading.Event(), loop.train_step, runner.SignalFlag._handle
+def handle(self, signum, frame):
+    real_handle(self, signum, frame)
+    arrived.set()
+def step(*args, step, **kwargs):
+    if step == {STOPPED_AT}:
+        print("inside step {STOPPED_AT}", flush=True)
+        arrived.wait(120)
+    return real_step(*args, step=step, **kwargs)
+runner.SignalFlag._handle, loop.train_step = handle, step
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 @pytest.fixture(scope="module")
@@ -178,15 +186,17 @@ def uninterrupted(tmp_path_factory):
 def test_stop_then_resume_is_bit_identical(tmp_path, uninterrupted, signum, code, status):
     spec, reference = uninterrupted
     env = {**os.environ, "NANOLAB_RUNS": str(tmp_path / "runs")}
-    proc = subprocess.Popen([sys.executable, "-m", "nanolab", "run", str(spec)], env=env,
+    proc = subprocess.Popen([sys.executable, "-c", STOPPABLE, "run", str(spec)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    run_dir = wait_for_step(tmp_path / "runs", 155, proc)
+    assert proc.stdout.readline() == f"inside step {STOPPED_AT}\n", proc.communicate()
+    (run_dir,) = (tmp_path / "runs" / "tiny").iterdir()
     proc.send_signal(signum)
     assert proc.wait(timeout=60) == code
     assert meta(run_dir)["status"] == status
     if code > 0:  # a signal the run handles: it says how to continue
         assert f"continue it with: nanolab run --resume {run_dir}\n" in proc.stderr.read()
     stopped_at = len(rows(run_dir))
+    assert rows(run_dir)[-1]["step"] == (STOPPED_AT if code > 0 else 150)  # saved at the step; killed: the last log
     resumed = cli("run", "--resume", str(run_dir), env=env)
     assert resumed.returncode == 0, resumed.stderr
     assert meta(run_dir)["status"] == "finished"
