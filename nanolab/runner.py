@@ -106,6 +106,12 @@ class SignalFlag:
     def _handle(self, signum, frame):
         self.signum = self.signum or signum
 
+    @property
+    def stops_caller(self) -> bool:
+        """Ctrl-C in a caller that stops on KeyboardInterrupt (pytest, a notebook, a script): once the run has saved,
+        the caller stops too, as it would have without the run's handler. The CLI, workers and ranks set their own."""
+        return self.signum == signal.SIGINT and self.previous.get(signal.SIGINT) is signal.default_int_handler
+
     def __exit__(self, *exc):
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
@@ -317,6 +323,8 @@ def train(ctx: LoopContext, show_progress: bool) -> RunResult:
         ctx.state.wall_time += time.perf_counter() - loop.started
         summary = loop.summary()
         status, reason, exit_code = finish(ctx, summary, status, reason, exit_code, loop)
+    if status is RunStatus.INTERRUPTED and flag.stops_caller:
+        raise KeyboardInterrupt(f"run {ctx.meta['run_id']} saved; continue it with: {resume_command(ctx)}")
     return RunResult(ctx.folder.path, ctx.meta["run_id"], status, summary, ctx.cfg, exit_code, reason)
 
 

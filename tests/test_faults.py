@@ -384,3 +384,24 @@ def test_an_interrupted_run_prints_how_to_resume_it(tmp_path, capsys):
     assert result.status == RunStatus.INTERRUPTED and result.exit_code == 143
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"interrupted by SIGTERM; continue it with: nanolab run --resume {result.run_dir}" in err
+
+
+def test_ctrl_c_saves_the_run_then_stops_a_caller_that_stops_on_it(tmp_path, monkeypatch):
+    """pytest, a notebook, a script: one Ctrl-C stops them after the run has saved (the run's handler would
+    otherwise swallow it); a caller with its own handler (the CLI, a worker) gets the interrupted result."""
+    def ctrl_c(step, metrics):
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setenv("NANOLAB_RUNS", str(tmp_path / "runs"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt, match=r"saved; continue it with: nanolab run --resume "):
+        run(load_spec(spec(tmp_path, name="stopped", eval=5)), on_eval=ctrl_c, show_progress=False)
+    (folder,) = (tmp_path / "runs" / "stopped").iterdir()
+    assert RunFolder(folder).read_meta()["status"] == "interrupted" and RunFolder(folder).ckpt("last").is_file()
+    previous = signal.signal(signal.SIGINT, lambda *_: None)
+    try:
+        result = run(load_spec(spec(tmp_path, name="handled", eval=5)), on_eval=ctrl_c, show_progress=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert result.status == RunStatus.INTERRUPTED and result.exit_code == 130

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -201,6 +202,7 @@ def run_job(job: Job) -> Outcome:
         import submitit
 
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # until the run's own handler: its SIGINT is an outcome, not an exit
     outcome = execute(job.task, progress=False)
     if outcome.status is RunStatus.INTERRUPTED and "SIGUSR2" in outcome.text and "SLURM_JOB_ID" in os.environ:
         if int(os.environ.get("SLURM_PROCID", "0")) == 0:

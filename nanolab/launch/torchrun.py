@@ -68,6 +68,7 @@ def main(task_file: str, outcome_file: str) -> int:
     """One rank: run the task, an error ending this rank (and so, through torchrun, the others); rank 0 writes
     the outcome."""
     task = pickle.loads(Path(task_file).read_bytes())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # until the run's own handler: its Ctrl-C is an outcome, not an exit
     try:
         outcome = task.fn(*task.args, progress=True)
     except NanolabError as exc:
