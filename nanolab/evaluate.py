@@ -43,7 +43,10 @@ def import_lm_eval() -> ModuleType:
 
 def task_manager(lm_eval: ModuleType, data: dict, tasks: list[str]):
     """lm-eval's tasks and nanolab's, the local task reading the run's own data; an unknown name is one line."""
-    manager = lm_eval.tasks.TaskManager(include_path=str(TASKS_DIR), metadata={"data": data})
+    own = {path.stem for path in TASKS_DIR.glob("*.yaml")}
+    # lm-eval's own thousands of task files take a minute to index: only when a task asked for is one of them
+    manager = lm_eval.tasks.TaskManager(include_path=str(TASKS_DIR), include_defaults=not set(tasks) <= own,
+                                        metadata={"data": data})
     for task in tasks:
         if task not in manager.all_tasks:
             close = difflib.get_close_matches(task, manager.all_tasks, n=1)

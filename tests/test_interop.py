@@ -239,13 +239,14 @@ data: {{path: {corpus}, block_size: 32}}
 model: {{n_layer: 2, n_head: 2, n_embd: 32}}
 train: {{batch_size: 16, max_iters: 100, lr: 3.0e-3, warmup_iters: 10, eval_interval: 50, eval_iters: 4,
         sample_tokens: 0, final_eval: true}}
-tracking: {{wandb: {{mode: disabled}}}}
+tracking: {{wandb: {{mode: offline}}}}
 """
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
-    """A run on 60,000 characters of Tiny Shakespeare (its val split: the last 6,000), with val/loss_whole."""
+    """A run on 60,000 characters of Tiny Shakespeare (its val split: the last 6,000), with val/loss_whole, and its
+    W&B run offline."""
     from nanolab import run
 
     folder = tmp_path_factory.mktemp("eval")
@@ -269,15 +270,22 @@ def test_lm_eval_bits_per_byte_is_nanolabs_bpc_on_the_same_text(trained, tmp_pat
     assert f"eval/nanolab_shakespeare/bits_per_byte {bpb:.4f}" in printed and record["checkpoint"] == "best"
     whole_bpc = folder.read_summary()["final/val_loss_whole"] / math.log(2)  # char tokens: a token is a character
     assert abs(bpb - whole_bpc) / whole_bpc < 0.01
+    from test_tracking import inspect, offline_runs
+
+    latest = offline_runs(trained)[-1]  # the eval's session of the run's W&B run: the same id
+    assert latest.name.endswith(folder.read_meta()["wandb_id"])
+    assert inspect(latest)["summary"]["eval/nanolab_shakespeare/bits_per_byte"] == bpb
     # lm-eval by itself on the export, with no model_args but the folder, scores the same
     assert main(["export", str(trained), "--to", "hf", str(tmp_path / "hf")]) == EXIT_OK
     data = to_dict(load_spec(folder.config_path))["data"]  # what nanolab eval gives the task: the run's val split
     results = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={tmp_path / 'hf'}",
-                                      tasks=["nanolab_shakespeare"], task_manager=TaskManager(
-                                          include_path=str(TASKS_DIR), metadata={"data": data}))
+                                      tasks=["nanolab_shakespeare"], device="cpu", task_manager=TaskManager(
+                                          include_path=str(TASKS_DIR), include_defaults=False,
+                                          metadata={"data": data}))
     assert results["results"]["nanolab_shakespeare"]["bits_per_byte,none"] == pytest.approx(bpb, rel=1e-6)
 
 
+@pytest.mark.timeout(900)  # lm-eval indexes its thousands of task files to look the name up
 def test_an_unknown_task_is_one_line(trained, capsys):
     capsys.readouterr()
     assert main(["eval", str(trained), "--tasks", "nanolab_shakespear"]) == EXIT_USAGE
