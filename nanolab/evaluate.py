@@ -27,6 +27,7 @@ from nanolab.errors import NanolabError
 from nanolab.export import export_hf
 from nanolab.runfolder import RunFolder, now
 from nanolab.runner import resume_config
+from nanolab.tracking import add_to_summary
 
 TASKS_DIR = Path(__file__).parent / "eval_tasks"
 LOCAL_TASK = "nanolab_shakespeare"
@@ -86,8 +87,6 @@ def evaluate_run(run_dir: Path, tasks: list[str], which: str = "best", limit: fl
               "lm_eval": results.get("lm_eval_version") or lm_eval_version(), "figures": scores,
               "results": json.loads(json.dumps(results["results"], default=str))}
     folder.append_eval(record)
-    from nanolab.tracking import add_to_summary
-
     add_to_summary(cfg, folder, scores)
     return scores
 

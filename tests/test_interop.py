@@ -198,6 +198,10 @@ def test_the_run_folder_holds_nanogpts_settings_and_samples(imported, capsys):
     assert (cfg.train.lr, cfg.train.max_iters, cfg.train.batch_size, cfg.data.format) == (1e-3, 12, 8, "nanogpt_bin")
     meta, summary = RunFolder(imported).read_meta(), RunFolder(imported).read_summary()
     assert meta["status"] == "interrupted" and summary["steps"] == summary["best/step"] == 6
+    from nanolab.analysis import load_runs
+
+    frame = load_runs(imported)  # what compare tabulates
+    assert len(frame) == 1 and frame["best/val_loss"].iloc[0] == summary["best/val_loss"]
     capsys.readouterr()
     assert main(["sample", str(imported), "--prompt", "ROMEO:", "--tokens", "10"]) == EXIT_OK
     assert capsys.readouterr().out.startswith("ROMEO:")
