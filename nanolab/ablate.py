@@ -105,11 +105,15 @@ class Ablation:
     def folder(self, cell: Cell) -> RunFolder:
         return RunStore().folder(self.name, cell.run_id)
 
+    def tags(self, cell: Cell) -> list[str]:
+        """The experiment's tags, the ablation's name and the cell's variant (one tag per changed key)."""
+        return self.plan.tags(self.name, *(piece if len(piece) <= MAX_TAG else cell.variant_id
+                                           for piece in cell.label.split(",")))
+
     def config(self, cell: Cell, tuned: dict | None = None) -> Config:
         """The cell's config from the snapshot, at its variant's tuned values."""
-        tags = [self.name, *(piece if len(piece) <= MAX_TAG else cell.variant_id for piece in cell.label.split(","))]
         return self.plan.config({**cell.variant, **(tuned or {}), "seed": cell.seed, "name": self.name,
-                                 "tracking.group": self.name, "tracking.job_type": "ablate", "tracking.tags": tags})
+                                 "tracking.group": self.name, "tracking.job_type": "ablate", "tracking.tags": self.tags(cell)})
 
     def resolved(self) -> dict:
         """What makes two calls the same ablation: the experiment, every variant, each variant's tuning study.

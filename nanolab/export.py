@@ -13,6 +13,11 @@ Only exact mappings are exported: the HF model computes nanolab's logits up to f
 | activation swiglu, geglu ([gate, up] fused)  | hidden_act silu, gelu; gate_proj, up_proj                          |
 | model.bias, tie_weights, block_size, heads   | biases, tie_word_embeddings, n_positions / max_position_embeddings |
 
+Special tokens cost the model nothing: BOS, EOS and PAD (and, for the char tokenizer, UNK) are all the newline
+(`boundary_id`), no extra row, so every logit stays nanolab's (docs/interop.md says why and what it costs).
+generation_config.json's max_length is the context, so generation never runs past the position table. README.md
+is a model card (nanolab.model_card).
+
 Refused, each with no exact equivalent: post-norm, qk_norm, logit_softcap, value_embeds, ALiBi, any other pairing
 of position, norm and activation, and components of other packages. Dropout and init-only keys change no logits.
 """
@@ -36,10 +41,11 @@ from torch import nn
 
 from nanolab.components.norms import LayerNorm, RMSNorm
 from nanolab.config import ModelConfig
-from nanolab.data.tokenizer import BPETokenizer, CharTokenizer, Tokenizer
+from nanolab.data.tokenizer import BPETokenizer, CharTokenizer, TokenIds, Tokenizer
 from nanolab.errors import NanolabError
 from nanolab.files import WriteFailed, atomic_dir, remove_dead_partial_dirs
 from nanolab.model import GPT
+from nanolab.model_card import model_card
 from nanolab.runfolder import RunFolder
 from nanolab.runner import load_trained, resume_config
 
@@ -81,7 +87,7 @@ def gpt2_config(transformers: ModuleType, model: GPT, activation: str) -> Any:
         vocab_size=model.wte.num_embeddings, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
         n_head=cfg.n_head, n_inner=model.blocks[0].mlp.c_fc.out_features, activation_function=activation,
         layer_norm_epsilon=LayerNorm.eps, tie_word_embeddings=cfg.tie_weights, resid_pdrop=cfg.dropout,
-        embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, bos_token_id=None, eos_token_id=None)
+        embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout)
 
 
 # ----------------------------------------------------------------------------- Llama
@@ -118,7 +124,7 @@ def llama_config(transformers: ModuleType, model: GPT, activation: str) -> Any:
         num_key_value_heads=cfg.n_head, head_dim=cfg.head_dim, hidden_act=activation,
         max_position_embeddings=cfg.block_size, rms_norm_eps=RMSNorm.eps, rope_theta=cfg.rope_base,
         attention_bias=cfg.bias, mlp_bias=cfg.bias, tie_word_embeddings=cfg.tie_weights,
-        attention_dropout=cfg.dropout, bos_token_id=None, eos_token_id=None)
+        attention_dropout=cfg.dropout)
     config.rope_theta = cfg.rope_base  # also at config.json's top level, where transformers 4 reads it
     return config
 
@@ -214,36 +220,58 @@ def check_out_dir(out_dir: Path) -> None:
         raise NanolabError(f"{out_dir}: folder is not empty; an export never overwrites: give a new or empty folder")
 
 
+def boundary_id(tokenizer: Tokenizer) -> int | None:
+    """The token of a newline, every special token of the export: a text's start, end and padding (id 0 where the
+    vocabulary has no newline); None for a tokenizer without text."""
+    if tokenizer.to_dict()["type"] == TokenIds.type:
+        return None
+    try:
+        ids = tokenizer.encode("\n")
+    except NanolabError:  # a char vocabulary without a newline
+        return 0
+    return ids[0] if len(ids) == 1 else 0
+
+
 @torch.no_grad()
-def hf_model(transformers: ModuleType, model: GPT, arch: Architecture) -> Any:
+def hf_model(transformers: ModuleType, model: GPT, arch: Architecture, special: int | None) -> Any:
     config = arch.config(transformers, model, arch.activations[model.cfg.activation])
+    config.bos_token_id = config.eos_token_id = config.pad_token_id = special
     hf = getattr(transformers, arch.model_class)(config)
     hf.load_state_dict(arch.weights(model), strict=True)  # strict: no HF weight is left at its random init
+    # max_length: transformers' default of 20 total tokens otherwise, and past the context GPT-2's wpe has no row
+    hf.generation_config = transformers.GenerationConfig(max_length=model.cfg.block_size, bos_token_id=special,
+                                                         eos_token_id=special, pad_token_id=special)
     return hf.eval()
 
 
-def char_backend(chars: list[str]) -> tokenizers.Tokenizer:
+def char_backend(chars: list[str], unknown: str) -> tokenizers.Tokenizer:
     """nanolab's char vocabulary as a `tokenizers` WordLevel model: every character its own token (no normaliser;
-    the pre-tokenizer isolates each character, newlines and spaces included), decoded by joining with nothing."""
-    backend = tokenizers.Tokenizer(tokenizers.models.WordLevel({c: i for i, c in enumerate(chars)}, unk_token=None))
+    the pre-tokenizer isolates each character, newlines and spaces included), decoded by joining with nothing; a
+    character outside the vocabulary becomes `unknown`'s token."""
+    vocab = {c: i for i, c in enumerate(chars)}
+    backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token=unknown))
     backend.pre_tokenizer = tokenizers.pre_tokenizers.Split(tokenizers.Regex(r"[\s\S]"), behavior="isolated")
     backend.decoder = tokenizers.decoders.Fuse()
     return backend
 
 
-def hf_tokenizer(transformers: ModuleType, tokenizer: Tokenizer, block_size: int) -> Any | None:
-    """A PreTrainedTokenizerFast with nanolab's ids, or None for a tokenizer without text (`ids`)."""
+def hf_tokenizer(transformers: ModuleType, tokenizer: Tokenizer, block_size: int, special: int | None) -> Any | None:
+    """A PreTrainedTokenizerFast with nanolab's ids and `special` as BOS, EOS and PAD (and UNK for characters), or
+    None for a tokenizer without text (`ids`). Padding goes on the left, where generation needs it."""
     if isinstance(tokenizer, CharTokenizer):
-        backend = char_backend(tokenizer.chars)
+        backend = char_backend(tokenizer.chars, tokenizer.chars[special])
+        specials = {"unk_token": tokenizer.chars[special]}
     elif isinstance(tokenizer, BPETokenizer):
-        backend = tokenizer.tokenizer
+        backend, specials = tokenizer.tokenizer, {}  # byte-level: no text is unknown
     else:
         return None
+    token = backend.id_to_token(special)
+    specials |= {"bos_token": token, "eos_token": token, "pad_token": token}
     # no clean-up: its default would turn "word ." into "word." on decode. No token_type_ids: GPT-2 would add
     # the embedding of token 0 to every position for the zeros that transformers 4 returns by default
     return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, clean_up_tokenization_spaces=False,
-                                                model_max_length=block_size,
-                                                model_input_names=["input_ids", "attention_mask"])
+                                                model_max_length=block_size, padding_side="left",
+                                                model_input_names=["input_ids", "attention_mask"], **specials)
 
 
 def portable_tokenizer_class(path: Path) -> None:
@@ -264,11 +292,13 @@ def export_hf(run_dir: Path, out_dir: Path, which: str = "best") -> str:
     check_out_dir(out_dir)
     transformers = import_transformers()
     model, tokenizer, _ = load_trained(folder.path, which, device="cpu")
-    hf_tok = hf_tokenizer(transformers, tokenizer, cfg.data.block_size)
+    special = boundary_id(tokenizer)
+    hf_tok = hf_tokenizer(transformers, tokenizer, cfg.data.block_size, special)
+    card = model_card(folder, cfg, which, arch.model_class)
     remove_dead_partial_dirs(out_dir)  # what a killed export to this folder left
     with quiet(transformers), atomic_dir(out_dir) as tmp:
         try:
-            hf_model(transformers, model, arch).save_pretrained(tmp)
+            hf_model(transformers, model, arch, special).save_pretrained(tmp)
         except SafetensorError as exc:  # safetensors' I/O error is not an OSError; its text holds the errno:
             # "Error while serializing: I/O error: No space left on device (os error 28)"
             code = re.search(r"os error (\d+)", str(exc))
@@ -278,6 +308,7 @@ def export_hf(run_dir: Path, out_dir: Path, which: str = "best") -> str:
         if hf_tok is not None:
             hf_tok.save_pretrained(tmp)
             portable_tokenizer_class(tmp / "tokenizer_config.json")
+        (tmp / "README.md").write_text(card, encoding="utf-8")
     if hf_tok is None:
         kind = tokenizer.to_dict()["type"]
         warnings.warn(f"wrote no tokenizer: the run's tokenizer {kind!r} has no text form to export (char and bpe "

@@ -77,6 +77,10 @@ class Plan:
         (it wins over a `tune.overrides`, as over a file's overrides)."""
         return Plan(self.path, name, kind, self.experiment, applied(self.base, (*changes.items(), *self.cli)), self.cli)
 
+    def tags(self, *own: str) -> list[str]:
+        """The experiment's tracking.tags, then a run's `own` (a plan's name, a variant's label), each once."""
+        return list(dict.fromkeys([*self.base["tracking"]["tags"], *own]))
+
     def trained(self) -> dict:
         """The base config less what does not change what a run trains (its name, tracking, the sample length:
         samples draw from their own generator): the part of every fingerprint."""

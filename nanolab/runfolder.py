@@ -2,6 +2,7 @@
 
     runs/<name>/<run-id>/
       config.yaml  meta.json  metrics.jsonl  summary.json  samples.txt  tokenizer.json  ckpt/{last,best}.pt
+      eval.jsonl   one line per `nanolab eval`: its tasks, checkpoint and lm-eval's figures
 
 `RunFolder` owns one folder; `RunStore` owns a runs root: new folders, set-aside folders (`<run-id>.attemptN`,
 never counted as runs of their group), listing, and marking a run whose process died as failed.
@@ -130,6 +131,10 @@ class RunFolder:
     def tokenizer_path(self) -> Path:
         return self.path / "tokenizer.json"
 
+    @property
+    def eval_path(self) -> Path:
+        return self.path / "eval.jsonl"
+
     def ckpt(self, kind: str) -> Path:
         """ckpt/last.pt or ckpt/best.pt."""
         return self.path / "ckpt" / f"{kind}.pt"
@@ -218,6 +223,18 @@ class RunFolder:
                 elif out:
                     out[-1][1].append(line)
         return [(step, "\n".join(lines)) for step, lines in out]
+
+    def append_eval(self, record: dict) -> None:
+        """One `nanolab eval`'s record as a line of eval.jsonl."""
+        with files.AppendFile(self.eval_path) as f:
+            f.write(json.dumps(record) + "\n")
+
+    def evals(self) -> list[dict]:
+        """Every record of eval.jsonl, oldest first (a torn last line skipped)."""
+        if not self.eval_path.is_file():
+            return []
+        lines = self.eval_path.read_text(encoding="utf-8").splitlines(keepends=True)
+        return [json.loads(line) for line in lines if line.endswith("\n")]
 
     def append_sample(self, step: int, text: str) -> None:
         with files.AppendFile(self.samples_path) as f:

@@ -153,3 +153,17 @@ def test_the_experiments_own_variant_is_the_baseline(plan, tmp_path):
     assert load_ablation(plan).baseline is None  # the experiment's gelu is not in the grid
     plan.write_text(ABLATION.replace("[relu, swiglu]", "[relu, gelu]"))
     assert load_ablation(plan).baseline == {"model.activation": "gelu"}
+
+
+def test_runs_keep_the_experiments_tags_and_print_config_shows_them(plan, tmp_path, capsys):
+    from nanolab.cli import main
+
+    plan.write_text(ABLATION.replace("seeds: [1, 2]", "seeds: [1]").replace(
+        "overrides: {train.max_iters: 20}", "overrides: {train.max_iters: 4, tracking.tags: [mine, act]}"))
+    assert main(["ablate", str(plan), "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert "tracking.tags: [mine, act, activation=relu]" in printed
+    assert "tracking.tags: [mine, act, activation=swiglu]" in printed
+    ablate(plan)
+    meta = json.loads((tmp_path / "runs" / "act" / "activation=relu-s1" / "meta.json").read_text())
+    assert meta["tags"] == ["mine", "act", "activation=relu"]  # the experiment's, then the plan's, each once

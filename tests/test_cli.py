@@ -115,8 +115,8 @@ def test_sweep_print_config_prints_the_experiment_then_the_study_and_writes_noth
     monkeypatch.setenv("NANOLAB_RUNS", str(tmp_path / "runs"))
     assert main(["sweep", SWEEP, "--set", "train.max_iters=10", "--trials", "3", "--print-config"]) == EXIT_OK
     experiment, study = documents(capsys.readouterr().out)
-    assert experiment == to_dict(load_sweep(SWEEP, ("train.max_iters=10",)).plan.config())
-    assert experiment["train"]["max_iters"] == 10
+    assert experiment == to_dict(load_sweep(SWEEP, ("train.max_iters=10",)).config({}))  # what every trial gets
+    assert experiment["train"]["max_iters"] == 10 and experiment["tracking"]["tags"] == ["sweep", "lr"]
     assert study == {"sweep": "lr", "objectives": [{"metric": "val/loss", "direction": "minimize"}],
                      "space": {"train.lr": {"float": [1.0e-4, 3.0e-2], "log": True},
                                "train.warmup_iters": {"int": [0, 100], "step": 10}},
@@ -132,7 +132,8 @@ def test_ablate_print_config_prints_the_experiment_then_every_run_and_writes_not
     experiment, runs = documents(capsys.readouterr().out)
     assert experiment == to_dict(load_ablation(ABLATION).plan.config())
     assert runs["ablation"] == "activation" and len(runs["runs"]) == 8
-    assert runs["runs"]["activation=swiglu-s5"] == {"model.activation": "swiglu", "seed": 5}
+    assert runs["runs"]["activation=swiglu-s5"] == {"model.activation": "swiglu", "seed": 5, "tracking.tags": [
+        *load_ablation(ABLATION).plan.base["tracking"]["tags"], "activation", "activation=swiglu"]}
     assert not (tmp_path / "runs").exists()
 
 

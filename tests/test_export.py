@@ -125,7 +125,7 @@ def test_greedy_generation_equals_nanolab_sample_top_k_1(case, exported, capsys)
     tokenizer, hf = AutoTokenizer.from_pretrained(out), AutoModelForCausalLM.from_pretrained(out)
     inputs = tokenizer(PROMPT, return_tensors="pt")
     assert set(inputs) == {"input_ids", "attention_mask"}  # GPT-2 adds wte(token_type_ids) to its inputs
-    ids = hf.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
+    ids = hf.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=[])  # past line ends
     assert tokenizer.decode(ids[0]) + "\n" == expected
 
 
@@ -295,3 +295,68 @@ def test_export_help_names_its_arguments():
     for word in ("RUN_FOLDER", "OUT_DIR", "--to", "--checkpoint", "GPT2LMHeadModel", "LlamaForCausalLM",
                  "nanolab[hf]"):
         assert word in proc.stdout, word
+
+
+@pytest.mark.parametrize("case", ["gpt2-gelu-tied", "llama-swiglu-tied"])
+def test_the_default_pipeline_generates_within_the_context(case, exported):
+    from transformers import pipeline
+
+    run_dir, out = exported(case)
+    assert json.loads((out / "generation_config.json").read_text())["max_length"] == 32
+    pipe = pipeline("text-generation", model=str(out))  # every default: sampling, EOS, max_length
+    assert pipe("ROMEO:")[0]["generated_text"].startswith("ROMEO:")
+    ids = pipe("ROMEO:", eos_token_id=[], return_tensors=True)[0]["generated_token_ids"]
+    assert len(ids) == 32  # up to the context and no further (GPT-2's wpe has 32 rows)
+
+
+@pytest.mark.parametrize("case", ["gpt2-gelu-tied", "llama-swiglu-tied"])
+def test_a_padded_batch_generates_what_each_prompt_does_alone(case, exported):
+    _, out = exported(case)
+    tokenizer, hf = AutoTokenizer.from_pretrained(out), AutoModelForCausalLM.from_pretrained(out)
+    prompts = ["ROMEO:\nI", "First Citizen:\nWe are"]
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    newline = tokenizer.convert_tokens_to_ids("\n")
+    assert tokenizer.pad_token_id == newline and batch["input_ids"][0, :12].tolist() == [newline] * 12  # left
+    assert batch["attention_mask"][0].tolist() == [0] * 12 + [1] * 8
+    together = hf.generate(**batch, max_new_tokens=8, do_sample=False, eos_token_id=[])
+    for row, prompt in zip(together, prompts):
+        alone = hf.generate(**tokenizer(prompt, return_tensors="pt"), max_new_tokens=8, do_sample=False,
+                            eos_token_id=[])[0]
+        assert row[-len(alone):].tolist() == alone.tolist()
+
+
+@pytest.mark.parametrize("case", ["gpt2-gelu-tied", "llama-swiglu-tied"])
+def test_generate_stops_at_the_end_of_a_line(case, exported, capsys):
+    run_dir, out = exported(case)
+    expected = nanolab_sample(run_dir, PROMPT, capsys)  # greedy, 26 tokens, newlines included
+    tokenizer, hf = AutoTokenizer.from_pretrained(out), AutoModelForCausalLM.from_pretrained(out)
+    ids = hf.generate(**tokenizer(PROMPT, return_tensors="pt"), do_sample=False)[0]
+    first_line = expected[:expected.index("\n", len(PROMPT)) + 1]  # up to the first newline nanolab generates
+    assert tokenizer.decode(ids) == first_line and ids[-1].item() == tokenizer.eos_token_id
+
+
+def test_unknown_characters_read_as_the_documented_newline(exported):
+    _, out = exported("gpt2-gelu-tied")
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.unk_token == tokenizer.eos_token == tokenizer.bos_token == "\n"
+    assert tokenizer("a\u00e9b")["input_ids"] == tokenizer("a\nb")["input_ids"]
+    assert "a character outside the vocabulary reads as a newline" in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize("case", ["gpt2-gelu-tied", "llama-swiglu-tied"])
+def test_the_model_card_has_hub_front_matter_results_and_provenance(case, exported):
+    import yaml
+
+    run_dir, out = exported(case)
+    card = (out / "README.md").read_text()
+    _, matter, body = card.split("---\n", 2)
+    front = yaml.safe_load(matter)
+    assert front["library_name"] == "transformers" and front["pipeline_tag"] == "text-generation"
+    assert CASES[case][1] in front["tags"]
+    folder = RunFolder(run_dir)
+    summary, meta = folder.read_summary(), folder.read_meta()
+    best_bpc = next(r["val/bpc"] for r in folder.metrics() if r["step"] == summary["best/step"] and "val/bpc" in r)
+    assert (f"| best | {summary['best/step']} | {summary['best/val_loss']:.4f} | {best_bpc:.4f} |" in body)
+    assert f"| final | {summary['steps']} | {summary['final/val_loss']:.4f} | {summary['final/val_bpc']:.4f} |" in body
+    assert meta["git"]["commit"] in body and f"nanolab {meta['versions']['nanolab']}" in body
+    assert folder.config_path.read_text().rstrip() in body

@@ -272,3 +272,12 @@ def test_bad_sweep_file_from_the_command_line_has_no_traceback(tmp_path):
     assert done.stderr.strip().splitlines() == [
         f"nanolab: error: {path}: sampler = 'tpee': unknown sampler; accepted: tpe, random, grid, cmaes, qmc "
         "(did you mean 'tpe'?)"]
+
+
+def test_trials_keep_the_experiments_tags_and_print_config_shows_them(tmp_path, capsys):
+    path = sweep_file(tmp_path, "tagged", "overrides: {tracking.tags: [sweep, lr], train.max_iters: 4}\n"
+                      "space: {train.lr: {float: [1.0e-3, 1.0e-2], log: true}}\ntrials: 1\n")
+    assert main(["sweep", str(path), "--print-config"]) == 0
+    assert "  tags:\n  - sweep\n  - lr\n  - tagged\n" in capsys.readouterr().out
+    assert main(["sweep", str(path)]) == 0
+    assert meta("tagged", 0)["tags"] == ["sweep", "lr", "tagged"]

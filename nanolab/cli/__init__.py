@@ -18,6 +18,7 @@ import yaml
 from nanolab import __version__
 from nanolab.errors import NanolabError
 from nanolab.cli import conventions
+from nanolab.cli.interop import add_parsers as add_interop_parsers
 from nanolab.cli.plans import RECEIVED, cmd_ablate, cmd_status, cmd_sweep, launch_run, stop
 from nanolab.launch import BACKENDS
 from nanolab.vocab import BEST_VAL_LOSS, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, VAL_LOSS
@@ -30,6 +31,8 @@ EPILOG = """examples:
   nanolab run experiments/baseline.yaml --nproc 2      (= torchrun --nproc-per-node 2 -m nanolab run ...)
   nanolab sample runs/baseline/20261127-101500-ab12 --prompt "ROMEO:" --tokens 300
   nanolab export runs/baseline/20261127-101500-ab12 --to hf exports/baseline
+  nanolab eval runs/baseline/20261127-101500-ab12 --tasks nanolab_shakespeare
+  nanolab import nanogpt ../nanoGPT/out-shakespeare-char
   nanolab sweep sweeps/lr.yaml --workers 2
   nanolab ablate experiments/ablations/position.yaml
   nanolab ablate experiments/ablations/position.yaml --launcher slurm --partition gpu --gpus 1
@@ -275,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", choices=["best", "last"], default="best",
                    help="which checkpoint: best (default) or last; a run without it is refused")
     p.set_defaults(func=cmd_export)
+
+    add_interop_parsers(sub)
 
     p = sub.add_parser("data", help="prepare the token cache, or show what a spec trains on",
                        description="prepare: tokenize a spec's corpus into the token cache ($NANOLAB_CACHE/tokens) "

@@ -42,7 +42,7 @@ def cmd_sweep(args) -> int:
     the_file(args, "sweep_file", "a SWEEP file")
     sweep = load_sweep(args.sweep_file, tuple(args.set), args.storage)
     if args.print_config:
-        print_config(sweep.plan.config(), sweep.describe(args.trials))
+        print_config(sweep.config({}), sweep.describe(args.trials))  # what every trial gets, less its params
         return EXIT_OK
     if args.status:
         print(sweep_status(sweep))
@@ -91,7 +91,8 @@ def cmd_ablate(args) -> int:
     if args.print_config:
         tuning = {"tune": {variant: sweep.describe() for variant, sweep in ablation.tuning.items()}}
         print_config(ablation.plan.config(), {"ablation": ablation.name, "runs": {
-            cell.run_id: {**cell.variant, "seed": cell.seed} for cell in ablation.cells},
+            cell.run_id: {**cell.variant, "seed": cell.seed, "tracking.tags": ablation.tags(cell)}
+            for cell in ablation.cells},
             **(tuning if ablation.tuning else {})})
         return EXIT_OK
     options = LaunchOptions.from_args(args, ablation.slurm)

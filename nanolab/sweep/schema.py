@@ -149,8 +149,9 @@ class Sweep:
         return RunStore().folder(self.name, f"trial-{origin}")
 
     def config(self, params: dict, job_type: str | None = None) -> Config:
-        """The experiment with the overrides, `params`, and the study's name, W&B group and tags applied."""
-        extra = {"name": self.name, "tracking.group": self.group, "tracking.tags": [self.group],
+        """The experiment with the overrides, `params`, and the study's name, W&B group and tags (the experiment's
+        and the group) applied."""
+        extra = {"name": self.name, "tracking.group": self.group, "tracking.tags": self.plan.tags(self.group),
                  **({"tracking.job_type": job_type} if job_type else {})}
         return self.plan.config({**extra, **params})
 

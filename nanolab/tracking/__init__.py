@@ -93,5 +93,25 @@ def open_trackers(cfg: Config, folder: RunFolder | os.PathLike, meta: Mapping,
     return trackers, fields
 
 
-__all__ = ["Tracker", "LocalTracker", "WandbTracker", "open_trackers", "resolve_mode", "find_offline_runs",
+def add_to_summary(cfg: Config, folder: RunFolder, figures: Mapping[str, float]) -> None:
+    """Figures computed after a run (nanolab eval) into its W&B run's summary, in the mode it ran in (offline: with
+    the files that `nanolab sync` uploads); nothing for a run without W&B, a note when W&B cannot be reached."""
+    from nanolab.tracking.wandb_open import _import_wandb, _initializer
+
+    meta = folder.read_meta()
+    if not meta.get("wandb_id"):
+        return
+    wandb = _import_wandb(meta["wandb_mode"])
+    if wandb is None:
+        return
+    try:
+        run = _initializer(wandb, cfg, folder, meta, Path(meta["wandb_dir"]))(meta["wandb_mode"], id=meta["wandb_id"],
+                                                                          resume="allow")
+        run.summary.update(dict(figures))
+        run.finish()
+    except Exception as exc:  # noqa: BLE001 - the run folder already holds the figures
+        note(f"W&B run {meta['wandb_id']} not updated ({one_line(exc)}); eval.jsonl in {folder.path} holds the figures")
+
+
+__all__ = ["add_to_summary", "Tracker", "LocalTracker", "WandbTracker", "open_trackers", "resolve_mode", "find_offline_runs",
            "sync_runs", "note"]
