@@ -142,12 +142,13 @@ def check_plot_path(path: str | os.PathLike) -> None:
                            f"{did_you_mean(closest(suffix, formats))}")
 
 
-def caption(table: pd.DataFrame, runs: int, finished: int, where: str) -> str:
-    """What the table compares, over which runs, against which baseline, with which test and correction."""
+def caption(table: pd.DataFrame, runs: int, finished: int, where: str, why: str | None = None) -> str:
+    """What the table compares, over which runs, against which baseline (and `why` that one), with which test
+    and correction."""
     attrs = table.attrs
     return (f"{attrs['metric']} by {', '.join(attrs['by'])} in {where}: {runs} runs, {finished} finished\n"
-            f"baseline {attrs['baseline']}; diff: {attrs['confidence']:.0%} CI (per comparison) and p of a paired "
-            "t-test over seeds where a variant ran the baseline's seeds, else Welch's\n"
+            f"baseline {attrs['baseline']}{f' ({why})' if why else ''}; diff: {attrs['confidence']:.0%} CI (per "
+            "comparison) and p of a paired t-test over seeds where a variant ran the baseline's seeds, else Welch's\n"
             f"rel diff = diff / baseline mean; {effect_note(table)}p adj: p {correction_note(attrs)}; "
             f"* = p adj < {1 - attrs['confidence']:.3g}")
 

@@ -75,8 +75,8 @@ def compare(df: pd.DataFrame, by: str | Sequence[str], metric: str = BEST_VAL_LO
 
     `baseline` names a variant: a dict {key: value}, a tuple of values in `by` order, or a value when `by`
     is one key. Default: the variant with the most finished runs, ties going to the one seen first in `df`.
-    The table's attrs hold the metric, by, confidence, direction, baseline, correction and the number of
-    comparisons corrected over.
+    The table's attrs hold the metric, by, confidence, direction, baseline (its label; `baseline_keys` its dict),
+    correction and the number of comparisons corrected over.
     """
     if df.empty:
         raise NanolabError("no runs to compare")
@@ -96,6 +96,7 @@ def compare(df: pd.DataFrame, by: str | Sequence[str], metric: str = BEST_VAL_LO
     table = table.sort_values("mean", ascending=direction == "minimize",
                               na_position="last", kind="stable").reset_index(drop=True)
     table.attrs.update(metric=metric, by=by, confidence=confidence, direction=direction, baseline=label(base.keys),
+                       baseline_keys=base.keys,
                        correction=correction, comparisons=int(table["p_value"].notna().sum()))
     return table
 
@@ -201,13 +202,13 @@ def _baseline_index(keys: list[dict], sizes: list[int], by: list[str], baseline:
             raise NanolabError(f"baseline {baseline!r}: expected {len(by)} value(s), for {', '.join(by)}")
         wanted = dict(zip(by, values))
     for i, variant in enumerate(keys):
-        if all(_same(variant[k], v) for k, v in wanted.items()):
+        if all(same_value(variant[k], v) for k, v in wanted.items()):
             return i
     raise NanolabError(f"baseline {label(wanted)}: no such variant; variants: "
                        + "; ".join(label(k) for k in keys))
 
 
-def _same(value: Any, wanted: Any) -> bool:
+def same_value(value: Any, wanted: Any) -> bool:
     """Equal, or equal as text or as numbers (a baseline typed on the command line is text)."""
     if value == wanted or str(value) == str(wanted):
         return True
