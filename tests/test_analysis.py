@@ -695,3 +695,63 @@ def test_wandb_states_map_to_nanolab_statuses():
     row = wandb_run_row(FakeWandbRun(state="finished", summary={"status": "diverged", "_runtime": 5}, **fake))
     assert row["status"] == "diverged" and row["name"] == "exp" and row["run_id"] == "x" and row[WALL_TIME] == 5
     assert wandb_run_history(FakeWandbRun(state="running", summary={}, **fake)).empty
+
+
+# ----------------------------------------------------------------------------- compare knows an ablation's baseline
+
+GRID_ABLATION = """\
+name: grid
+experiment: tiny.yaml
+grid: {model.activation: [gelu, relu], model.norm: [layernorm, rmsnorm]}
+seeds: [1, 2]
+"""
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    """A 2 x 2 ablation whose grid holds the experiment's own values (gelu, layernorm), run in full; tests copy it."""
+    from test_ablate import EXPERIMENT
+
+    folder = tmp_path_factory.mktemp("grid")
+    (folder / "tiny.yaml").write_text(EXPERIMENT)
+    (folder / "grid.yaml").write_text(GRID_ABLATION)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NANOLAB_RUNS", str(folder / "runs"))
+        assert main(["ablate", str(folder / "grid.yaml")]) == EXIT_OK
+    return folder
+
+
+def test_compare_takes_an_ablations_baseline_from_its_file_or_its_group(grid, monkeypatch):
+    monkeypatch.setenv("NANOLAB_RUNS", str(grid / "runs"))
+    why = (f"baseline model.activation=gelu, model.norm=layernorm (the baseline of the ablation {grid / 'grid.yaml'}:"
+           " the experiment's own values)")
+    for text in (compare_command(str(grid / "grid.yaml")), compare_command(group="grid"),
+                 compare_command([grid / "runs" / "grid"])):
+        assert text.splitlines()[1].startswith(why + "; diff:")
+    text = compare_command([grid / "runs" / "grid"], baseline="model.activation=relu,model.norm=rmsnorm")
+    assert text.splitlines()[1].startswith("baseline model.activation=relu, model.norm=rmsnorm (--baseline); diff:")
+    text = compare_command([grid / "runs" / "grid"], by="model.activation")
+    assert text.splitlines()[1].startswith("baseline model.activation=gelu (the variant with the most finished "
+                                           "runs, the first seen of a tie; the ablation's baseline is not a variant "
+                                           "of --by model.activation)")
+
+
+def test_a_partly_run_ablation_compares_its_finished_runs_and_names_the_missing(grid, tmp_path):
+    root = tmp_path / "runs"
+    shutil.copytree(grid / "runs", root)
+    for activation in ("gelu", "relu"):  # as if the rmsnorm half had not run yet
+        shutil.rmtree(root / "grid" / f"activation={activation}_norm=rmsnorm-s1")
+        shutil.rmtree(root / "grid" / f"activation={activation}_norm=rmsnorm-s2")
+    folder = RunFolder(root / "grid" / "activation=relu_norm=layernorm-s2")
+    folder.write_meta({**folder.read_meta(), "status": RunStatus.INTERRUPTED.value})
+    # before: "baseline key 'model.norm' is not among the compared keys" (model.norm no longer varied)
+    text = compare_command([root / "grid"], group="grid")
+    lines = text.splitlines()
+    assert lines[0] == f"best/val_loss by model.activation, model.norm in {root / 'grid'} (group grid): 4 runs, 3 finished"
+    assert lines[3] == ("not finished (5 of 8 variant x seed, over the seeds started so far): model.activation=gelu, "
+                        "model.norm=rmsnorm seed 1 (not started); model.activation=gelu, model.norm=rmsnorm seed 2 "
+                        "(not started); model.activation=relu, model.norm=layernorm seed 2 (interrupted); "
+                        "model.activation=relu, model.norm=rmsnorm seed 1 (not started); model.activation=relu, "
+                        "model.norm=rmsnorm seed 2 (not started)")
+    table = [line.split() for line in lines[5:]]
+    assert sorted((r[0], r[1], r[2]) for r in table) == [("gelu", "layernorm", "2"), ("relu", "layernorm", "1")]

@@ -11,6 +11,7 @@ from statsmodels.stats.multitest import multipletests
 from test_analysis import write_ablation
 
 from nanolab.analysis import caption, compare, compare_command, format_table
+from nanolab.analysis.findings import findings, target_finding
 from nanolab.analysis.stats import adjust
 from nanolab.cli import main
 from nanolab.errors import NanolabError
@@ -216,3 +217,48 @@ def test_the_table_names_each_effect_size_by_its_test():
     header = format_table(mixed).splitlines()[0].split()
     assert header[header.index("d_z") + 1] == "g"
     assert "d_z = Cohen's d_z" in caption(mixed, 8, 8, "runs/") and "g = Hedges' g" in caption(mixed, 8, 8, "runs/")
+
+
+# ----------------------------------------------------------------------------- findings: sentences from the numbers
+
+
+def test_a_finding_carries_direction_interval_test_effect_size_correction_and_seeds():
+    table = compare(frame({"x": (shifted([-0.10, -0.15, -0.08]), [1, 2, 3]), "y": (shifted([0.01, -0.02, 0.03]),
+                                                                                      [1, 2, 3])}),
+                    "model.activation", baseline="base")
+    x, y = row(table, "x"), row(table, "y")
+    assert findings(table) == [
+        f"x: -0.1100 [{x['ci_low']:+.4f}, {x['ci_high']:+.4f}] vs base, paired over 3 seeds, d_z {x['d_z']:+.2f}, "
+        f"Holm p {x['p_adjusted']:.3g}: {'significant' if x['significant'] else 'not significant'}, "
+        "lower in every seed",
+        f"y: +0.0067 [{y['ci_low']:+.4f}, {y['ci_high']:+.4f}] vs base, paired over 3 seeds, d_z {y['d_z']:+.2f}, "
+        f"Holm p {y['p_adjusted']:.3g}: not significant, higher in 2 of 3 seeds, lower in 1"]
+
+
+def test_equivalence_only_where_the_whole_interval_lies_inside_the_margin():
+    table = compare(frame({"y": (shifted([0.001, -0.002, 0.003]), [1, 2, 3])}), "model.activation", baseline="base")
+    y = row(table, "y")
+    assert findings(table)[0].endswith(": not significant, higher in 2 of 3 seeds, lower in 1")
+    inside = max(abs(y["ci_low"]), abs(y["ci_high"])) * 1.01
+    assert findings(table, margin=inside)[0].endswith(
+        f": equivalent within ±{inside:g} (the interval lies inside it), higher in 2 of 3 seeds, lower in 1")
+    assert findings(table, margin=abs(y["ci_high"]) * 0.99)[0].endswith(
+        f": not significant, not shown within ±{abs(y['ci_high']) * 0.99:g}, higher in 2 of 3 seeds, lower in 1")
+
+
+def test_welch_findings_name_hedges_g_and_missing_tests_say_why():
+    table = compare(frame({"x": ([1.7, 1.9, 2.05], [4, 5, 6]), "z": ([2.5], [1])}), "model.activation",
+                    baseline="base", correction="none")
+    x = row(table, "x")
+    assert findings(table) == [
+        f"x: {x['diff']:+.4f} [{x['ci_low']:+.4f}, {x['ci_high']:+.4f}] vs base, Welch over 3 runs, Hedges' g "
+        f"{x['g']:+.2f}, p (uncorrected) {x['p_adjusted']:.3g}: not significant, lower mean",
+        "z: +0.4000 vs base, no test (fewer than two runs a side)"]
+
+
+def test_a_target_finding_counts_the_seeds_that_met_it_with_the_digits_that_tell_them_apart():
+    # the issue's cases: the README's "met by seed 1" was 1.9000044, and one seed of 1.905 +- 0.008 did reach 1.90
+    assert target_finding(pd.Series([1.9000044, 1.9279], index=[1, 2]), 1.9) == (
+        "0 of 2 seeds at or below 1.9 (seed 1: 1.900004, seed 2: 1.9279); mean 1.9140")
+    assert target_finding(pd.Series([1.9045, 1.9135, 1.8979], index=[1, 2, 3]), 1.9) == (
+        "1 of 3 seeds at or below 1.9 (seed 1: 1.9045, seed 2: 1.9135, seed 3: 1.8979); mean 1.9053")

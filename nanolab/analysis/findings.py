@@ -62,8 +62,9 @@ def seeds(row: pd.Series) -> str:
     if row["test"] != "paired":
         return ("lower" if row["diff"] < 0 else "higher") + " mean"
     n, lower, higher = int(row["n"]), int(row["n_lower"]), int(row["n_higher"])
-    counts = [(count, word) for count, word in [(lower, "lower"), (higher, "higher"), (n - lower - higher, "equal")]
-              if count]
+    counts = sorted([(count, word) for count, word in [(lower, "lower"), (higher, "higher"),
+                                                        (n - lower - higher, "equal")] if count],
+                    key=lambda pair: -pair[0])  # the most seeds first
     if len(counts) == 1:
         return f"{counts[0][1]} in every seed"
     (first, word), rest = counts[0], counts[1:]
