@@ -14,6 +14,7 @@ comparison, so a number changed in runs.csv changes the regenerated report.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 import numpy as np
@@ -78,9 +79,15 @@ def comparison_section(published: pd.DataFrame, margin: float | None = None) -> 
     where = f"group {published['group'].iloc[0]}"
     title = caption(table, len(published), finished, where).replace("\n", "  \n")  # Markdown keeps its lines
     sentences = "\n".join(f"- {sentence}" for sentence in findings(table, margin)) or "No variant but the baseline."
-    return "\n\n".join(["## Comparison", title, to_markdown(table), method(table), "## Findings",
-                        "Each sentence is written by `nanolab report` from the table's numbers (runs.csv):",
-                        sentences])
+    made = (f"Written by `nanolab report` from the table's numbers, those of {RUNS_CSV} (sha256 of its text: "
+            f"{digest(published)}):")
+    return "\n\n".join(["## Comparison", title, to_markdown(table), method(table), "## Findings", made, sentences])
+
+
+def digest(published: pd.DataFrame) -> str:
+    """The first 16 hex digits of the sha256 of runs.csv's text as written: any changed value changes it, also
+    one below the table's printed digits."""
+    return hashlib.sha256(published.to_csv(index=False).encode()).hexdigest()[:16]
 
 
 def method(table: pd.DataFrame) -> str:
