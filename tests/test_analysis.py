@@ -755,3 +755,13 @@ def test_a_partly_run_ablation_compares_its_finished_runs_and_names_the_missing(
                         "model.norm=rmsnorm seed 2 (not started)")
     table = [line.split() for line in lines[5:]]
     assert sorted((r[0], r[1], r[2]) for r in table) == [("gelu", "layernorm", "2"), ("relu", "layernorm", "1")]
+
+
+def test_compare_target_counts_each_variants_seeds_that_met_it(tmp_path, capsys):
+    write_ablation(tmp_path)  # gelu 1.50, 1.52, 1.49; relu 1.45, 1.48, 1.44 at seeds 0, 1, 2; failed runs left out
+    assert main(["compare", str(tmp_path), "--target", "1.49"]) == EXIT_OK
+    assert capsys.readouterr().out.splitlines()[-2:] == [
+        "model.activation=gelu: 1 of 3 seeds at or below 1.49 (seed 0: 1.5000, seed 1: 1.5200, seed 2: 1.4900); "
+        "mean 1.5033",
+        "model.activation=relu: 3 of 3 seeds at or below 1.49 (seed 0: 1.4500, seed 1: 1.4800, seed 2: 1.4400); "
+        "mean 1.4567"]

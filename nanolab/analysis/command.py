@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from nanolab.analysis.findings import target_finding
 from nanolab.analysis.load import PathsLike, axis_column, load_history, load_runs, metric_at
 from nanolab.analysis.render import caption, check_plot_path, format_table, plot_history, write_tables
 from nanolab.analysis.stats import as_list, compare, did_you_mean, is_finished, label, same_value, varying_keys
@@ -30,14 +31,15 @@ def compare_command(paths: PathsLike | None = None, group: str | None = None,
                     csv: str | None = None, markdown: str | None = None, plot: str | None = None,
                     wandb_path: str | None = None, baseline: str | None = None,
                     direction: str = "minimize", plot_metric: str = VAL_LOSS, correction: str = "holm",
-                    at: str | None = None, x: str = "step") -> str:
+                    at: str | None = None, x: str = "step", target: float | None = None) -> str:
     """Load the runs (local folders, default $NANOLAB_RUNS or ./runs; or W&B "ENTITY/PROJECT"), compare
     them by `by` (default: the config keys that vary), write the requested files; return the text to print:
     the caption, the table and a line `wrote PATH` per file.
 
     `metric` defaults to best/val_loss. `at` ("flops=1e12", `parse_at`) compares instead each finished run's
     logged `metric` (default val/loss) at that point of compute (`metric_at`). `x` is the plot's axis.
-    `baseline` is "value" (one key) or "key=value,key=value"; values parse as YAML scalars.
+    `baseline` is "value" (one key) or "key=value,key=value"; values parse as YAML scalars. `target` adds a line
+    per variant: how many of its finished runs met it (`findings.target_finding`).
 
     An ablation's runs (`paths` the ablation file, or its group, whose folder holds the plan.json it recorded) are
     compared by its varied keys against its baseline unless `by` / `baseline` say otherwise; the caption says
@@ -68,7 +70,17 @@ def compare_command(paths: PathsLike | None = None, group: str | None = None,
         variants = finished[["run_id", *by]]
         plot_history(history.drop(columns=[c for c in by if c in history]).merge(variants, on="run_id"),
                      by, plot, plot_metric, x=x)
-    return "\n".join([title, format_table(table), *(f"wrote {path}" for path in (csv, markdown, plot) if path)])
+    met = target_lines(finished, by, table.attrs["metric"], target, direction) if target is not None else []
+    return "\n".join([title, format_table(table), *met, *(f"wrote {path}" for path in (csv, markdown, plot) if path)])
+
+
+def target_lines(finished: pd.DataFrame, by: list[str], metric: str, target: float, direction: str) -> list[str]:
+    """'relu: 1 of 3 seeds at or below 1.9 (seed 1: ...); mean ...' for each variant's finished runs."""
+    lines = []
+    for key, runs in finished.groupby(by, sort=False):
+        values = pd.Series(pd.to_numeric(runs[metric], errors="coerce").to_numpy(), index=runs["seed"]).dropna()
+        lines.append(f"{label(dict(zip(by, key)))}: {target_finding(values, target, direction)}")
+    return lines
 
 
 def ablation_record(paths: PathsLike | None, group: str | None) -> dict | None:

@@ -56,7 +56,7 @@ def read_published(path: str | os.PathLike) -> pd.DataFrame:
     path = path / RUNS_CSV if path.is_dir() else path
     if not path.is_file():
         raise NanolabError(f"{path}: no such file; a published report's folder holds its {RUNS_CSV}")
-    published = pd.read_csv(path)
+    published = pd.read_csv(path, keep_default_na=False, na_values=[""])  # a variant `none` or `NA` stays text
     missing = [c for c in FIXED if c not in published.columns]
     if missing:
         raise NanolabError(f"{path}: not a published {RUNS_CSV}: no column {missing[0]!r}; "

@@ -147,7 +147,8 @@ def cmd_compare(args) -> int:
 
     print(compare_command(args.runs or None, group=args.group, by=args.by, metric=args.metric, csv=args.csv,
                           markdown=args.markdown, plot=args.plot, wandb_path=args.wandb,
-                          baseline=args.baseline, correction=args.correction, at=args.at, x=args.x))
+                          baseline=args.baseline, correction=args.correction, at=args.at, x=args.x,
+                          target=args.target))
     return 0
 
 
@@ -367,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", metavar="VALUE", help="the variant the others are compared with, e.g. gelu or "
                    "model.norm=rmsnorm,model.norm_placement=pre (default: the one with the most finished runs)")
     p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from W&B instead of run folders")
+    p.add_argument("--target", type=float, metavar="X", help="also say, per variant, how many seeds met X (at or "
+                   "below it: the metric is minimized), each seed's value with the digits that tell it from X")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("report", help="write the Markdown report of an ablation or a sweep",
