@@ -355,13 +355,14 @@ def test_format_table_and_markdown_mark_significance():
     text = format_table(table)
     assert "95% CI" in text and "*" in text and "baseline" in text
     lines = to_markdown(table).splitlines()
-    assert lines[0] == ("| model.activation | n | mean | std | min | diff | 95% CI | rel diff | test | p | p adj | sig "
-                        "| n_diverged | n_pruned | n_failed |")
+    assert lines[0] == ("| model.activation | n | mean | std | min | diff | 95% CI | rel diff | g | test | p | p adj "
+                        "| sig | n_diverged | n_pruned | n_failed |")
     assert lines[1].startswith("| --- | ---: |")
-    # rel diff: -0.0467 / 1.5033 = -3.1%, the interval's ends -0.0896 / 1.5033 = -6.0% and -0.0038 / 1.5033 = -0.3%
+    # rel diff: -0.0467 / 1.5033 = -3.1%, the interval's ends -0.0896 / 1.5033 = -6.0% and -0.0038 / 1.5033 = -0.3%;
+    # g: -0.0467 / sqrt((0.0208^2 + 0.0153^2) / 2) = -2.56, times J(4) = 0.798: -2.04
     assert lines[2] == ("| relu | 3 | 1.4567 | 0.0208 | 1.4400 | -0.0467 | [-0.0896, -0.0038] | -3.1% [-6.0%, -0.3%] "
-                        "| welch | 0.0396 | 0.0396 | * | 0 | 0 | 1 |")
-    assert lines[3] == "| gelu | 3 | 1.5033 | 0.0153 | 1.4900 | baseline | - | - | - | - | - |  | 1 | 1 | 0 |"
+                        "| -2.04 | welch | 0.0396 | 0.0396 | * | 0 | 0 | 1 |")
+    assert lines[3] == "| gelu | 3 | 1.5033 | 0.0153 | 1.4900 | baseline | - | - | - | - | - | - |  | 1 | 1 | 0 |"
 
 
 # ----------------------------------------------------------------------------- the CLI entry

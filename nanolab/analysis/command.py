@@ -90,6 +90,8 @@ def ablation_record(paths: PathsLike | None, group: str | None) -> dict | None:
         record = read_record(paths[0] if isinstance(paths, list) else paths)
         return record if record["kind"] == "ablation" else None
     listed = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths or [runs_root()])]
+    if len(listed) != 1:
+        return None  # runs of several folders: whichever ablations they are, compare them as runs
     candidates = [p / PLAN_JSON for p in listed] + ([p / group / PLAN_JSON for p in listed] if group else [])
     for path in candidates:
         if path.is_file():
