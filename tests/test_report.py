@@ -319,3 +319,14 @@ def test_report_check_bad_input_is_one_line(tmp_path, capsys):
                                               "no column 'run_id'; expected columns run_id, group,")
     assert main(["report"]) == 2
     assert "give an ablation or sweep FILE, or --check DIR" in capsys.readouterr().err
+
+
+def test_a_reports_equivalence_margin_travels_in_runs_csv(plans, tmp_path):
+    text = write_report(plans / "act.yaml", tmp_path, margin=100.0).read_text()
+    published = read_published(tmp_path)
+    assert list(published["margin"]) == [100.0] * 4
+    section = comparison_section(published)
+    assert section in text
+    [finding] = [line for line in section.splitlines() if line.startswith("- ")]
+    assert ": equivalent within ±100 (the interval lies inside it), " in finding or ": significant, " in finding
+    assert comparison_section(published.drop(columns="margin")) not in text

@@ -1,15 +1,16 @@
 """runs.csv: the per-run values a report is made from, published beside it at full precision, so that the report
 can be regenerated from them and a reproduction checked against them run by run.
 
-    published = published_runs(frame, metas, baseline)   # one row per run
+    published = published_runs(frame, metas, by, baseline)   # one row per run
     write_published(published, "docs/results/norm/runs.csv")
     print(comparison_section(read_published("docs/results/norm/runs.csv")))   # the report's tables and findings
-    print("\n".join(check_published("docs/results/norm", "runs/")))          # a fresh set of runs against it
+    lines, reproduced = check_published("docs/results/norm", "runs/")       # a fresh set of runs against it
 
 A row: run_id, group, status, seed, the run's torch threads and torch version, its final and best val/loss
 (floats written as repr: they read back bit for bit), whether it is a run of the baseline variant, then the varied
-config keys (`model.norm`) and a tuned ablation's chosen values (`tuned.train.lr`). Nothing else enters the
-comparison, so a number changed in runs.csv changes the regenerated report.
+config keys (`model.norm`), a tuned ablation's chosen values (`tuned.train.lr`) and, where the report was given
+one, the findings' equivalence `margin`. Nothing else enters the comparison, so a number changed in runs.csv
+changes the regenerated report.
 """
 
 from __future__ import annotations
@@ -34,15 +35,18 @@ LOSSES = [final(VAL_LOSS), BEST_VAL_LOSS]  # the values published and checked
 FIXED = ["run_id", "group", "status", "seed", "threads", "torch", *LOSSES, "baseline"]
 
 
-def published_runs(runs: pd.DataFrame, metas: list[dict], by: list[str], baseline: dict) -> pd.DataFrame:
+def published_runs(runs: pd.DataFrame, metas: list[dict], by: list[str], baseline: dict,
+                   margin: float | None = None) -> pd.DataFrame:
     """The rows of runs.csv: each run of a `load_runs` frame (`metas` its meta.json's, in order), its variant by
-    the `by` keys, `baseline` marking the runs of the baseline variant."""
+    the `by` keys, `baseline` marking the runs of the baseline variant; a `margin` column where the findings were
+    asked for one (the report's equivalence margin, so that runs.csv alone regenerates them)."""
     tuned = [c for c in runs.columns if c.startswith(TUNED) and runs[c].notna().any()]
     is_base = np.logical_and.reduce([runs[key].astype(str) == str(value) for key, value in baseline.items()])
     rows = runs.reindex(columns=["run_id", "group", "status", "seed", *LOSSES, *by, *tuned]).assign(
         threads=[meta.get("threads") for meta in metas],
         torch=[meta.get("versions", {}).get("torch") for meta in metas], baseline=is_base)
-    return rows[[*FIXED, *by, *tuned]].sort_values("run_id", kind="stable").reset_index(drop=True)
+    rows = rows[[*FIXED, *by, *tuned]].sort_values("run_id", kind="stable").reset_index(drop=True)
+    return rows if margin is None else rows.assign(margin=margin)
 
 
 def write_published(published: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -69,8 +73,9 @@ def varied(published: pd.DataFrame) -> list[str]:
     return [c for c in published.columns if c.split(".")[0] in CONFIG_SECTIONS]
 
 
-def comparison_section(published: pd.DataFrame, margin: float | None = None) -> str:
+def comparison_section(published: pd.DataFrame) -> str:
     """The report's comparison (caption, table, method) and its findings, made from runs.csv's values alone."""
+    margin = float(published["margin"].iloc[0]) if "margin" in published else None
     by = varied(published)
     base = published[published["baseline"]]
     baseline = base[by].iloc[0].to_dict() if not base.empty else None

@@ -106,8 +106,8 @@ def _comparison(plan: dict, runs: pd.DataFrame, metas: list[dict], out: Path, ma
     published values are all that the section's numbers come from."""
     by = list(plan["varied"])
     baseline = plan["baseline"] or compare(runs, by).attrs["baseline_keys"]
-    path = write_published(published_runs(runs, metas, by, baseline), out / RUNS_CSV)
-    return comparison_section(read_published(path), margin)
+    path = write_published(published_runs(runs, metas, by, baseline, margin), out / RUNS_CSV)
+    return comparison_section(read_published(path))
 
 
 def _trials(sweep: dict, folder: Path) -> str:
