@@ -355,13 +355,14 @@ def test_format_table_and_markdown_mark_significance():
     text = format_table(table)
     assert "95% CI" in text and "*" in text and "baseline" in text
     lines = to_markdown(table).splitlines()
-    assert lines[0] == ("| model.activation | n | mean | std | min | diff | 95% CI | rel diff | test | p | p adj | sig "
-                        "| n_diverged | n_pruned | n_failed |")
+    assert lines[0] == ("| model.activation | n | mean | std | min | diff | 95% CI | rel diff | g | test | p | p adj "
+                        "| sig | n_diverged | n_pruned | n_failed |")
     assert lines[1].startswith("| --- | ---: |")
-    # rel diff: -0.0467 / 1.5033 = -3.1%, the interval's ends -0.0896 / 1.5033 = -6.0% and -0.0038 / 1.5033 = -0.3%
+    # rel diff: -0.0467 / 1.5033 = -3.1%, the interval's ends -0.0896 / 1.5033 = -6.0% and -0.0038 / 1.5033 = -0.3%;
+    # g: -0.0467 / sqrt((0.0208^2 + 0.0153^2) / 2) = -2.56, times J(4) = 0.798: -2.04
     assert lines[2] == ("| relu | 3 | 1.4567 | 0.0208 | 1.4400 | -0.0467 | [-0.0896, -0.0038] | -3.1% [-6.0%, -0.3%] "
-                        "| welch | 0.0396 | 0.0396 | * | 0 | 0 | 1 |")
-    assert lines[3] == "| gelu | 3 | 1.5033 | 0.0153 | 1.4900 | baseline | - | - | - | - | - |  | 1 | 1 | 0 |"
+                        "| -2.04 | welch | 0.0396 | 0.0396 | * | 0 | 0 | 1 |")
+    assert lines[3] == "| gelu | 3 | 1.5033 | 0.0153 | 1.4900 | baseline | - | - | - | - | - | - |  | 1 | 1 | 0 |"
 
 
 # ----------------------------------------------------------------------------- the CLI entry
@@ -695,3 +696,73 @@ def test_wandb_states_map_to_nanolab_statuses():
     row = wandb_run_row(FakeWandbRun(state="finished", summary={"status": "diverged", "_runtime": 5}, **fake))
     assert row["status"] == "diverged" and row["name"] == "exp" and row["run_id"] == "x" and row[WALL_TIME] == 5
     assert wandb_run_history(FakeWandbRun(state="running", summary={}, **fake)).empty
+
+
+# ----------------------------------------------------------------------------- compare knows an ablation's baseline
+
+GRID_ABLATION = """\
+name: grid
+experiment: tiny.yaml
+grid: {model.activation: [gelu, relu], model.norm: [layernorm, rmsnorm]}
+seeds: [1, 2]
+"""
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    """A 2 x 2 ablation whose grid holds the experiment's own values (gelu, layernorm), run in full; tests copy it."""
+    from test_ablate import EXPERIMENT
+
+    folder = tmp_path_factory.mktemp("grid")
+    (folder / "tiny.yaml").write_text(EXPERIMENT)
+    (folder / "grid.yaml").write_text(GRID_ABLATION)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NANOLAB_RUNS", str(folder / "runs"))
+        assert main(["ablate", str(folder / "grid.yaml")]) == EXIT_OK
+    return folder
+
+
+def test_compare_takes_an_ablations_baseline_from_its_file_or_its_group(grid, monkeypatch):
+    monkeypatch.setenv("NANOLAB_RUNS", str(grid / "runs"))
+    why = (f"baseline model.activation=gelu, model.norm=layernorm (the baseline of the ablation {grid / 'grid.yaml'}:"
+           " the experiment's own values)")
+    for text in (compare_command(str(grid / "grid.yaml")), compare_command(group="grid"),
+                 compare_command([grid / "runs" / "grid"])):
+        assert text.splitlines()[1].startswith(why + "; diff:")
+    text = compare_command([grid / "runs" / "grid"], baseline="model.activation=relu,model.norm=rmsnorm")
+    assert text.splitlines()[1].startswith("baseline model.activation=relu, model.norm=rmsnorm (--baseline); diff:")
+    text = compare_command([grid / "runs" / "grid"], by="model.activation")
+    assert text.splitlines()[1].startswith("baseline model.activation=gelu (the variant with the most finished "
+                                           "runs, the first seen of a tie; the ablation's baseline is not a variant "
+                                           "of --by model.activation)")
+
+
+def test_a_partly_run_ablation_compares_its_finished_runs_and_names_the_missing(grid, tmp_path):
+    root = tmp_path / "runs"
+    shutil.copytree(grid / "runs", root)
+    for activation in ("gelu", "relu"):  # as if the rmsnorm half had not run yet
+        shutil.rmtree(root / "grid" / f"activation={activation}_norm=rmsnorm-s1")
+        shutil.rmtree(root / "grid" / f"activation={activation}_norm=rmsnorm-s2")
+    folder = RunFolder(root / "grid" / "activation=relu_norm=layernorm-s2")
+    folder.write_meta({**folder.read_meta(), "status": RunStatus.INTERRUPTED.value})
+    # before: "baseline key 'model.norm' is not among the compared keys" (model.norm no longer varied)
+    text = compare_command([root / "grid"], group="grid")
+    lines = text.splitlines()
+    assert lines[0] == f"best/val_loss by model.activation, model.norm in {root / 'grid'} (group grid): 4 runs, 3 finished"
+    assert lines[3] == ("not finished (5 of 8 variant x seed, over the seeds started so far): model.activation=gelu, "
+                        "model.norm=rmsnorm seed 1 (not started); model.activation=gelu, model.norm=rmsnorm seed 2 "
+                        "(not started); model.activation=relu, model.norm=layernorm seed 2 (interrupted); "
+                        "model.activation=relu, model.norm=rmsnorm seed 1 (not started); model.activation=relu, "
+                        "model.norm=rmsnorm seed 2 (not started)")
+    table = [line.split() for line in lines[5:]]
+    assert sorted((r[0], r[1], r[2]) for r in table) == [("gelu", "layernorm", "2"), ("relu", "layernorm", "1")]
+
+
+def test_compare_target_counts_each_variants_seeds_that_met_it(tmp_path, capsys):
+    write_ablation(tmp_path)  # gelu 1.50, 1.52, 1.49; relu 1.45, 1.48, 1.44 at seeds 0, 1, 2; failed runs left out
+    assert main(["compare", str(tmp_path), "--target", "1.49"]) == EXIT_OK
+    assert capsys.readouterr().out.splitlines()[-2:] == [
+        "model.activation=gelu: 1 of 3 seeds at or below 1.49 (seed 0: 1.5000, seed 1: 1.5200, seed 2: 1.4900); "
+        "mean 1.5033",
+        "model.activation=relu: 3 of 3 seeds at or below 1.49 (seed 0: 1.4500, seed 1: 1.4800, seed 2: 1.4400); "
+        "mean 1.4567"]

@@ -14,7 +14,11 @@ import wandb_workspaces.reports.v2 as wr
 from test_ablate import EXPERIMENT
 from wandb_workspaces import expr
 
+import torch
+
 from nanolab import load_spec
+from nanolab.analysis import load_runs
+from nanolab.analysis.published import FIXED, comparison_section, read_published
 from nanolab.analysis.report import write_report
 from nanolab.cli import main
 from nanolab.config import Config, TrackingConfig, WandbConfig
@@ -79,8 +83,8 @@ def test_ablation_report(plans, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"wrote {out / 'report.md'}\n"
     text = (out / "report.md").read_text()
-    assert headings(text) == ["# Ablation act", "## What ran", "## Comparison", "## Curves", "## Tuned parameters",
-                              "## Environment", "## W&B"]
+    assert headings(text) == ["# Ablation act", "## What ran", "## Comparison", "## Findings", "## Curves",
+                              "## Tuned parameters", "## Environment", "## W&B"]
     assert "- 4 runs (4 finished), seeds 1, 2\n" in text
     assert "- grid: model.activation in ['relu', 'swiglu']\n" in text
     table = [line.strip("| ").split(" | ") for line in text.splitlines() if line.startswith("| ")]
@@ -261,3 +265,68 @@ def test_online_saves_the_report_and_prints_its_url(plans, no_network, monkeypat
     monkeypatch.setattr(wr.Report, "save", refuse)
     with pytest.raises(NanolabError, match=r"^W&B Report not created: ValueError: project 'me/nanolab' not found$"):
         workspace.publish(*publish, entity="me")
+
+
+# ----------------------------------------------------------------------------- runs.csv and report --check
+
+
+def test_runs_csv_holds_each_run_at_full_precision_and_the_report_regenerates_from_it(plans, tmp_path):
+    out = tmp_path / "report"
+    text = write_report(plans / "act.yaml", out).read_text()
+    published = read_published(out)
+    runs = load_runs(plans / "runs" / "act").set_index("run_id")
+    assert list(published.columns) == [*FIXED, "model.activation"]
+    assert sorted(published["run_id"]) == sorted(runs.index)
+    for _, run in published.iterrows():  # bit for bit: repr floats read back equal
+        assert run["best/val_loss"] == runs.loc[run["run_id"], "best/val_loss"]
+        assert run["final/val_loss"] == runs.loc[run["run_id"], "final/val_loss"]
+        assert (run["threads"], run["torch"]) == (torch.get_num_threads(), torch.__version__)
+    # the tiny experiment's gelu is not in the grid: compare's default baseline, the first variant of most runs
+    assert list(published["baseline"]) == [True, True, False, False]
+    section = comparison_section(published)
+    assert section in text and section.count("\n- ") == 1  # one finding: the one variant against the baseline
+    changed = published.assign(**{"best/val_loss": published["best/val_loss"] + [1e-4, 0, 0, 0]})
+    assert comparison_section(changed) not in text
+
+
+def test_report_check_says_per_run_whether_it_was_reproduced(plans, copied_runs, tmp_path, capsys):
+    out = tmp_path / "published"
+    write_report(plans / "act.yaml", out, runs=copied_runs)
+    assert main(["report", "--check", str(out), "--runs", str(copied_runs)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:4] == [f"activation={a}-s{s}: bit-identical" for a in ("relu", "swiglu") for s in (1, 2)]
+    assert lines[4] == f"4 published runs of act against {copied_runs / 'act'}: 4 bit-identical"
+    published = read_published(out)
+    loss = published["best/val_loss"]
+    published["best/val_loss"] = [loss[0] + 3e-7, loss[1] + 0.02, *loss[2:]]
+    published.loc[3, "threads"] = 7
+    published.to_csv(out / "runs.csv", index=False)
+    shutil.rmtree(copied_runs / "act" / "activation=swiglu-s1")
+    assert main(["report", "--check", str(out), "--runs", str(copied_runs)]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        "activation=relu-s1: within 3.0e-07", "activation=relu-s2: differs by 0.02", "activation=swiglu-s1: missing",
+        f"activation=swiglu-s2: bit-identical (threads {torch.get_num_threads()}, published 7)",
+        f"4 published runs of act against {copied_runs / 'act'}: 1 within, 1 differs, 1 missing, 1 bit-identical"]
+
+
+def test_report_check_bad_input_is_one_line(tmp_path, capsys):
+    assert main(["report", "--check", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"nanolab: error: {tmp_path / 'runs.csv'}: no such file; a published "
+                                       "report's folder holds its runs.csv\n")
+    (tmp_path / "runs.csv").write_text("a,b\n1,2\n")
+    assert main(["report", "--check", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"nanolab: error: {tmp_path / 'runs.csv'}: not a published runs.csv: "
+                                              "no column 'run_id'; expected columns run_id, group,")
+    assert main(["report"]) == 2
+    assert "give an ablation or sweep FILE, or --check DIR" in capsys.readouterr().err
+
+
+def test_a_reports_equivalence_margin_travels_in_runs_csv(plans, tmp_path):
+    text = write_report(plans / "act.yaml", tmp_path, margin=100.0).read_text()
+    published = read_published(tmp_path)
+    assert list(published["margin"]) == [100.0] * 4
+    section = comparison_section(published)
+    assert section in text
+    [finding] = [line for line in section.splitlines() if line.startswith("- ")]
+    assert ": equivalent within ±100 (the interval lies inside it), " in finding or ": significant, " in finding
+    assert comparison_section(published.drop(columns="margin")) not in text

@@ -11,6 +11,7 @@ from statsmodels.stats.multitest import multipletests
 from test_analysis import write_ablation
 
 from nanolab.analysis import caption, compare, compare_command, format_table
+from nanolab.analysis.findings import findings, target_finding
 from nanolab.analysis.stats import adjust
 from nanolab.cli import main
 from nanolab.errors import NanolabError
@@ -150,7 +151,8 @@ def test_significance_follows_the_adjusted_p_value():
 def test_the_caption_says_which_correction_over_how_many_comparisons(correction, words):
     table = compare(frame(SIGNIFICANT_ALONE), "model.activation", baseline="base", correction=correction)
     assert caption(table, 10, 10, "runs/").splitlines()[2] == (
-        f"rel diff = diff / baseline mean; p adj: p {words}; * = p adj < 0.05")
+        f"rel diff = diff / baseline mean; d_z = Cohen's d_z (mean paired difference / its sd); p adj: p {words}; "
+        "* = p adj < 0.05")
 
 
 def test_a_bad_correction_is_one_line_and_exit_2(tmp_path, capsys):
@@ -182,3 +184,81 @@ def test_another_groups_tuned_values_add_no_column():
     assert not [c for c in table.columns if c.startswith("tuned")]
     tuned = compare(runs.assign(**{"tuned.train.lr": 0.004}), "model.activation", baseline="base")
     assert list(tuned["tuned.train.lr"]) == [0.004, 0.004]
+
+
+# ----------------------------------------------------------------------------- standardized effect sizes
+
+
+def test_cohens_dz_of_a_paired_test_is_scipys_t_over_root_n_and_the_seed_counts_are_the_signs():
+    variant = shifted([-0.10, 0.05, -0.08])
+    x = row(compare(frame({"x": (variant, [1, 2, 3])}), "model.activation", baseline="base"), "x")
+    t = stats.ttest_rel(variant, BASE).statistic
+    assert x["d_z"] == pytest.approx(t / np.sqrt(3), rel=1e-12)
+    assert x["d_z"] == pytest.approx(np.mean([-0.10, 0.05, -0.08]) / np.std([-0.10, 0.05, -0.08], ddof=1))
+    assert np.isnan(x["g"]) and (x["n_lower"], x["n_higher"]) == (2, 1)
+
+
+def test_hedges_g_of_a_welch_test_is_the_pooled_d_times_the_exact_small_sample_factor():
+    variant = [1.7, 1.9, 2.05, 1.8]
+    x = row(compare(frame({"x": (variant, [4, 5, 6, 7])}), "model.activation", baseline="base"), "x")
+    # an independent route: Student's pooled t times sqrt(1/na + 1/nb) is Cohen's d; J(5) from its closed form
+    d = stats.ttest_ind(variant, BASE, equal_var=True).statistic * np.sqrt(1 / 4 + 1 / 3)
+    j5 = 3 * np.sqrt(np.pi) / 4 / np.sqrt(5 / 2)  # Gamma(5/2) / (sqrt(5/2) Gamma(2)), Gamma(5/2) = 3 sqrt(pi) / 4
+    assert j5 == pytest.approx(0.8407, abs=1e-4)  # close to Hedges' approximation 1 - 3 / (4 df - 1) = 0.842
+    assert x["g"] == pytest.approx(d * j5, rel=1e-12)
+    assert x["test"] == "welch" and np.isnan(x["d_z"]) and np.isnan(x["n_lower"])
+
+
+def test_the_table_names_each_effect_size_by_its_test():
+    paired = compare(frame({"x": (shifted([-0.10, 0.05, -0.08]), [1, 2, 3])}), "model.activation", baseline="base")
+    mixed = compare(frame({"x": (shifted([-0.10, 0.05, -0.08]), [1, 2, 3]), "y": ([1.7, 1.9], [8, 9])}),
+                    "model.activation", baseline="base")
+    assert "d_z" in format_table(paired).splitlines()[0] and " g " not in format_table(paired).splitlines()[0]
+    header = format_table(mixed).splitlines()[0].split()
+    assert header[header.index("d_z") + 1] == "g"
+    assert "d_z = Cohen's d_z" in caption(mixed, 8, 8, "runs/") and "g = Hedges' g" in caption(mixed, 8, 8, "runs/")
+
+
+# ----------------------------------------------------------------------------- findings: sentences from the numbers
+
+
+def test_a_finding_carries_direction_interval_test_effect_size_correction_and_seeds():
+    table = compare(frame({"x": (shifted([-0.10, -0.15, -0.08]), [1, 2, 3]), "y": (shifted([0.01, -0.02, 0.03]),
+                                                                                      [1, 2, 3])}),
+                    "model.activation", baseline="base")
+    x, y = row(table, "x"), row(table, "y")
+    assert findings(table) == [
+        f"x: -0.1100 [{x['ci_low']:+.4f}, {x['ci_high']:+.4f}] vs base, paired over 3 seeds, d_z {x['d_z']:+.2f}, "
+        f"Holm p {x['p_adjusted']:.3g}: {'significant' if x['significant'] else 'not significant'}, "
+        "lower in every seed",
+        f"y: +0.0067 [{y['ci_low']:+.4f}, {y['ci_high']:+.4f}] vs base, paired over 3 seeds, d_z {y['d_z']:+.2f}, "
+        f"Holm p {y['p_adjusted']:.3g}: not significant, higher in 2 of 3 seeds, lower in 1"]
+
+
+def test_equivalence_only_where_the_whole_interval_lies_inside_the_margin():
+    table = compare(frame({"y": (shifted([0.001, -0.002, 0.003]), [1, 2, 3])}), "model.activation", baseline="base")
+    y = row(table, "y")
+    assert findings(table)[0].endswith(": not significant, higher in 2 of 3 seeds, lower in 1")
+    inside = max(abs(y["ci_low"]), abs(y["ci_high"])) * 1.01
+    assert findings(table, margin=inside)[0].endswith(
+        f": equivalent within ±{inside:g} (the interval lies inside it), higher in 2 of 3 seeds, lower in 1")
+    assert findings(table, margin=abs(y["ci_high"]) * 0.99)[0].endswith(
+        f": not significant, not shown within ±{abs(y['ci_high']) * 0.99:g}, higher in 2 of 3 seeds, lower in 1")
+
+
+def test_welch_findings_name_hedges_g_and_missing_tests_say_why():
+    table = compare(frame({"x": ([1.7, 1.9, 2.05], [4, 5, 6]), "z": ([2.5], [1])}), "model.activation",
+                    baseline="base", correction="none")
+    x = row(table, "x")
+    assert findings(table) == [
+        f"x: {x['diff']:+.4f} [{x['ci_low']:+.4f}, {x['ci_high']:+.4f}] vs base, Welch over 3 runs, Hedges' g "
+        f"{x['g']:+.2f}, p (uncorrected) {x['p_adjusted']:.3g}: not significant, lower mean",
+        "z: +0.4000 vs base, no test (fewer than two runs a side)"]
+
+
+def test_a_target_finding_counts_the_seeds_that_met_it_with_the_digits_that_tell_them_apart():
+    # the issue's cases: the README's "met by seed 1" was 1.9000044, and one seed of 1.905 +- 0.008 did reach 1.90
+    assert target_finding(pd.Series([1.9000044, 1.9279], index=[1, 2]), 1.9) == (
+        "0 of 2 seeds at or below 1.9 (seed 1: 1.900004, seed 2: 1.9279); mean 1.9140")
+    assert target_finding(pd.Series([1.9045, 1.9135, 1.8979], index=[1, 2, 3]), 1.9) == (
+        "1 of 3 seeds at or below 1.9 (seed 1: 1.9045, seed 2: 1.9135, seed 3: 1.8979); mean 1.9053")

@@ -11,9 +11,11 @@ Runs from the local run folders (`load_runs`, `load_history`) and from W&B (`loa
 
     load.py        run folders -> frames; each run's value at equal compute
     wandb_runs.py  W&B public API -> the same frames
-    stats.py       compare: paired or Welch t-tests, corrected p-values, the baseline
+    stats.py       compare: paired or Welch t-tests, corrected p-values, effect sizes (d_z, Hedges' g), the baseline
     render.py      text and Markdown tables, plots, files
-    command.py     `nanolab compare`: load -> compare -> render
+    findings.py    a sentence per comparison, written from a compare table's numbers
+    published.py   runs.csv: the per-run values a report is made from; `nanolab report --check`
+    command.py     `nanolab compare`: load -> compare -> render (an ablation's keys and baseline from its plan.json)
 """
 
 from nanolab.analysis.command import compare_command

@@ -10,15 +10,20 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from nanolab.analysis.findings import target_finding
 from nanolab.analysis.load import PathsLike, axis_column, load_history, load_runs, metric_at
 from nanolab.analysis.render import caption, check_plot_path, format_table, plot_history, write_tables
-from nanolab.analysis.stats import as_list, compare, did_you_mean, is_finished, varying_keys
+from nanolab.analysis.stats import as_list, compare, did_you_mean, is_finished, label, same_value, varying_keys
 from nanolab.analysis.wandb_runs import load_wandb_history, load_wandb_runs
 from nanolab.errors import NanolabError
+from nanolab.files import read_json
+from nanolab.plan import read_record
 from nanolab.registry import closest
 from nanolab.runfolder import runs_root
 from nanolab.spec import parse_yaml
 from nanolab.vocab import AXES, BEST_VAL_LOSS, VAL_LOSS
+
+PLAN_JSON = "plan.json"  # the record nanolab.plan writes beside an ablation's runs
 
 
 def compare_command(paths: PathsLike | None = None, group: str | None = None,
@@ -26,21 +31,29 @@ def compare_command(paths: PathsLike | None = None, group: str | None = None,
                     csv: str | None = None, markdown: str | None = None, plot: str | None = None,
                     wandb_path: str | None = None, baseline: str | None = None,
                     direction: str = "minimize", plot_metric: str = VAL_LOSS, correction: str = "holm",
-                    at: str | None = None, x: str = "step") -> str:
+                    at: str | None = None, x: str = "step", target: float | None = None) -> str:
     """Load the runs (local folders, default $NANOLAB_RUNS or ./runs; or W&B "ENTITY/PROJECT"), compare
     them by `by` (default: the config keys that vary), write the requested files; return the text to print:
     the caption, the table and a line `wrote PATH` per file.
 
     `metric` defaults to best/val_loss. `at` ("flops=1e12", `parse_at`) compares instead each finished run's
     logged `metric` (default val/loss) at that point of compute (`metric_at`). `x` is the plot's axis.
-    `baseline` is "value" (one key) or "key=value,key=value"; values parse as YAML scalars.
+    `baseline` is "value" (one key) or "key=value,key=value"; values parse as YAML scalars. `target` adds a line
+    per variant: how many of its finished runs met it (`findings.target_finding`).
+
+    An ablation's runs (`paths` the ablation file, or its group, whose folder holds the plan.json it recorded) are
+    compared by its varied keys against its baseline unless `by` / `baseline` say otherwise; the caption says
+    which baseline and why, and which of its variants x seeds have no finished run yet.
     """
     if plot:
         check_plot_path(plot)  # before any file is written
     axis_column(x)  # these two checks too
     at_point = parse_at(at) if at else None
+    record = None if wandb_path else ablation_record(paths, group)
+    if record and _is_plan_file(paths):
+        paths, group = [runs_root() / record["name"]], record["name"]
     runs, where = _load(paths, group, wandb_path)
-    by = as_list(by) if by else varying_keys(runs)
+    by = as_list(by) if by else list(record["varied"]) if record else varying_keys(runs)
     if not by:
         raise NanolabError(f"the {len(runs)} runs in {where} share every data/model/train key; name one with --by")
     finished = runs[is_finished(runs)]
@@ -49,15 +62,81 @@ def compare_command(paths: PathsLike | None = None, group: str | None = None,
         values = metric_at(history, *at_point, metric or VAL_LOSS)
         metric = values.name
         runs = runs.assign(**{metric: runs["run_id"].map(values)})
-    table = compare(runs, by, metric or BEST_VAL_LOSS, baseline=_parse_baseline(baseline), direction=direction,
-                    correction=correction)
-    title = caption(table, len(runs), len(finished), where)
+    chosen, why = _baseline(baseline, record, finished, by)
+    table = compare(runs, by, metric or BEST_VAL_LOSS, baseline=chosen, direction=direction, correction=correction)
+    title = caption(table, len(runs), len(finished), where, why) + (missing_note(record, runs, by) if record else "")
     write_tables(table, title, csv=csv, markdown=markdown)
     if plot:
         variants = finished[["run_id", *by]]
         plot_history(history.drop(columns=[c for c in by if c in history]).merge(variants, on="run_id"),
                      by, plot, plot_metric, x=x)
-    return "\n".join([title, format_table(table), *(f"wrote {path}" for path in (csv, markdown, plot) if path)])
+    met = target_lines(finished, by, table.attrs["metric"], target, direction) if target is not None else []
+    return "\n".join([title, format_table(table), *met, *(f"wrote {path}" for path in (csv, markdown, plot) if path)])
+
+
+def target_lines(finished: pd.DataFrame, by: list[str], metric: str, target: float, direction: str) -> list[str]:
+    """'relu: 1 of 3 seeds at or below 1.9 (seed 1: ...); mean ...' for each variant's finished runs."""
+    lines = []
+    for key, runs in finished.groupby(by, sort=False):
+        values = pd.Series(pd.to_numeric(runs[metric], errors="coerce").to_numpy(), index=runs["seed"]).dropna()
+        lines.append(f"{label(dict(zip(by, key)))}: {target_finding(values, target, direction)}")
+    return lines
+
+
+def ablation_record(paths: PathsLike | None, group: str | None) -> dict | None:
+    """The plan.json of the ablation whose runs these are: an ablation file's, or the one in the folder of `paths`
+    (a group's folder) or of `group` under them (default root: $NANOLAB_RUNS); None for runs of no ablation."""
+    if _is_plan_file(paths):
+        record = read_record(paths[0] if isinstance(paths, list) else paths)
+        return record if record["kind"] == "ablation" else None
+    listed = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths or [runs_root()])]
+    if len(listed) != 1:
+        return None  # runs of several folders: whichever ablations they are, compare them as runs
+    candidates = [p / PLAN_JSON for p in listed] + ([p / group / PLAN_JSON for p in listed] if group else [])
+    for path in candidates:
+        if path.is_file():
+            record = read_json(path)
+            if record.get("kind") == "ablation" and (group is None or record.get("name") == group):
+                return record
+    return None
+
+
+def _is_plan_file(paths: PathsLike | None) -> bool:
+    listed = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths or [])
+    return len(listed) == 1 and Path(listed[0]).suffix in (".yaml", ".yml") and Path(listed[0]).is_file()
+
+
+def _baseline(text: str | None, record: dict | None, finished: pd.DataFrame, by: list[str]) -> tuple[Any, str]:
+    """The baseline to compare against and why it is the one."""
+    if text is not None:
+        return _parse_baseline(text), "--baseline"
+    default = "the variant with the most finished runs, the first seen of a tie"
+    if not record or not record.get("baseline"):
+        return None, default + ("; the ablation's grid does not hold the experiment's values" if record else "")
+    wanted = record["baseline"]
+    if not set(wanted) <= set(by):
+        return None, f"{default}; the ablation's baseline is not a variant of --by {', '.join(by)}"
+    if not any(all(same_value(row[k], v) for k, v in wanted.items()) for _, row in finished.iterrows()):
+        return None, f"{default}; the ablation's baseline {label(wanted)} has no finished run yet"
+    return wanted, f"the baseline of the ablation {record['file']}: the experiment's own values"
+
+
+def missing_note(record: dict, runs: pd.DataFrame, by: list[str]) -> str:
+    """'\nnot finished (2 of 12): model.norm=rmsnorm, ... seed 2 (running); ...': the ablation's variants x the
+    seeds its runs have so far, without a finished run."""
+    seeds = sorted(runs["seed"].dropna().unique())
+    finished = runs[is_finished(runs)]
+    gaps = []
+    for changes in record["resolved"]["variants"].values():
+        keys = {k: v for k, v in changes.items() if k in by}
+        mine = runs[[all(same_value(row[k], v) for k, v in keys.items()) for _, row in runs.iterrows()]]
+        done = set(finished.loc[finished.index.intersection(mine.index), "seed"])
+        statuses = dict(zip(mine["seed"], mine["status"]))
+        gaps += [f"{label(keys)} seed {seed} ({statuses.get(seed, 'not started')})" for seed in seeds
+                 if seed not in done]
+    total = len(record["resolved"]["variants"]) * len(seeds)
+    return (f"\nnot finished ({len(gaps)} of {total} variant x seed, over the seeds started so far): "
+            + "; ".join(gaps)) if gaps else ""
 
 
 def parse_at(text: str) -> tuple[str, float]:

@@ -18,6 +18,7 @@ from nanolab.registry import closest
 from nanolab.files import atomic_path, write_text
 from nanolab.vocab import VAL_LOSS
 
+EFFECT_SIZES = {"d_z": "paired", "g": "welch"}  # the effect-size column (Cohen's d_z, Hedges' g) of each test
 AXIS_LABELS = {"step": "step", "tokens": "tokens", "flops": "FLOPs", "wall": "wall time (s)"}  # vocab.AXES names
 
 
@@ -54,6 +55,9 @@ def _display(table: pd.DataFrame) -> pd.DataFrame:
     shown[ci] = [_interval(lo, hi, "+.4f") for lo, hi in zip(table["ci_low"], table["ci_high"])]
     shown["rel diff"] = ["-" if b else _relative(d, lo, hi) for b, d, lo, hi
                          in zip(table["baseline"], table["rel_diff"], table["rel_ci_low"], table["rel_ci_high"])]
+    for column, test in EFFECT_SIZES.items():
+        if (table["test"] == test).any():
+            shown[column] = table[column].map(lambda x: _num(x, "+.2f"))
     shown["test"] = table["test"].fillna("-")
     shown["p"] = table["p_value"].map(lambda p: _num(p, ".3g"))
     shown["p adj"] = table["p_adjusted"].map(lambda p: _num(p, ".3g"))
@@ -138,14 +142,22 @@ def check_plot_path(path: str | os.PathLike) -> None:
                            f"{did_you_mean(closest(suffix, formats))}")
 
 
-def caption(table: pd.DataFrame, runs: int, finished: int, where: str) -> str:
-    """What the table compares, over which runs, against which baseline, with which test and correction."""
+def caption(table: pd.DataFrame, runs: int, finished: int, where: str, why: str | None = None) -> str:
+    """What the table compares, over which runs, against which baseline (and `why` that one), with which test
+    and correction."""
     attrs = table.attrs
     return (f"{attrs['metric']} by {', '.join(attrs['by'])} in {where}: {runs} runs, {finished} finished\n"
-            f"baseline {attrs['baseline']}; diff: {attrs['confidence']:.0%} CI (per comparison) and p of a paired "
-            "t-test over seeds where a variant ran the baseline's seeds, else Welch's\n"
-            f"rel diff = diff / baseline mean; p adj: p {correction_note(attrs)}; "
+            f"baseline {attrs['baseline']}{f' ({why})' if why else ''}; diff: {attrs['confidence']:.0%} CI (per "
+            "comparison) and p of a paired t-test over seeds where a variant ran the baseline's seeds, else Welch's\n"
+            f"rel diff = diff / baseline mean; {effect_note(table)}p adj: p {correction_note(attrs)}; "
             f"* = p adj < {1 - attrs['confidence']:.3g}")
+
+
+def effect_note(table: pd.DataFrame) -> str:
+    """The caption's words for the effect-size columns the table shows."""
+    words = {"d_z": "d_z = Cohen's d_z (mean paired difference / its sd)",
+             "g": "g = Hedges' g (diff / pooled sd, bias-corrected)"}
+    return "".join(f"{words[c]}; " for c, test in EFFECT_SIZES.items() if (table["test"] == test).any())
 
 
 def correction_note(attrs: dict) -> str:

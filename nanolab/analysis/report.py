@@ -20,7 +20,9 @@ from typing import Any, Sequence
 import pandas as pd
 
 from nanolab.analysis.load import load_history, load_runs
-from nanolab.analysis.render import AXIS_LABELS, caption, correction_note, markdown_row, plot_history, to_markdown
+from nanolab.analysis.published import (RUNS_CSV, comparison_section, published_runs, read_published, spread,
+                                        write_published)
+from nanolab.analysis.render import AXIS_LABELS, markdown_row, plot_history
 from nanolab.analysis.stats import TUNED, compare, is_finished
 from nanolab.config import Config, from_dict
 from nanolab.errors import NanolabError
@@ -33,10 +35,12 @@ PLOTS = {"step": "val_loss_step.png", "flops": "val_loss_flops.png"}  # x axis -
 
 
 def write_report(plan_file: str | os.PathLike, out: str | os.PathLike | None = None,
-                 runs: str | os.PathLike | None = None) -> Path:
-    """Write `<out>/report.md` and its PNGs (default out: reports/<name>/); returns the report's path.
+                 runs: str | os.PathLike | None = None, margin: float | None = None) -> Path:
+    """Write `<out>/report.md` and its PNGs (default out: reports/<name>/), and for an ablation its runs.csv;
+    returns the report's path.
 
-    `runs` is the runs root (default $NANOLAB_RUNS, else ./runs).
+    `runs` is the runs root (default $NANOLAB_RUNS, else ./runs). `margin`: the findings call a difference
+    equivalent where its interval lies inside +-margin (default: never).
     """
     plan, store = read_record(plan_file, runs), RunStore(runs)
     folder = store.group(plan["name"])
@@ -46,7 +50,7 @@ def write_report(plan_file: str | os.PathLike, out: str | os.PathLike | None = N
     metas = [RunFolder(path).read_meta() for path in frame["path"]]
     if plan["kind"] == "ablation":
         by = list(plan["varied"])
-        results = [_comparison(plan, frame, finished, folder), _curves(finished, by, "variant", out),
+        results = [_comparison(plan, frame, metas, out, margin), _curves(finished, by, "variant", out),
                    _tuned(frame, by)]
     else:
         results = [_trials(plan, store.plan_folder("sweep", plan["name"])), _curves(finished, ["run_id"], "trial", out)]
@@ -92,34 +96,18 @@ def _what_ran(plan: dict, runs: pd.DataFrame, folder: Path) -> str:
         f"- {plan['kind']} `{plan['file']}` over the experiment `{plan['experiment']}`; run folders in `{folder}`",
         f"- {varied}",
         f"- {len(runs)} runs ({statuses}), seeds {seeds}",
-        f"- per run: {_spread(runs, STEPS)} steps, {_spread(runs, TOKENS_SEEN)} tokens, "
-        f"{_spread(runs, 'params')} parameters",
+        f"- per run: {spread(runs, STEPS)} steps, {spread(runs, TOKENS_SEEN)} tokens, "
+        f"{spread(runs, 'params')} parameters",
     ])
 
 
-def _spread(frame: pd.DataFrame, column: str) -> str:
-    """'600' when every row agrees, else '590-600' (min-max over the rows); '-' when none has a value."""
-    numbers = pd.to_numeric(frame.get(column, pd.Series(dtype=float)), errors="coerce").dropna()
-    if numbers.empty:
-        return "-"
-    low, high = numbers.min(), numbers.max()
-    return f"{low:,.0f}" if low == high else f"{low:,.0f}-{high:,.0f}"
-
-
-def _comparison(ablation: dict, runs: pd.DataFrame, finished: pd.DataFrame, folder: Path) -> str:
-    table = compare(runs, list(ablation["varied"]), baseline=ablation["baseline"])
-    title = caption(table, len(runs), len(finished), str(folder)).replace("\n", "  \n")  # Markdown keeps its lines
-    return "\n\n".join(["## Comparison", title, to_markdown(table), _method(table)])
-
-
-def _method(table: pd.DataFrame) -> str:
-    """How the table's figures were made, from what `compare` recorded (its attrs and `test` column)."""
-    a = table.attrs
-    tests = " and ".join(f"a {test} t-test" for test in dict.fromkeys(table["test"].dropna()))
-    return (f"Method: {a['metric']} of each variant's finished runs (n = {_spread(table, 'n')} per variant), best "
-            f"first ({a['direction']}); against the baseline ({a['baseline']}), the difference of means with its "
-            f"{a['confidence']:.0%} confidence interval and {tests or 'no test (fewer than two runs a side)'}; "
-            f"p-values {correction_note(a)}.")
+def _comparison(plan: dict, runs: pd.DataFrame, metas: list[dict], out: Path, margin: float | None) -> str:
+    """The comparison and its findings, made from the runs.csv written beside the report and read back: the
+    published values are all that the section's numbers come from."""
+    by = list(plan["varied"])
+    baseline = plan["baseline"] or compare(runs, by).attrs["baseline_keys"]
+    path = write_published(published_runs(runs, metas, by, baseline, margin), out / RUNS_CSV)
+    return comparison_section(read_published(path))
 
 
 def _trials(sweep: dict, folder: Path) -> str:

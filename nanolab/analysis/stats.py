@@ -1,5 +1,6 @@
 """Comparison of variants against a baseline: per-variant figures of the finished runs, a paired or Welch t-test
-per variant, its p-value corrected for the number of comparisons, and the difference relative to the baseline."""
+per variant, its p-value corrected for the number of comparisons, the difference relative to the baseline and a
+standardized effect size (Cohen's d_z for a paired test, Hedges' g for Welch's)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 from scipy import stats
+from scipy.special import gammaln
 from statsmodels.stats.multitest import multipletests
 
 from nanolab.errors import NanolabError
@@ -58,6 +60,12 @@ def compare(df: pd.DataFrame, by: str | Sequence[str], metric: str = BEST_VAL_LO
     p-values of all variants for their number (`correction`: "holm", Holm-Bonferroni, the default; "bh",
     Benjamini-Hochberg; "none"); a variant without a p-value (fewer than two runs a side) is not counted among
     the comparisons. `significant`: p_adjusted < 1 - confidence. The intervals are per comparison, not corrected.
+    `n_lower` / `n_higher`: of a paired test's seeds, how many ended below / above the baseline's run of that seed.
+
+    The standardized effect size is the test's own: `d_z` (Cohen's d_z) for a paired test, the mean per-seed
+    difference over the differences' standard deviation; `g` (Hedges' g) for Welch's, the difference over the
+    pooled standard deviation, corrected for small-sample bias (the exact gamma-function factor). Each is NaN in
+    the rows of the other test.
 
     The effect size is `rel_diff` = diff / |baseline mean|, with `rel_ci_low`/`rel_ci_high` the interval of the
     diff divided the same way: a fraction of the baseline (-0.05 = 5% lower), comparable across metrics and
@@ -67,8 +75,8 @@ def compare(df: pd.DataFrame, by: str | Sequence[str], metric: str = BEST_VAL_LO
 
     `baseline` names a variant: a dict {key: value}, a tuple of values in `by` order, or a value when `by`
     is one key. Default: the variant with the most finished runs, ties going to the one seen first in `df`.
-    The table's attrs hold the metric, by, confidence, direction, baseline, correction and the number of
-    comparisons corrected over.
+    The table's attrs hold the metric, by, confidence, direction, baseline (its label; `baseline_keys` its dict),
+    correction and the number of comparisons corrected over.
     """
     if df.empty:
         raise NanolabError("no runs to compare")
@@ -88,6 +96,7 @@ def compare(df: pd.DataFrame, by: str | Sequence[str], metric: str = BEST_VAL_LO
     table = table.sort_values("mean", ascending=direction == "minimize",
                               na_position="last", kind="stable").reset_index(drop=True)
     table.attrs.update(metric=metric, by=by, confidence=confidence, direction=direction, baseline=label(base.keys),
+                       baseline_keys=base.keys,
                        correction=correction, comparisons=int(table["p_value"].notna().sum()))
     return table
 
@@ -106,7 +115,9 @@ def _variants(df: pd.DataFrame, by: list[str], metric: str) -> list[Variant]:
     return variants
 
 
-BASELINE_TEST = {"diff": 0.0, "ci_low": np.nan, "ci_high": np.nan, "test": None, "p_value": np.nan}  # vs itself
+NO_TEST = {"ci_low": np.nan, "ci_high": np.nan, "test": None, "p_value": np.nan, "d_z": np.nan, "g": np.nan,
+           "n_lower": np.nan, "n_higher": np.nan}
+BASELINE_TEST = {"diff": 0.0, **NO_TEST}  # vs itself
 
 
 def _row(variant: Variant, base: Variant, confidence: float) -> dict:
@@ -116,7 +127,8 @@ def _row(variant: Variant, base: Variant, confidence: float) -> dict:
     relative = {f"rel_{key}": value / abs(base.values.mean()) for key, value in interval.items()}
     return {**variant.keys, **variant.tuned, "n": len(values), "mean": values.mean(), "std": values.std(ddof=1),
             "min": values.min(), "max": values.max(), **interval, **relative, "test": test["test"],
-            "p_value": test["p_value"], "p_adjusted": np.nan, "significant": False, "baseline": is_base,
+            "p_value": test["p_value"], "p_adjusted": np.nan, "significant": False, "d_z": test["d_z"],
+            "g": test["g"], "n_lower": test["n_lower"], "n_higher": test["n_higher"], "baseline": is_base,
             **variant.counts}
 
 
@@ -127,18 +139,40 @@ def t_test(a: pd.Series, b: pd.Series, confidence: float = 0.95) -> dict:
     and the test is the paired t-test on the per-seed differences (scipy's ttest_rel), which removes what the
     seed does to both; otherwise Welch's t-test (ttest_ind, unequal variances). The intervals are scipy's
     `confidence_interval` of each. With fewer than two runs a side the test, interval and p-value are missing;
-    with no spread at all (identical runs: t undefined) the interval and p-value.
+    with no spread at all (identical runs: t undefined) the interval, p-value and effect size.
+    Also the test's effect size (`d_z` paired, `g` Welch) and, paired, `n_lower` / `n_higher` seeds.
     """
-    result = {"diff": a.mean() - b.mean(), "ci_low": np.nan, "ci_high": np.nan, "test": None, "p_value": np.nan}
+    result = {"diff": a.mean() - b.mean(), **NO_TEST}
     if len(a) < 2 or len(b) < 2:
         return result
     paired = _same_seeds(a, b)
     t = stats.ttest_rel(a, b[a.index]) if paired else stats.ttest_ind(a, b, equal_var=False)
     result["test"] = "paired" if paired else "welch"
+    if paired:
+        differences = a - b[a.index]
+        result.update(n_lower=int((differences < 0).sum()), n_higher=int((differences > 0).sum()))
     if np.isfinite(t.statistic):
         interval = t.confidence_interval(confidence)
         result.update(ci_low=float(interval.low), ci_high=float(interval.high), p_value=float(t.pvalue))
+        if paired:
+            result["d_z"] = cohens_dz(differences)
+        else:
+            result["g"] = hedges_g(a, b)
     return result
+
+
+def cohens_dz(differences: pd.Series) -> float:
+    """Cohen's d_z: the mean of paired differences over their standard deviation (ddof=1)."""
+    return float(differences.mean() / differences.std(ddof=1))
+
+
+def hedges_g(a: pd.Series, b: pd.Series) -> float:
+    """Hedges' g of mean(a) - mean(b): Cohen's d over the pooled standard deviation, times the exact small-sample
+    correction J(df) = Gamma(df/2) / (sqrt(df/2) Gamma((df-1)/2)), df = n_a + n_b - 2 (Hedges 1981)."""
+    df = len(a) + len(b) - 2
+    pooled = np.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / df)
+    correction = np.exp(gammaln(df / 2) - gammaln((df - 1) / 2)) / np.sqrt(df / 2)
+    return float((a.mean() - b.mean()) / pooled * correction)
 
 
 def _same_seeds(a: pd.Series, b: pd.Series) -> bool:
@@ -168,13 +202,13 @@ def _baseline_index(keys: list[dict], sizes: list[int], by: list[str], baseline:
             raise NanolabError(f"baseline {baseline!r}: expected {len(by)} value(s), for {', '.join(by)}")
         wanted = dict(zip(by, values))
     for i, variant in enumerate(keys):
-        if all(_same(variant[k], v) for k, v in wanted.items()):
+        if all(same_value(variant[k], v) for k, v in wanted.items()):
             return i
     raise NanolabError(f"baseline {label(wanted)}: no such variant; variants: "
                        + "; ".join(label(k) for k in keys))
 
 
-def _same(value: Any, wanted: Any) -> bool:
+def same_value(value: Any, wanted: Any) -> bool:
     """Equal, or equal as text or as numbers (a baseline typed on the command line is text)."""
     if value == wanted or str(value) == str(wanted):
         return True

@@ -21,7 +21,7 @@ from nanolab.cli import conventions
 from nanolab.cli.interop import add_parsers as add_interop_parsers
 from nanolab.cli.plans import RECEIVED, cmd_ablate, cmd_status, cmd_sweep, launch_run, stop
 from nanolab.launch import BACKENDS
-from nanolab.vocab import BEST_VAL_LOSS, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, VAL_LOSS
+from nanolab.vocab import BEST_VAL_LOSS, EXIT_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, VAL_LOSS
 
 EPILOG = """examples:
   nanolab run experiments/baseline.yaml
@@ -156,7 +156,8 @@ def cmd_compare(args) -> int:
 
     print(compare_command(args.runs or None, group=args.group, by=args.by, metric=args.metric, csv=args.csv,
                           markdown=args.markdown, plot=args.plot, wandb_path=args.wandb,
-                          baseline=args.baseline, correction=args.correction, at=args.at, x=args.x))
+                          baseline=args.baseline, correction=args.correction, at=args.at, x=args.x,
+                          target=args.target))
     return 0
 
 
@@ -170,12 +171,28 @@ def cmd_sync(args) -> int:
 def cmd_report(args) -> int:
     if (args.entity or args.project) and not args.wandb:
         raise NanolabError("--entity and --project place the W&B Report: add --wandb")
+    if args.check:
+        return check_report(args)
+    if not args.plan_file:
+        raise NanolabError("report: give an ablation or sweep FILE, or --check DIR (a published report's folder)")
     from nanolab.analysis.report import wandb_report, write_report
 
-    print(f"wrote {write_report(args.plan_file, args.out)}")
+    print(f"wrote {write_report(args.plan_file, args.out, margin=args.margin)}")
     if args.wandb:
         print(wandb_report(args.plan_file, args.entity, args.project))
     return EXIT_OK
+
+
+def check_report(args) -> int:
+    """`report --check DIR`: each run of DIR's runs.csv against the fresh run of the same id; exit 1 unless all
+    were reproduced."""
+    if args.plan_file:
+        raise NanolabError(f"report --check {args.check} reads the runs.csv there: give no FILE ({args.plan_file})")
+    from nanolab.analysis.published import check_published
+
+    lines, reproduced = check_published(args.check, args.runs, args.tolerance)
+    print("\n".join(lines))
+    return EXIT_OK if reproduced else EXIT_FAILED
 
 
 MAX_SAMPLE_TOKENS = 1_000_000  # streamed as sampled, so the bound is on time (minutes on a CPU), not memory
@@ -365,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", metavar="VALUE", help="the variant the others are compared with, e.g. gelu or "
                    "model.norm=rmsnorm,model.norm_placement=pre (default: the one with the most finished runs)")
     p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from W&B instead of run folders")
+    p.add_argument("--target", type=float, metavar="X", help="also say, per variant, how many seeds met X (at or "
+                   "below it: the metric is minimized), each seed's value with the digits that tell it from X")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("report", help="write the Markdown report of an ablation or a sweep",
@@ -372,8 +391,18 @@ def build_parser() -> argparse.ArgumentParser:
                        "runs in $NANOLAB_RUNS/<name>/): what ran, the comparison and its method (a sweep: the top "
                        "trials and best parameters), val/loss against step and FLOPs, tuned values, environment, "
                        "W&B links. Trains nothing.")
-    p.add_argument("plan_file", metavar="FILE", help="an ablation file (grid:) or a sweep file (space:)")
+    p.add_argument("plan_file", metavar="FILE", nargs="?", help="an ablation file (grid:) or a sweep file (space:)")
     p.add_argument("--out", metavar="DIR", help="the report's folder (default reports/<name>)")
+    p.add_argument("--margin", type=float, metavar="X", help="the findings call a difference equivalent where its "
+                   "whole interval lies inside +-X (default: never)")
+    p.add_argument("--check", metavar="DIR", help="train nothing, write nothing: compare the runs of DIR's runs.csv "
+                   "(a published report's folder) with the runs of the same ids in --runs, each 'bit-identical', "
+                   "'within X', 'differs by X' or 'missing'; exit 1 unless every run is reproduced")
+    p.add_argument("--runs", metavar="ROOT", help="with --check: the runs root holding the fresh runs (default "
+                   "$NANOLAB_RUNS, else ./runs)")
+    p.add_argument("--tolerance", type=float, default=1e-5, metavar="X", help="with --check: the largest "
+                   "difference of a run's final and best val/loss that counts as reproduced (default 1e-5; runs "
+                   "at another thread count differ by about 1e-7)")
     p.add_argument("--wandb", action="store_true", help="also create a W&B Report of the runs (online; offline it "
                    "says what it would create and how to create it later)")
     p.add_argument("--entity", metavar="E", help="the W&B entity of the Report (default: WANDB_ENTITY, the "

@@ -104,7 +104,7 @@ def cmd_ablate(args) -> int:
                        list(outcomes.values()))
     from nanolab.analysis import compare_command
 
-    print(compare_command([RunStore().group(ablation.name)], group=ablation.name, baseline=ablation.baseline))
+    print(compare_command([RunStore().group(ablation.name)], group=ablation.name))  # its plan.json names the baseline
     return EXIT_OK if all(o.status in ENDED for o in outcomes.values()) else EXIT_FAILED
 
 
