@@ -174,7 +174,8 @@ def test_a_run_on_token_ids_exports_its_model_without_a_tokenizer(spec, tmp_path
         assert export(result.run_dir, out) == EXIT_OK
     assert [str(w.message) for w in warned] == ["wrote no tokenizer: the run's tokenizer 'ids' has no text form to "
                                                 "export (char and bpe have); the model reads token ids below 576"]
-    assert {p.name for p in out.iterdir()} == {"config.json", "generation_config.json", "model.safetensors"}
+    assert {p.name for p in out.iterdir()} == {"config.json", "generation_config.json", "model.safetensors", "README.md"}
+    assert "## Special tokens\n\nNone: the run's tokens are ids without text" in (out / "README.md").read_text()
     prompt = "464 206 7"
     expected = nanolab_sample(result.run_dir, prompt, capsys)
     hf = AutoModelForCausalLM.from_pretrained(out)
