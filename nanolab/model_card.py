@@ -11,6 +11,13 @@ from nanolab.config import Config
 from nanolab.runfolder import RunFolder
 
 
+SPECIAL_TOKENS = """BOS, EOS and PAD (and UNK for a character vocabulary) are all the newline token: the model was
+trained on running text without any special token, so none was added. A text starts after a line, `generate` stops
+at the end of a line (pass `eos_token_id=[]` with `max_new_tokens` for more), padding is masked by the attention
+mask, and a character outside the vocabulary reads as a newline."""
+NO_TEXT = "None: the run's tokens are ids without text, and the export has no tokenizer; give it token ids."
+
+
 def best_row(folder: RunFolder, step: int | None) -> dict:
     """The logged evaluation row at `step` (the best one), or {}."""
     return next((row for row in folder.metrics() if row["step"] == step and v.VAL_LOSS in row), {})
@@ -64,10 +71,8 @@ The val split is {'`' + cfg.data.val_path + '`' if cfg.data.val_path else 'the l
 
 ## Special tokens
 
-BOS, EOS and PAD (and UNK for a character vocabulary) are all the newline token: the model was trained on running
-text without any special token, so none was added. A text starts after a line, `generate` stops at the end of a
-line (pass `eos_token_id=[]` with `max_new_tokens` for more), padding is masked by the attention mask, and a
-character outside the vocabulary reads as a newline. `max_length` in generation_config.json is the context.
+{SPECIAL_TOKENS if folder.read_tokenizer()["type"] != "ids" else NO_TEXT} `max_length` in generation_config.json
+is the context.
 
 ## How it was made
 
