@@ -16,6 +16,7 @@ from nanolab.analysis.stats import as_list, compare, did_you_mean, is_finished, 
 from nanolab.analysis.wandb_runs import load_wandb_history, load_wandb_runs
 from nanolab.errors import NanolabError
 from nanolab.registry import closest
+from nanolab.rounds import decisions_table, read_record
 from nanolab.runfolder import runs_root
 from nanolab.spec import parse_yaml
 from nanolab.vocab import AXES, BEST_VAL_LOSS, VAL_LOSS
@@ -57,7 +58,17 @@ def compare_command(paths: PathsLike | None = None, group: str | None = None,
         variants = finished[["run_id", *by]]
         plot_history(history.drop(columns=[c for c in by if c in history]).merge(variants, on="run_id"),
                      by, plot, plot_metric, x=x)
-    return "\n".join([title, format_table(table), *(f"wrote {path}" for path in (csv, markdown, plot) if path)])
+    listed = [] if wandb_path else [paths or runs_root()] if isinstance(paths, (str, os.PathLike, type(None))) else paths
+    return "\n".join([title, format_table(table), *sequential_decisions(listed, group),
+                      *(f"wrote {path}" for path in (csv, markdown, plot) if path)])
+
+
+def sequential_decisions(paths: list, group: str | None) -> list[str]:
+    """The decisions table of each sequential ablation among `paths` (its runs folder, or `group`'s in a runs
+    root): the table above does not adjust for the looks; this one does."""
+    folders = [Path(p) for p in paths] + [Path(p) / group for p in paths if group]
+    return [f"\n{decisions_table(record, f'ablation {folder.name}')}" for folder in dict.fromkeys(folders)
+            if (record := read_record(folder))]
 
 
 def parse_at(text: str) -> tuple[str, float]:
