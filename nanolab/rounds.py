@@ -117,7 +117,7 @@ def decisions_table(record: dict, label: str) -> str:
     return "\n".join([
         f"{label}: sequential over seeds {seeds['min']}..{seeds['max']} (step {seeds['step']}), {decide_['metric']} "
         f"vs baseline {record['baseline']}, FWER {decide_['fwer']:g} (Holm over {m} variants, {decide_['spending']} "
-        f"spending){margin}",
+        f"spending){margin}", "",
         f"| variant | decision | look | diff | {confidence} repeated CI | p (look-adjusted) | p (Holm) |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: |", *rows,
         f"runs: {used} used, {fixed} for the fixed design at {seeds['max']} seeds ({used / fixed:.0%})"
@@ -129,3 +129,22 @@ def decisions_table(record: dict, label: str) -> str:
 def p_text(p: float) -> str:
     """Repeated p-values are resolved between 1e-6 and 0.5 (`repeated_p`)."""
     return "> 0.5" if p >= 0.5 else "< 1e-06" if p <= 1e-6 else f"{p:.3g}"
+
+
+def sequential_section(folder: Path) -> list[str]:
+    """The report's section on a sequential ablation's decisions (none for a fixed one): the table and a
+    sentence per variant, made from the record."""
+    record = read_record(folder)
+    if record is None:
+        return []
+    said = {"better": "is better than", "worse": "is worse than", "equivalent": "is equivalent to",
+            "undecided": "is not distinguished from"}
+    sentences = [f"{vid} {said[e['decision']]} the baseline (diff {e['diff']:+.4f}, repeated CI "
+                 f"[{e['ci'][0]:+.4f}, {e['ci'][1]:+.4f}], Holm p {p_text(e['p_holm'])}) after {e['seeds']} seeds, "
+                 f"at look {e['look']}." for vid, e in latest(record["looks"]).items()]
+    method = ("Method: at each look every undecided variant's paired t statistic (per-seed differences from the "
+              "baseline) is compared with group-sequential boundaries of the exact null law; Holm over the "
+              "variants; equivalence when the repeated CI, simultaneous over looks and variants, lies inside the "
+              "margin. The comparison table above does not adjust for the looks; this one does (docs/sequential.md).")
+    return ["## Sequential decisions\n\n" + decisions_table(record, f"ablation {folder.name}") + "\n\n"
+            + " ".join(sentences) + "\n\n" + method]
