@@ -119,7 +119,7 @@ def decisions_table(record: dict, label: str) -> str:
         f"vs baseline {record['baseline']}, FWER {decide_['fwer']:g} (Holm over {m} variants, {decide_['spending']} "
         f"spending){margin}", "",
         f"| variant | decision | look | diff | {confidence} repeated CI | p (look-adjusted) | p (Holm) |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: |", *rows,
+        "| --- | --- | --- | ---: | ---: | ---: | ---: |", *rows, "",
         f"runs: {used} used, {fixed} for the fixed design at {seeds['max']} seeds ({used / fixed:.0%})"
         + ("" if len(looks) == len(SeedDesign(**seeds).looks) or all(e["decision"] != "undecided"
                                                                       for e in entries.values())

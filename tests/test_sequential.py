@@ -149,6 +149,9 @@ def test_rounds_run_to_the_last_look_record_each_and_a_rerun_decides_nothing_aga
     assert "no round left" in status.stdout and "activation=swiglu-s3  finished" in status.stdout
     compared = cli("compare", str(tmp_path / "runs" / "seq"))
     assert "ablation seq: sequential over seeds 2..3" in compared.stdout
+    report = cli("report", str(seq), "--out", str(tmp_path / "report"))
+    assert report.returncode == 0, report.stderr
+    assert "activation=relu is not distinguished from the baseline (diff " in (tmp_path / "report" / "report.md").read_text()
     seq.write_text(SEQUENTIAL.replace("max: 3", "max: 6"))  # the design is part of the plan
     changed = cli("ablate", str(seq))
     assert changed.returncode == 2 and "sequential.seeds.max: 3 -> 6" in changed.stderr
@@ -179,7 +182,7 @@ def test_kill_9_between_rounds_then_rerun_runs_no_seed_twice_and_keeps_the_recor
     started = {p.name: json.loads((p / "meta.json").read_text())["start_time"] for p in group.glob("*-s[12]")}
     out = cli("ablate", str(seq))
     assert out.returncode == 0, out.stderr
-    assert record(tmp_path)["looks"][0] == first
+    assert record(tmp_path)["looks"][0] == first[0]
     assert {p.name: json.loads((p / "meta.json").read_text())["start_time"] for p in group.glob("*-s[12]")} == started
     assert sorted(p.name for p in group.iterdir() if p.is_dir()) == sorted(
         f"activation={a}-s{s}" for a in ("gelu", "relu", "swiglu") for s in (1, 2, 3))  # nothing set aside
