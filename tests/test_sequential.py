@@ -69,7 +69,7 @@ def test_family_wise_false_positives_stay_at_the_stated_rate_on_gaussian_nulls(m
 def test_family_wise_false_positives_stay_at_the_stated_rate_on_real_runs_relabelled(m, seeds):
     """A permutation null: 16 real seeds of one config (tests/data/seed_null.csv), shuffled into a baseline and m
     fake variants, each cell a seed; no variant differs, so every call is a false positive."""
-    values = np.loadtxt(DATA / "seed_null.csv", delimiter=",", skiprows=1, usecols=1)
+    values = np.loadtxt(DATA / "seed_null.csv", delimiter=",", skiprows=3, usecols=1)
     assert len(values) == 16 and values.std() > 0
     rng = np.random.default_rng(25)
     shuffled = np.stack([rng.permutation(values)[:(m + 1) * seeds] for _ in range(SIMS)]).reshape(SIMS, m + 1, seeds)
