@@ -30,7 +30,7 @@ import numpy as np
 from scipy import optimize, stats
 
 from nanolab.config import ConfigError
-from nanolab.vocab import BEST_VAL_LOSS
+from nanolab.vocab import BEST_VAL_LOSS, SUMMARY_METRICS
 
 SPENDING = {  # cumulative two-sided alpha spent by information fraction t (Lan & DeMets 1983)
     "obf": lambda t, a: 2 * stats.norm.sf(stats.norm.isf(a / 2) / np.sqrt(t)),
@@ -71,6 +71,9 @@ class Decide:
     direction: str = "minimize"
 
     def __post_init__(self):
+        if self.metric not in SUMMARY_METRICS:
+            raise ConfigError("metric", self.metric, f"expected a figure of a run's summary.json: "
+                              f"{', '.join(SUMMARY_METRICS)}")
         if not 0 < self.fwer < 0.5:
             raise ConfigError("fwer", self.fwer, "expected a family-wise error rate in (0, 0.5)")
         if self.margin is not None and not self.margin > 0:

@@ -196,6 +196,7 @@ def test_kill_9_between_rounds_then_rerun_runs_no_seed_twice_and_keeps_the_recor
     ("{fwer: 0.05}", "{spending: linear}", "decide.spending = 'linear': expected one of obf, pocock"),
     ("{fwer: 0.05}", "{margin: -1}", "decide.margin = -1.0: expected a difference > 0"),
     ("{fwer: 0.05}", "{fwer: 0.05, seeds: 3}", "decide.seeds"),
+    ("{fwer: 0.05}", "{metric: val/los}", "decide.metric = 'val/los': expected a figure of a run's summary.json"),
     ("[gelu, relu, swiglu]", "[relu, swiglu]", "decide: a sequential ablation compares each variant with the baseline"),
 ])
 def test_a_bad_sequential_file_is_one_line_naming_the_key(seq, tmp_path, old, new, message):
