@@ -170,7 +170,8 @@ def load_ablation(path, seeds: list[int] | None = None, extra: tuple[str, ...] =
     tuning = {} if raw.tune is None else tuning_sweeps(plan, raw.tune, keys, {c.variant_id: c.variant for c in cells})
     if design and not any(c.variant == baseline for c in cells):
         raise SpecError(f"{plan.path}: decide: a sequential ablation compares each variant with the baseline, the "
-                        f"experiment's own values ({label(baseline)}); add them to the {'grid' if raw.grid else 'variants'}")
+                        f"experiment's own values ({label(baseline)}); add them to the "
+                        f"{'grid' if raw.grid else 'variants'}")
     return dataclasses.replace(ablation, baseline=baseline if any(c.variant == baseline for c in cells) else None,
                                tuning=tuning)
 

@@ -111,7 +111,8 @@ def decisions_table(record: dict, label: str) -> str:
     m = len(entries)
     confidence = f"{1 - decide_['fwer']:.0%}"
     rows = [f"| {vid} | {e['decision']} | {e['look']} ({e['seeds']} seeds) | {e['diff']:+.4f} | "
-            f"[{e['ci'][0]:+.4f}, {e['ci'][1]:+.4f}] | {p_text(e['p'])} | {p_text(e['p_holm'])} |" for vid, e in entries.items()]
+            f"[{e['ci'][0]:+.4f}, {e['ci'][1]:+.4f}] | {p_text(e['p'])} | {p_text(e['p_holm'])} |"
+            for vid, e in entries.items()]
     used, fixed = sum(look["runs"] for look in looks), (m + 1) * seeds["max"]
     margin = f", margin +-{decide_['margin']:g}" if decide_.get("margin") else ""
     return "\n".join([

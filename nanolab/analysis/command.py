@@ -58,7 +58,8 @@ def compare_command(paths: PathsLike | None = None, group: str | None = None,
         variants = finished[["run_id", *by]]
         plot_history(history.drop(columns=[c for c in by if c in history]).merge(variants, on="run_id"),
                      by, plot, plot_metric, x=x)
-    listed = [] if wandb_path else [paths or runs_root()] if isinstance(paths, (str, os.PathLike, type(None))) else paths
+    single = paths is None or isinstance(paths, (str, os.PathLike))
+    listed = [] if wandb_path else [paths or runs_root()] if single else list(paths)
     return "\n".join([title, format_table(table), *sequential_decisions(listed, group),
                       *(f"wrote {path}" for path in (csv, markdown, plot) if path)])
 
