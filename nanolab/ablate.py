@@ -7,7 +7,8 @@
     grid: {model.activation: [relu, gelu, relu2, swiglu]}   # the product of all keys
     # or, instead of grid, named variants (leave-one-out: each undoes one change; {} is the experiment itself):
     # variants: {record: {}, learned: {model.position: learned}, adamw: {train.optimizer: adamw}}
-    seeds: [1, 2, 3]
+    seeds: [1, 2, 3]                     # or {min: 2, max: 10, step: 1} with a decide: block: sequential seeds,
+                                         # run in rounds until each variant is decided (nanolab.rounds)
     tune: {space: {train.lr: {float: [3e-4, 1e-2], log: true}}, trials: 6}   # optional: see nanolab.tuning
     launcher: {partition: gpu, gpus: 1, time: 60}                    # optional: for --launcher slurm
 
