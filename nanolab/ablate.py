@@ -7,7 +7,8 @@
     grid: {model.activation: [relu, gelu, relu2, swiglu]}   # the product of all keys
     # or, instead of grid, named variants (leave-one-out: each undoes one change; {} is the experiment itself):
     # variants: {record: {}, learned: {model.position: learned}, adamw: {train.optimizer: adamw}}
-    seeds: [1, 2, 3]
+    seeds: [1, 2, 3]                     # or {min: 2, max: 10, step: 1} with a decide: block: sequential seeds,
+                                         # run in rounds until each variant is decided (nanolab.rounds)
     tune: {space: {train.lr: {float: [3e-4, 1e-2], log: true}}, trials: 6}   # optional: see nanolab.tuning
     launcher: {partition: gpu, gpus: 1, time: 60}                    # optional: for --launcher slurm
 
@@ -30,11 +31,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from nanolab.config import NAME_PATTERN, NAME_RULE, Config, ConfigError, check_key, flatten
+from nanolab.config import NAME_PATTERN, NAME_RULE, Config, ConfigError, check_key, flatten, from_dict
 from nanolab.errors import SpecError
 from nanolab.launch import Board, Launched, Launcher, LaunchOptions, Outcome, SlurmOptions, Task, open_launcher
 from nanolab.plan import Plan, ended, fingerprint, load_plan, run_outcome, start_or_resume
+from nanolab import rounds
 from nanolab.runfolder import RunFolder, RunStore, variant_ids
+from nanolab.sequential import Decide, Design, SeedDesign
 from nanolab.spec import format_override, parse_changes
 from nanolab.tuning import tune, tuning_sweeps
 from nanolab.vocab import BEST_VAL_LOSS, RunStatus
@@ -47,7 +50,8 @@ class AblationFile:
     variants: dict = field(default_factory=dict)  # name -> {dotted key: value}: the runs, when not a grid's product
     name: str | None = None
     overrides: Any = None  # a list of KEY=VALUE or a mapping; normalised by `load_plan`
-    seeds: list = field(default_factory=lambda: [1337])
+    seeds: Any = field(default_factory=lambda: [1337])  # a list, or {min, max, step}: a `nanolab.sequential` design
+    decide: Any = None  # with sequential seeds: a `nanolab.sequential.Decide`
     tune: Any = None  # a `nanolab.tuning.TuneBlock`, read by `tuning_sweeps`
     launcher: SlurmOptions = field(default_factory=SlurmOptions)
 
@@ -64,8 +68,14 @@ class AblationFile:
                                   "experiment itself)")
             if not NAME_PATTERN.match(str(name)):
                 raise ConfigError("variants", name, f"a variant's name {NAME_RULE} (it names its runs)")
-        if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
-            raise ConfigError("seeds", self.seeds, "expected a non-empty list of integers")
+        if isinstance(self.seeds, dict) != (self.decide is not None):
+            raise ConfigError("decide" if self.decide is not None else "seeds", self.decide or self.seeds,
+                              "a sequential ablation has both seeds: {min, max, step} and a decide: block; "
+                              "a fixed one a list of seeds and no decide:")
+        if not isinstance(self.seeds, dict) and not (isinstance(self.seeds, list) and self.seeds and all(
+                isinstance(s, int) and not isinstance(s, bool) for s in self.seeds)):
+            raise ConfigError("seeds", self.seeds, "expected a non-empty list of integers, or {min, max, step} "
+                              "with a decide: block (seeds until the answer is clear)")
 
 
 MAX_TAG = 64  # W&B's limit: a longer label piece (a path) is tagged with the variant's id
@@ -97,6 +107,7 @@ class Ablation:
     baseline: dict | None  # the experiment's own values of the grid keys, when the grid holds them
     tuning: dict = field(default_factory=dict)  # variant id -> the Sweep that tunes it (with a `tune:` block)
     slurm: SlurmOptions = SlurmOptions()
+    design: Design | None = None  # sequential seeds: cells hold seeds 1..max, rounds run them (nanolab.rounds)
 
     @property
     def name(self) -> str:
@@ -119,7 +130,8 @@ class Ablation:
         """What makes two calls the same ablation: the experiment, every variant, each variant's tuning study.
         Seeds are not in it: running more seeds of the same cells extends the plan."""
         return {"experiment": self.plan.trained(), "variants": {c.variant_id: c.variant for c in self.cells},
-                **({"tune": {v: sweep.resolved() for v, sweep in self.tuning.items()}} if self.tuning else {})}
+                **({"tune": {v: sweep.resolved() for v, sweep in self.tuning.items()}} if self.tuning else {}),
+                **({"sequential": dataclasses.asdict(self.design)} if self.design else {})}
 
     @property
     def fingerprint(self) -> str:
@@ -150,8 +162,10 @@ def load_ablation(path, seeds: list[int] | None = None, extra: tuple[str, ...] =
     variants = [(text, parse_changes(written, plan.path, "grid")) for text, written in named or products]
     keyed = [(json.dumps(variant, sort_keys=True, default=str), text, variant) for text, variant in variants]
     ids = variant_ids({key: text.replace(",", "_") for key, text, _ in keyed})
-    cells = [Cell(ids[key], text, variant, seed) for key, text, variant in keyed for seed in seeds or raw.seeds]
-    ablation = Ablation(plan, tuple(cells), None, slurm=raw.launcher)
+    design = sequential_design(plan, raw, seeds)
+    seeds = list(range(1, design.seeds.max + 1)) if design else seeds or raw.seeds
+    cells = [Cell(ids[key], text, variant, seed) for key, text, variant in keyed for seed in seeds]
+    ablation = Ablation(plan, tuple(cells), None, slurm=raw.launcher, design=design)
     for cell in cells:  # every cell is checked before the first run starts
         try:
             ablation.config(cell)
@@ -159,8 +173,23 @@ def load_ablation(path, seeds: list[int] | None = None, extra: tuple[str, ...] =
             raise SpecError(f"{plan.path}: run {cell.run_id}: {str(exc).removeprefix(f'{plan.path}: ')}") from None
     baseline = {key: base[key] for key in keys}
     tuning = {} if raw.tune is None else tuning_sweeps(plan, raw.tune, keys, {c.variant_id: c.variant for c in cells})
+    if design and not any(c.variant == baseline for c in cells):
+        raise SpecError(f"{plan.path}: decide: a sequential ablation compares each variant with the baseline, the "
+                        f"experiment's own values ({label(baseline)}); add them to the "
+                        f"{'grid' if raw.grid else 'variants'}")
     return dataclasses.replace(ablation, baseline=baseline if any(c.variant == baseline for c in cells) else None,
                                tuning=tuning)
+
+
+def sequential_design(plan: Plan, raw: AblationFile, seeds: list[int] | None) -> Design | None:
+    """The file's `seeds: {min, max, step}` and `decide:` block, checked; None for a fixed list of seeds."""
+    if not isinstance(raw.seeds, dict):
+        return None
+    if seeds:
+        raise SpecError(f"--seeds {' '.join(map(str, seeds))}: {plan.path} chooses its seeds as it goes (seeds: "
+                        "{min, max, step}); change seeds.max to allow more")
+    source = str(plan.path)
+    return Design(from_dict(SeedDesign, raw.seeds, source, "seeds."), from_dict(Decide, raw.decide, source, "decide."))
 
 
 def run_cell(ablation: Ablation, cell: Cell, tuned: dict, *, progress: bool) -> Outcome:
@@ -172,12 +201,40 @@ def run_cell(ablation: Ablation, cell: Cell, tuned: dict, *, progress: bool) -> 
 
 
 def run_ablation(ablation: Ablation, launcher: Launcher) -> tuple[Launched, dict[str, Outcome]]:
-    """Run every cell not yet done (after its variant's study, when the ablation tunes); returns how the launch
-    ended and run id -> outcome of the cells that ended in this call."""
+    """Run every cell not yet done (after its variant's study, when the ablation tunes), or a sequential
+    ablation's rounds; returns how the launch ended and run id -> outcome of the cells that ended in this call."""
     ablation.plan.record(ablation.resolved(), ablation.facts())
-    todo = [c for c in ablation.cells if not ended(ablation.folder(c))]
-    print(f"ablation {ablation.name}: {len(ablation.cells)} runs, {len(ablation.cells) - len(todo)} already done, "
-          f"{len(todo)} to run", flush=True)
+    if ablation.design:
+        return run_rounds(ablation, launcher)
+    return run_cells(ablation, list(ablation.cells), launcher, f"ablation {ablation.name}")
+
+
+def run_rounds(ablation: Ablation, launcher: Launcher) -> tuple[Launched, dict[str, Outcome]]:
+    """Round after round until every variant is decided or seeds.max is reached (nanolab.rounds)."""
+    looks, results = rounds.read_looks(ablation), {}
+    for look in looks:
+        print(f"ablation {ablation.name}: {rounds.look_line(look)} (recorded)", flush=True)
+    while (proposal := rounds.next_round(ablation, looks)) is not None:
+        n, cells = proposal
+        launched, ran = run_cells(ablation, cells, launcher, f"ablation {ablation.name}, round at {n} seeds")
+        results.update(ran)
+        if launched is not Launched.DONE:
+            return launched, results
+        values = {c.run_id: ablation.folder(c).read_summary().get(ablation.design.decide.metric) for c in cells}
+        if missing := [run_id for run_id, value in values.items() if value is None]:
+            print(f"nanolab: ablation {ablation.name}: no {ablation.design.decide.metric} from {', '.join(missing)}; "
+                  f"the look at {n} seeds waits for them (rerun the command once they finish)", flush=True)
+            results.update({run_id: results.get(run_id, Outcome(RunStatus.FAILED, "no metric")) for run_id in missing})
+            return Launched.DONE, results
+        looks = rounds.decide(ablation, looks, n, values)
+        print(f"ablation {ablation.name}: {rounds.look_line(looks[-1])}", flush=True)
+    return Launched.DONE, results
+
+
+def run_cells(ablation: Ablation, cells: list[Cell], launcher: Launcher,
+              what: str) -> tuple[Launched, dict[str, Outcome]]:
+    todo = [c for c in cells if not ended(ablation.folder(c))]
+    print(f"{what}: {len(cells)} runs, {len(cells) - len(todo)} already done, {len(todo)} to run", flush=True)
     results: dict[str, Outcome] = {}
     tuned: dict[str, dict] = {}
     if ablation.tuning and todo:

@@ -18,6 +18,7 @@ from nanolab.analysis.wandb_runs import load_wandb_history, load_wandb_runs
 from nanolab.errors import NanolabError
 from nanolab.files import read_json
 from nanolab.plan import read_record
+from nanolab import rounds
 from nanolab.registry import closest
 from nanolab.runfolder import runs_root
 from nanolab.spec import parse_yaml
@@ -71,7 +72,10 @@ def compare_command(paths: PathsLike | None = None, group: str | None = None,
         plot_history(history.drop(columns=[c for c in by if c in history]).merge(variants, on="run_id"),
                      by, plot, plot_metric, x=x)
     met = target_lines(finished, by, table.attrs["metric"], target, direction) if target is not None else []
-    return "\n".join([title, format_table(table), *met, *(f"wrote {path}" for path in (csv, markdown, plot) if path)])
+    single = paths is None or isinstance(paths, (str, os.PathLike))
+    listed = [] if wandb_path else [paths or runs_root()] if single else list(paths)
+    return "\n".join([title, format_table(table), *met, *sequential_decisions(listed, group),
+                      *(f"wrote {path}" for path in (csv, markdown, plot) if path)])
 
 
 def target_lines(finished: pd.DataFrame, by: list[str], metric: str, target: float, direction: str) -> list[str]:
@@ -137,6 +141,14 @@ def missing_note(record: dict, runs: pd.DataFrame, by: list[str]) -> str:
     total = len(record["resolved"]["variants"]) * len(seeds)
     return (f"\nnot finished ({len(gaps)} of {total} variant x seed, over the seeds started so far): "
             + "; ".join(gaps)) if gaps else ""
+
+
+def sequential_decisions(paths: list, group: str | None) -> list[str]:
+    """The decisions table of each sequential ablation among `paths` (its runs folder, or `group`'s in a runs
+    root): the table above does not adjust for the looks; this one does."""
+    folders = [Path(p) for p in paths] + [Path(p) / group for p in paths if group]
+    return [f"\n{rounds.decisions_table(record, f'ablation {folder.name}')}" for folder in dict.fromkeys(folders)
+            if (record := rounds.read_record(folder))]
 
 
 def parse_at(text: str) -> tuple[str, float]:

@@ -28,6 +28,7 @@ from nanolab.config import Config, from_dict
 from nanolab.errors import NanolabError
 from nanolab.files import read_json, write_text
 from nanolab.plan import VERBS, read_record
+from nanolab.rounds import sequential_section
 from nanolab.runfolder import RunFolder, RunStore
 from nanolab.vocab import STEPS, TOKENS_SEEN, VAL_LOSS
 
@@ -50,8 +51,8 @@ def write_report(plan_file: str | os.PathLike, out: str | os.PathLike | None = N
     metas = [RunFolder(path).read_meta() for path in frame["path"]]
     if plan["kind"] == "ablation":
         by = list(plan["varied"])
-        results = [_comparison(plan, frame, metas, out, margin), _curves(finished, by, "variant", out),
-                   _tuned(frame, by)]
+        results = [_comparison(plan, frame, metas, out, margin), *sequential_section(folder),
+                   _curves(finished, by, "variant", out), _tuned(frame, by)]
     else:
         results = [_trials(plan, store.plan_folder("sweep", plan["name"])), _curves(finished, ["run_id"], "trial", out)]
     sections = [f"# {plan['kind'].capitalize()} {plan['name']}", _what_ran(plan, frame, folder), *results,

@@ -120,9 +120,23 @@ def cmd_status(args) -> int:
     from nanolab.ablate import describe, load_ablation
 
     ablation = load_ablation(args.plan_file, args.seeds, tuple(args.set))
-    print(launch.state(ablation.plan.folder, [c.run_id for c in ablation.cells],
-                       lambda run_id: describe(ablation, run_id)))
+    cells = [c for c in ablation.cells if not ablation.design or ablation.folder(c).path.exists()]
+    print(launch.state(ablation.plan.folder, [c.run_id for c in cells], lambda run_id: describe(ablation, run_id)))
+    if ablation.design:
+        print(sequential_status(ablation))
     return EXIT_OK
+
+
+def sequential_status(ablation) -> str:
+    """The looks taken so far and the round that runs next."""
+    from nanolab import rounds
+
+    record, looks = rounds.read_record(ablation.plan.folder), rounds.read_looks(ablation)
+    table = rounds.decisions_table(record, f"ablation {ablation.name}") if record else "no look taken yet"
+    proposal = rounds.next_round(ablation, looks)
+    upcoming = (f"next round: {proposal[0]} seeds of {', '.join(rounds.undecided(ablation, looks))} and the baseline"
+                if proposal else "no round left: every variant decided or seeds.max reached")
+    return "\n".join([*(rounds.look_line(look) for look in looks), table, upcoming])
 
 
 def submitted(plan_file: str) -> int:
