@@ -94,6 +94,9 @@ class DataConfig:
                    "must be >= 256 for bpe, whose base vocabulary is the 256 byte values (or null for its default)")
 
 
+PARAMETRIZATIONS = ("standard", "mup")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     n_layer: int = 4
@@ -114,6 +117,8 @@ class ModelConfig:
     checkpoint_activations: bool = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
     logit_softcap: float | None = None  # logits = c * tanh(logits / c) (Gemma 2; modded-nanogpt); None: uncapped
     value_embeds: int = 0  # the first N layers add a token embedding table's output to their values V (modded-nanogpt)
+    parametrization: str = "standard"  # standard, or mup: the maximal-update parametrization (nanolab.model)
+    mup_base_width: int | None = None  # mup: the n_embd the hyperparameters were tuned at; null under standard
     block_size: int = field(default=64, metadata={"derived": "data.block_size"})
 
     def __post_init__(self):
@@ -130,6 +135,18 @@ class ModelConfig:
                "must be > 0 (or null for uncapped logits)")
         _check(0 <= self.value_embeds <= self.n_layer, "value_embeds", self.value_embeds,
                f"must be in [0, n_layer={self.n_layer}]: the number of layers, from the first, that get a table")
+        _check(self.parametrization in PARAMETRIZATIONS, "parametrization", self.parametrization,
+               f"one of: {', '.join(PARAMETRIZATIONS)}")
+        mup = self.parametrization == "mup"
+        _check((self.mup_base_width is not None) == mup, "mup_base_width", self.mup_base_width,
+               "the n_embd the hyperparameters were tuned at, with parametrization mup (and null under standard)")
+        _check(self.mup_base_width is None or self.mup_base_width > 0, "mup_base_width", self.mup_base_width,
+               "must be > 0")
+
+    @property
+    def width_mult(self) -> float:
+        """μP's width multiplier m = n_embd / mup_base_width; 1 under the standard parametrization."""
+        return self.n_embd / self.mup_base_width if self.mup_base_width else 1.0
 
     @property
     def head_dim(self) -> int:
