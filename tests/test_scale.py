@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 
 import pytest
+from slurm_cluster import slurm  # noqa: F401 - the session fixture
 from test_ablate import EXPERIMENT
 from test_sweep_faults import wait_for
 
@@ -107,3 +109,17 @@ def test_sigkill_then_rerun_does_not_redo_finished_points(tmp_path):
     assert steps[:len(stopped)] == stopped and steps == sorted(set(steps)) and steps[-1] == meta(second)["steps"]
     assert {meta(c.run_id)["status"] for c in load_ablation(path).cells} == {"finished"}
     assert not [p.name for p in (tmp_path / "runs/ladder").iterdir() if ".attempt" in p.name]
+
+
+def test_a_ladder_runs_as_slurm_jobs_one_per_point(slurm, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.chdir(tmp_path)  # submitit's folders are relative
+    path = ladder_file(tmp_path, LADDER)
+    flags = ["--launcher", "slurm", "--partition", slurm.partition, "--cpus", "1", "--wait"]
+    done = subprocess.run([sys.executable, "-m", "nanolab", "ablate", str(path), *flags], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    cells = [c.run_id for c in load_ablation(path).cells]
+    assert sorted(re.findall(r"^(\S+): job \d+", done.stdout, flags=re.M)) == sorted(cells)
+    assert {meta(run_id)["status"] for run_id in cells} == {"finished"}
+    status = subprocess.run([sys.executable, "-m", "nanolab", "status", str(path)], capture_output=True, text=True)
+    assert all(re.search(rf"^{re.escape(r)} +\d+ +\S+ +finished", status.stdout, re.M) for r in cells), status.stdout

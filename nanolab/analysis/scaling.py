@@ -2,7 +2,7 @@
 
     fit = fit_loss(N, D, L)                   # Approach 3: all five parameters
     fit.predict(N, D); fit.optimal(C)         # the loss of a run; compute-optimal N*, D*, L* at C = 6 N D
-    band = bootstrap(N, D, L, fit_loss)       # refits over runs resampled with replacement -> percentile intervals
+    band = bootstrap(N, D, L)                 # refits over runs resampled with replacement -> percentile intervals
     isoflop = fit_isoflops(N, D, L, C)        # Approach 2: a parabola in log N per budget, then N* ∝ C^a
     trend = advantage(fits_a, fits_b, C)      # does B's lead over A grow, shrink or reverse with compute?
 
@@ -42,12 +42,14 @@ class LossFit:
         return self.E + self.A * np.power(N, -self.alpha) + self.B * np.power(D, -self.beta)
 
     def optimal(self, C):
-        """(N*, D*, L*) at compute C = 6 N D: the minimum over N of L(N, C / 6N) (Chinchilla, eq. 4)."""
+        """(N*, D*, L*) at compute C = 6 N D: the minimum over N of L(N, C / 6N) (Chinchilla, eq. 4). A fit with
+        A or B at 0 has no trade-off: N* is 0 or inf and L* nan (a bootstrap resampling of few runs can give one)."""
         C = np.asarray(C, dtype=float)
-        G = (self.alpha * self.A / (self.beta * self.B)) ** (1 / (self.alpha + self.beta))
-        N = G * (C / FLOPS_PER_PARAM_TOKEN) ** (self.beta / (self.alpha + self.beta))
-        D = C / (FLOPS_PER_PARAM_TOKEN * N)
-        return N, D, self.predict(N, D)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            G = (self.alpha * self.A / (self.beta * self.B)) ** (1 / (self.alpha + self.beta))
+            N = G * (C / FLOPS_PER_PARAM_TOKEN) ** (self.beta / (self.alpha + self.beta))
+            D = C / (FLOPS_PER_PARAM_TOKEN * N)
+            return N, D, self.predict(N, D)
 
 
 def _linear_part(alpha: float, beta: float, logN, logD, L) -> tuple[np.ndarray, float]:
@@ -59,14 +61,15 @@ def _linear_part(alpha: float, beta: float, logN, logD, L) -> tuple[np.ndarray, 
     return coef / scale, residual**2
 
 
-def fit_loss(N, D, L) -> LossFit:
-    """Approach 3 by variable projection: the exponents by a grid then Nelder-Mead, the rest by NNLS."""
+def fit_loss(N, D, L, start: tuple[float, float] | None = None) -> LossFit:
+    """Approach 3 by variable projection: the exponents by Nelder-Mead from `start` (default: the best point of a
+    grid), the rest by NNLS."""
     logN, logD, L = np.log(np.asarray(N, float)), np.log(np.asarray(D, float)), np.asarray(L, float)
 
     def rss(ab):
         return _linear_part(*ab, logN, logD, L)[1] if min(ab) > 0 else np.inf
 
-    start = min(((a, b) for a in EXPONENTS for b in EXPONENTS), key=rss)
+    start = start or min(((a, b) for a in EXPONENTS for b in EXPONENTS), key=rss)
     best = minimize(rss, start, method="Nelder-Mead", options={"xatol": 1e-10, "fatol": 1e-16, "maxiter": 4000})
     (E, A, B), value = _linear_part(*best.x, logN, logD, L)
     return LossFit(E, A, B, float(best.x[0]), float(best.x[1]), value)
@@ -111,18 +114,20 @@ class Bootstrap:
     refits: tuple[LossFit, ...]
 
     def interval(self, value: Callable[[LossFit], float], level: float = 0.95) -> tuple[float, float, float]:
-        """(estimate, low, high) of a quantity of a fit: its value at the full fit and the percentile interval."""
+        """(estimate, low, high) of a quantity of a fit: its value at the full fit and the percentile interval
+        over the refits where it is defined (nan where a refit has no frontier, see `LossFit.optimal`)."""
         values = np.array([value(f) for f in self.refits])
         tail = 100 * (1 - level) / 2
-        return float(value(self.fit)), float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+        return float(value(self.fit)), float(np.nanpercentile(values, tail)), float(np.nanpercentile(values, 100 - tail))
 
 
 def bootstrap(N, D, L, samples: int = 200, seed: int = 0) -> Bootstrap:
-    """Approach 3 on all runs, then on `samples` resamplings of them (runs, not points of a curve, are the unit)."""
+    """Approach 3 on all runs, then on `samples` resamplings of them (runs, not points of a curve, are the unit),
+    each refit started from the full fit's exponents."""
     N, D, L = (np.asarray(x, float) for x in (N, D, L))
-    rng = np.random.default_rng(seed)
+    rng, fit = np.random.default_rng(seed), fit_loss(N, D, L)
     draws = (rng.integers(0, len(L), len(L)) for _ in range(samples))
-    return Bootstrap(fit_loss(N, D, L), tuple(fit_loss(N[i], D[i], L[i]) for i in draws))
+    return Bootstrap(fit, tuple(fit_loss(N[i], D[i], L[i], (fit.alpha, fit.beta)) for i in draws))
 
 
 @dataclass(frozen=True)
@@ -170,7 +175,7 @@ def advantage(a: Bootstrap, b: Bootstrap, c_min: float, c_max: float, level: flo
     tails = [100 * (1 - level) / 2, 100 - 100 * (1 - level) / 2]
 
     def interval(value: Callable[[LossFit, LossFit], float]) -> tuple[float, float, float]:
-        low, high = np.percentile([value(x, y) for x, y in pairs], tails)
+        low, high = np.nanpercentile([value(x, y) for x, y in pairs], tails)
         return float(value(a.fit, b.fit)), float(low), float(high)
 
     return Advantage((c_min, c_max), (interval(lambda x, y: lead(x, y, c_min)), interval(lambda x, y: lead(x, y, c_max))),
