@@ -56,7 +56,8 @@ def _linear_part(alpha: float, beta: float, logN, logD, L) -> tuple[np.ndarray, 
     """(E, A, B) >= 0 minimising the squares at fixed exponents, and that minimum; columns scaled to unit norm
     first (N^-α spans orders of magnitude that NNLS would otherwise weigh by size)."""
     X = np.column_stack([np.ones_like(L), np.exp(-alpha * logN), np.exp(-beta * logD)])
-    scale = np.linalg.norm(X, axis=0)
+    norms = np.linalg.norm(X, axis=0)
+    scale = np.where(norms > 0, norms, 1.0)  # a huge exponent underflows its column to 0
     coef, residual = nnls(X / scale, L)
     return coef / scale, residual**2
 

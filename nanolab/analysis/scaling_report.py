@@ -27,6 +27,7 @@ from nanolab.vocab import BEST_VAL_LOSS, TOKENS_SEEN, VAL_LOSS_WHOLE, final
 LOSS = final(VAL_LOSS_WHOLE)
 LR_WIDTH = ("model.n_embd", "train.lr")
 SAMPLES = 200  # bootstrap resamplings
+MIN_RUNS = 6  # a variant's fitted runs: more than L(N, D)'s 5 parameters
 
 
 def scaling_sections(plan: dict, finished: pd.DataFrame, out: Path) -> list[str]:
@@ -54,7 +55,10 @@ def ladder_section(pts: pd.DataFrame, out: Path) -> str:
     if len(budgets) < 3:
         return "## Scaling\n\nFewer than 3 budgets have finished runs: nothing to fit and hold out yet."
     fitted, held = pts[pts.budget < budgets[-1]], pts[pts.budget == budgets[-1]]
-    fits = {v: bootstrap(g.N, g.D, g.loss, SAMPLES) for v, g in fitted.groupby("variant", sort=False)}
+    groups = dict(list(fitted.groupby("variant", sort=False)))
+    fits = {v: bootstrap(g.N, g.D, g.loss, SAMPLES) for v, g in groups.items() if len(g) >= MIN_RUNS}
+    unfitted = [f"{v} ({len(g)} runs)" for v, g in groups.items() if len(g) < MIN_RUNS]
+    held = held[held.variant.isin(fits)]
     c_range = (fitted.C.min(), fitted.C.max())
     plot_isoflops(pts, fits, out / "isoflop.png")
     plot_frontier(pts, fits, (c_range[0], held.C.max()), out / "frontier.png")
@@ -64,8 +68,10 @@ def ladder_section(pts: pd.DataFrame, out: Path) -> str:
         f"(train.max_flops); loss: the {pts.measured.iloc[0]}; N = FLOPs per token / 6, D = tokens trained (largest "
         f"{pts.D.max():,.0f}). Fitted: L(N, D) = E + A/N^α + B/D^β (Approach 3, variable projection) on the "
         f"budgets {', '.join(f'{b:.3g}' for b in budgets[:-1])}; intervals: 95% percentile bootstrap over runs "
-        f"({SAMPLES} resamplings). The budget {budgets[-1]:.3g} is held out.",
-        fits_table(fitted, fits), heldout_table(held, fits), advantages(fits, *c_range),
+        f"({SAMPLES} resamplings). The budget {budgets[-1]:.3g} is held out."
+        + (f" Too few finished runs to fit 5 parameters (fewer than {MIN_RUNS}): {', '.join(unfitted)}." if unfitted
+           else ""),
+        fits_table(fitted, fits), heldout_table(held, fits), *filter(None, [advantages(fits, *c_range)]),
         "![IsoFLOP curves](isoflop.png)\n\n![Frontier](frontier.png)"])
 
 
@@ -103,10 +109,16 @@ def heldout_table(held: pd.DataFrame, fits: dict[str, Bootstrap]) -> str:
         best, C = g.loss.min(), g.C.median()
         estimate, low, high = band.interval(lambda f: float(f.optimal(C)[2]))
         lines.append(f"- {variant}: best measured {best:.4f} at C = {C:.3g}; the fitted frontier predicts "
-                     f"{estimate:.4f} [{low:.4f}, {high:.4f}] ({'inside' if low <= best <= high else 'outside'} the "
-                     "interval; the ladder's sizes are discrete, so the best run can only meet the frontier or lie "
-                     "above it)")
+                     f"{estimate:.4f} [{low:.4f}, {high:.4f}]: the measured loss is {_where(best, low, high)}")
     return "### Held-out budget\n\n" + "\n".join(rows) + "\n\n" + "\n".join(lines)
+
+
+def _where(measured: float, low: float, high: float) -> str:
+    if measured < low:
+        return "below the interval (the fit is pessimistic at this budget)"
+    if measured > high:
+        return "above the interval (the ladder's discrete sizes may miss the optimal one)"
+    return "inside the interval"
 
 
 def advantages(fits: dict[str, Bootstrap], c_min: float, c_max: float) -> str:
