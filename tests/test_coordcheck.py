@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
-import torch
+from test_model import one_thread  # noqa: F401 - autouse: one intra-op thread for tiny models
 
 from nanolab.cli import main
 
@@ -17,13 +16,6 @@ train: {batch_size: 8, lr: 1.0e-2}
 """
 WIDTHS = ["32", "64", "128", "256"]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def slopes(tmp_path, *sets: str) -> pd.Series:

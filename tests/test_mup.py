@@ -14,16 +14,10 @@ from nanolab.components.optim import build_optimizer, split_params
 from nanolab.errors import SpecError
 from nanolab.model import build_model
 from nanolab.spec import load_spec
+from test_model import one_thread  # noqa: F401 - autouse: one intra-op thread for tiny models
 
 VOCAB = 13
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 TINY = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=8, attention="naive")
 
 

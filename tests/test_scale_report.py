@@ -38,13 +38,17 @@ def summaries(name: str) -> dict[str, dict]:
     return {f.name: json.loads((f / "summary.json").read_text()) for f in folders}
 
 
-def test_the_report_of_a_ladder_predicts_its_held_out_budget(tmp_path):
-    path = tmp_path / "ladder.yaml"
-    path.write_text(LADDER)
+def reported(tmp_path, name: str, plan: str):
+    """Run the plan, then `nanolab report` it: the report's text and its folder."""
+    path, out = tmp_path / f"{name}.yaml", tmp_path / "report"
+    path.write_text(plan)
     assert main(["ablate", str(path)]) == 0
-    out = tmp_path / "report"
     assert main(["report", str(path), "--out", str(out)]) == 0
-    report = (out / "report.md").read_text()
+    return (out / "report.md").read_text(), out
+
+
+def test_the_report_of_a_ladder_predicts_its_held_out_budget(tmp_path):
+    report, out = reported(tmp_path, "ladder", LADDER)
     assert "The budget 4e+07 is held out." in report and "on the budgets 1e+07, 2e+07;" in report
     runs = summaries("ladder")
     for width in (8, 16, 24):
@@ -59,12 +63,7 @@ def test_the_report_of_a_ladder_predicts_its_held_out_budget(tmp_path):
 
 
 def test_the_report_of_an_lr_width_grid_names_the_best_lr_per_width(tmp_path):
-    path = tmp_path / "lrw.yaml"
-    path.write_text(LR_WIDTH)
-    assert main(["ablate", str(path)]) == 0
-    out = tmp_path / "report"
-    assert main(["report", str(path), "--out", str(out)]) == 0
-    report = (out / "report.md").read_text()
+    report, out = reported(tmp_path, "lrw", LR_WIDTH)
     runs = summaries("lrw")
     for width in (16, 32):
         losses = {lr: runs[f"n_embd={width}_lr={lr}-s1"]["best/val_loss"] for lr in (0.001, 0.01, 0.1)}
