@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backend_bases import FigureCanvasBase
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from nanolab.analysis.scaling import Bootstrap, advantage, bootstrap, fit_isoflops
 from nanolab.files import atomic_path
@@ -145,6 +146,8 @@ def _figure(panels: int) -> tuple[Figure, list]:
 
 
 def _save(fig: Figure, path: Path) -> None:
+    for ax in fig.axes:  # a log axis spanning under a decade labels its minor ticks, on top of each other
+        ax.xaxis.set_minor_formatter(NullFormatter())
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
