@@ -13,8 +13,9 @@ Only exact mappings are exported: the HF model computes nanolab's logits up to f
 | activation swiglu, geglu ([gate, up] fused)  | hidden_act silu, gelu; gate_proj, up_proj                          |
 | model.bias, tie_weights, block_size, heads   | biases, tie_word_embeddings, n_positions / max_position_embeddings |
 
-Refused, each with no exact equivalent: post-norm, qk_norm, logit_softcap, value_embeds, μP away from its base width, ALiBi, any other pairing
-of position, norm and activation, and components of other packages. Dropout and init-only keys change no logits.
+Refused, each with no exact equivalent: post-norm, qk_norm, logit_softcap, value_embeds, μP away from its base width,
+ALiBi, any other pairing of position, norm and activation, and components of other packages. Dropout and init-only
+keys change no logits.
 """
 
 from __future__ import annotations

@@ -119,7 +119,8 @@ class Bootstrap:
         over the refits where it is defined (nan where a refit has no frontier, see `LossFit.optimal`)."""
         values = np.array([value(f) for f in self.refits])
         tail = 100 * (1 - level) / 2
-        return float(value(self.fit)), float(np.nanpercentile(values, tail)), float(np.nanpercentile(values, 100 - tail))
+        low, high = np.nanpercentile(values, [tail, 100 - tail])
+        return float(value(self.fit)), float(low), float(high)
 
 
 def bootstrap(N, D, L, samples: int = 200, seed: int = 0) -> Bootstrap:
@@ -179,6 +180,7 @@ def advantage(a: Bootstrap, b: Bootstrap, c_min: float, c_max: float, level: flo
         low, high = np.nanpercentile([value(x, y) for x, y in pairs], tails)
         return float(value(a.fit, b.fit)), float(low), float(high)
 
-    return Advantage((c_min, c_max), (interval(lambda x, y: lead(x, y, c_min)), interval(lambda x, y: lead(x, y, c_max))),
+    ends = (interval(lambda x, y: lead(x, y, c_min)), interval(lambda x, y: lead(x, y, c_max)))
+    return Advantage((c_min, c_max), ends,
                      interval(lambda x, y: lead(x, y, c_max) - lead(x, y, c_min)),
                      crossover(a.fit, b.fit, c_min / 100, c_max * 100))

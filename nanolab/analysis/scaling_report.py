@@ -219,7 +219,8 @@ def lr_width_section(finished: pd.DataFrame, out: Path) -> str:
         "\n".join(rows),
         f"Under the {parametrization} parametrization the best lr (the parabola's vertex in log lr) ranges over a "
         f"factor {moves:.2f} across widths {widths[0]}-{widths[-1]} ({widths[-1] / widths[0]:.0f}x); from the "
-        f"narrowest to the widest it goes {optimum[widths[0]]:.3g} -> {optimum[widths[-1]]:.3g}. Runs per (width, lr): {seeds.min()}"
+        f"narrowest to the widest it goes {optimum[widths[0]]:.3g} -> {optimum[widths[-1]]:.3g}. Runs per (width, "
+        f"lr): {seeds.min()}"
         f"{'' if seeds.min() == seeds.max() else f'-{seeds.max()}'} (their mean loss); the grid's spacing and the "
         "seed noise of each cell bound how finely the optimum is located.",
         "![lr vs width](lr_width.png)"])

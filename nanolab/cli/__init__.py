@@ -33,7 +33,7 @@ EPILOG = """examples:
   nanolab ablate experiments/ablations/position.yaml --launcher slurm --partition gpu --gpus 1
   nanolab status experiments/ablations/position.yaml
   nanolab compare runs/ --group position --plot position.png
-  nanolab coordcheck experiments/baseline.yaml --widths 32 64 128 256 --set model.parametrization=mup model.mup_base_width=32
+  nanolab coordcheck experiments/baseline.yaml --set model.parametrization=mup model.mup_base_width=32
   nanolab report experiments/ablations/position.yaml --out reports/position
   nanolab components
   nanolab data info experiments/baseline.yaml
