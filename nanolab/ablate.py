@@ -37,6 +37,7 @@ from nanolab.launch import Board, Launched, Launcher, LaunchOptions, Outcome, Sl
 from nanolab.plan import Plan, ended, fingerprint, load_plan, run_outcome, start_or_resume
 from nanolab import rounds
 from nanolab.runfolder import RunFolder, RunStore, variant_ids
+from nanolab.scale import ladder
 from nanolab.sequential import Decide, Design, SeedDesign
 from nanolab.spec import format_override, parse_changes
 from nanolab.tuning import tune, tuning_sweeps
@@ -54,11 +55,12 @@ class AblationFile:
     decide: Any = None  # with sequential seeds: a `nanolab.sequential.Decide`
     tune: Any = None  # a `nanolab.tuning.TuneBlock`, read by `tuning_sweeps`
     launcher: SlurmOptions = field(default_factory=SlurmOptions)
+    scale: Any = None  # a `nanolab.scale.ScaleBlock`: every variant at every size x budget
 
     def __post_init__(self):
-        if bool(self.grid) == bool(self.variants):
+        if bool(self.grid) == bool(self.variants) and not (self.scale and not self.grid):
             raise ConfigError("grid", self.grid or None, "expected a grid (dotted key -> list of values) or named "
-                              "variants (name -> {dotted key: value}), one of them")
+                              "variants (name -> {dotted key: value}), one of them (or neither beside a scale: block)")
         for key, values in self.grid.items():
             if not isinstance(values, list) or not values:
                 raise ConfigError(f"grid.{key}", values, "expected a non-empty list of values")
@@ -160,6 +162,7 @@ def load_ablation(path, seeds: list[int] | None = None, extra: tuple[str, ...] =
     products = [(label(dict(zip(keys, values))), dict(zip(keys, values)))
                 for values in itertools.product(*raw.grid.values())] if raw.grid else []
     variants = [(text, parse_changes(written, plan.path, "grid")) for text, written in named or products]
+    variants = ladder(plan, raw.scale, variants)  # each at every size x budget, with a `scale:` block
     keyed = [(json.dumps(variant, sort_keys=True, default=str), text, variant) for text, variant in variants]
     ids = variant_ids({key: text.replace(",", "_") for key, text, _ in keyed})
     design = sequential_design(plan, raw, seeds)

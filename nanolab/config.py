@@ -107,6 +107,9 @@ class DataConfig:
                    "must be >= 256 for bpe, whose base vocabulary is the 256 byte values (or null for its default)")
 
 
+PARAMETRIZATIONS = ("standard", "mup")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     n_layer: int = key(4, "transformer blocks")
@@ -130,6 +133,9 @@ class ModelConfig:
                                       "modded-nanogpt: 30, then 15); null: uncapped")
     value_embeds: int = key(0, "value embeddings (modded-nanogpt): each of the first N layers adds its own vocab x "
                             "n_embd table, looked up with the input tokens, to its attention values; at most n_layer")
+    parametrization: str = key("standard", "standard, or mup: the maximal-update parametrization (Yang et al. 2022; "
+                               "nanolab.model)")
+    mup_base_width: int | None = key(None, "mup: the n_embd the hyperparameters were tuned at; null under standard")
     block_size: int = key(64, "the context length", derived="data.block_size")
 
     def __post_init__(self):
@@ -146,6 +152,18 @@ class ModelConfig:
                "must be > 0 (or null for uncapped logits)")
         _check(0 <= self.value_embeds <= self.n_layer, "value_embeds", self.value_embeds,
                f"must be in [0, n_layer={self.n_layer}]: the number of layers, from the first, that get a table")
+        _check(self.parametrization in PARAMETRIZATIONS, "parametrization", self.parametrization,
+               f"one of: {', '.join(PARAMETRIZATIONS)}")
+        mup = self.parametrization == "mup"
+        _check((self.mup_base_width is not None) == mup, "mup_base_width", self.mup_base_width,
+               "the n_embd the hyperparameters were tuned at, with parametrization mup (and null under standard)")
+        _check(self.mup_base_width is None or self.mup_base_width > 0, "mup_base_width", self.mup_base_width,
+               "must be > 0")
+
+    @property
+    def width_mult(self) -> float:
+        """μP's width multiplier m = n_embd / mup_base_width; 1 under the standard parametrization."""
+        return self.n_embd / self.mup_base_width if self.mup_base_width else 1.0
 
     @property
     def head_dim(self) -> int:

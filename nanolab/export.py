@@ -18,8 +18,9 @@ Special tokens cost the model nothing: BOS, EOS and PAD (and, for the char token
 generation_config.json's max_length is the context, so generation never runs past the position table. README.md
 is a model card (nanolab.model_card).
 
-Refused, each with no exact equivalent: post-norm, qk_norm, logit_softcap, value_embeds, ALiBi, any other pairing
-of position, norm and activation, and components of other packages. Dropout and init-only keys change no logits.
+Refused, each with no exact equivalent: post-norm, qk_norm, logit_softcap, value_embeds, μP away from its base width,
+ALiBi, any other pairing of position, norm and activation, and components of other packages. Dropout and init-only
+keys change no logits.
 """
 
 from __future__ import annotations
@@ -153,13 +154,15 @@ ARCHITECTURES = (
                  llama_config, llama_weights),
 )
 EXPORTABLE = (" or ".join(a.describe() for a in ARCHITECTURES) + ", with norm_placement pre, qk_norm false, "
-              f"logit_softcap null, value_embeds 0 and attention {'|'.join(EXACT_ATTENTION)}")
+              f"logit_softcap null, value_embeds 0, parametrization standard (or mup at its base width) and attention "
+              f"{'|'.join(EXACT_ATTENTION)}")
 
 
 def architecture(model: ModelConfig, source: Path) -> Architecture:
     """The architecture that computes `model` exactly; else one line naming the first spec key that none computes."""
     unsupported = {"norm_placement": model.norm_placement != "pre", "qk_norm": model.qk_norm,
                    "logit_softcap": model.logit_softcap is not None, "value_embeds": model.value_embeds > 0,
+                   "parametrization": model.width_mult != 1.0,  # μP's logit and attention multipliers
                    "attention": model.attention not in EXACT_ATTENTION}
     arch = next((a for a in ARCHITECTURES if model.position in a.positions), None)
     if arch is None:

@@ -74,9 +74,10 @@ class KVCache:
 class CausalSelfAttention(nn.Module):
     """Projections, qk-norm, position rotation and KV cache around a registered attention kernel."""
 
-    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool, qk_norm: bool, kernel: nn.Module):
+    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool, qk_norm: bool, kernel: nn.Module,
+                 q_scale: float = 1.0):
         super().__init__()
-        self.n_head, self.qk_norm, self.kernel = n_head, qk_norm, kernel
+        self.n_head, self.qk_norm, self.kernel, self.q_scale = n_head, qk_norm, kernel, q_scale
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)  # q, k, v for all heads at once
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
@@ -92,6 +93,8 @@ class CausalSelfAttention(nn.Module):
         if self.qk_norm:  # modded-nanogpt (github.com/KellerJordan/modded-nanogpt)
             q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
         q, k = position.rotate(q, k, pos)
+        if self.q_scale != 1.0:  # μP: the kernel's 1/sqrt(hs) times q_scale is sqrt(hs_base)/hs (GPT docstring)
+            q = q * self.q_scale
         if cache is not None:
             k, v = cache.update(k, v)  # (B, nh, Tk, hs): the cached positions, then these
         y = self.kernel(q, k, v, bias)  # (B, nh, T, hs)
@@ -107,7 +110,7 @@ class Block(nn.Module):
         self.pre_norm = cfg.norm_placement == "pre"
         self.norm1 = build("norm", cfg.norm, args)
         self.attn = CausalSelfAttention(cfg.n_embd, cfg.n_head, cfg.dropout, cfg.bias, cfg.qk_norm,
-                                        kernel=build("attention", cfg.attention, args))
+                                        kernel=build("attention", cfg.attention, args), q_scale=cfg.width_mult ** -0.5)
         self.norm2 = build("norm", cfg.norm, args)
         self.mlp = build("activation", cfg.activation, args)
 
@@ -127,6 +130,14 @@ class GPT(nn.Module):
     first `value_embeds` layers has its own vocab x n_embd table, looked up with the input tokens and added to
     that layer's attention values V: a path from the token straight into the values, past the residual stream.
     They live here, not in the attention kernel, which sees only q, k, v (its own arguments).
+
+    μP (`parametrization: mup`), for Adam-family optimizers, after Yang et al. 2022 ("Tensor Programs V",
+    arXiv:2203.03466, Table 3 in the form of its Table 8 / EleutherAI's nanoGPT-mup), with the width multiplier
+    m = n_embd / mup_base_width: the hidden matrices (every Linear in the blocks) are initialised with std
+    0.02 / sqrt(m) and trained at lr / m (components/optim.py); attention scores are q k^T * sqrt(hs_base) / hs,
+    1/hs scaling anchored so that it is 1/sqrt(hs) at the base width (the base has the same n_head); the logits
+    are multiplied by 1 / m, so the embedding and (tied or not) readout keep their init and lr. At m = 1 every
+    factor is 1: the same function, and the same training, as the standard parametrization.
     """
 
     def __init__(self, cfg: ModelConfig, vocab_size: int):
@@ -148,6 +159,11 @@ class GPT(nn.Module):
                     nn.init.zeros_(proj.weight)
                 else:
                     nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        if cfg.width_mult != 1.0:  # μP: hidden init variance 1/m of the base's; scaled, not redrawn (same draws)
+            with torch.no_grad():
+                for module in self.blocks.modules():
+                    if isinstance(module, nn.Linear):
+                        module.weight.mul_(cfg.width_mult ** -0.5)
 
     @staticmethod
     def _init_weights(module):
@@ -175,6 +191,8 @@ class GPT(nn.Module):
             else:
                 x = block(x, self.position, pos, bias, None if cache is None else cache[i], ve)
         logits = self.lm_head(self.norm_f(x))  # (B, T, vocab)
+        if self.cfg.width_mult != 1.0:  # μP's output multiplier 1/m
+            logits = logits / self.cfg.width_mult
         if (cap := self.cfg.logit_softcap) is not None:  # bounded smoothly: no runaway logits (Gemma 2, 2408.00118)
             logits = cap * torch.tanh(logits / cap)
         if targets is None:

@@ -53,7 +53,8 @@ CASES = {  # name -> (overrides of SPEC, with {spec_folder}; the transformers cl
 PROMPT, NEW_TOKENS = "ROMEO:", 26  # 6 characters + 26 fill the 32-token context: no window slides
 EXPORTABLE = ("GPT2LMHeadModel (position learned|sinusoidal|none, norm layernorm, activation gelu|relu|relu2) or "
               "LlamaForCausalLM (position rotary, norm rmsnorm, activation swiglu|geglu), with norm_placement pre, "
-              "qk_norm false, logit_softcap null, value_embeds 0 and attention naive|sdpa")
+              "qk_norm false, logit_softcap null, value_embeds 0, parametrization standard (or mup at its base width) and "
+              "attention naive|sdpa")
 
 
 def export(run_dir: Path, out: Path, *flags: str) -> int:
@@ -196,6 +197,7 @@ REFUSED = {  # the key and value that the message names -> the overrides that tr
     "model.qk_norm = True": ["model.qk_norm=true"],
     "model.logit_softcap = 30.0": ["model.logit_softcap=30"],
     "model.value_embeds = 1": ["model.value_embeds=1"],
+    "model.parametrization = 'mup'": ["model.parametrization=mup", "model.mup_base_width=8"],
     "model.attention = 'sharp'": ["model.attention=sharp"],
     "model.norm = 'rmsnorm' beside position 'learned'": ["model.norm=rmsnorm"],
     "model.norm = 'layernorm' beside position 'rotary'": ["model.position=rotary", "model.activation=swiglu"],

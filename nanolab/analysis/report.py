@@ -6,7 +6,8 @@ The report reads what the plan recorded when it ran (its plan.json: the snapshot
 table.txt and best.json) and its run folders ($NANOLAB_RUNS/<name>/), and trains nothing; it never reads the
 plan file's experiment again. Sections: what ran; for an ablation the comparison table and its method, for a sweep
 the top trials and the best parameters; val/loss against step and against FLOPs (mean line, min-max band over
-seeds); each variant's tuned values; the environment the runs recorded; their W&B links. `wandb_report` makes the
+seeds); each variant's tuned values; for a ladder or an lr-vs-width grid the scaling sections
+(nanolab.analysis.scaling_report); the environment the runs recorded; their W&B links. `wandb_report` makes the
 W&B Report of the same runs (nanolab.tracking.workspace).
 """
 
@@ -23,6 +24,7 @@ from nanolab.analysis.load import load_history, load_runs
 from nanolab.analysis.published import (RUNS_CSV, comparison_section, published_runs, read_published, spread,
                                         write_published)
 from nanolab.analysis.render import AXIS_LABELS, markdown_row, plot_history
+from nanolab.analysis.scaling_report import scaling_sections
 from nanolab.analysis.stats import TUNED, compare, is_finished
 from nanolab.config import Config, from_dict
 from nanolab.errors import NanolabError
@@ -52,7 +54,7 @@ def write_report(plan_file: str | os.PathLike, out: str | os.PathLike | None = N
     if plan["kind"] == "ablation":
         by = list(plan["varied"])
         results = [_comparison(plan, frame, metas, out, margin), *sequential_section(folder),
-                   _curves(finished, by, "variant", out), _tuned(frame, by)]
+                   _curves(finished, by, "variant", out), _tuned(frame, by), *scaling_sections(plan, finished, out)]
     else:
         results = [_trials(plan, store.plan_folder("sweep", plan["name"])), _curves(finished, ["run_id"], "trial", out)]
     sections = [f"# {plan['kind'].capitalize()} {plan['name']}", _what_ran(plan, frame, folder), *results,

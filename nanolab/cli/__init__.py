@@ -38,6 +38,7 @@ EPILOG = """examples:
   nanolab ablate experiments/ablations/position.yaml --launcher slurm --partition gpu --gpus 1
   nanolab status experiments/ablations/position.yaml
   nanolab compare runs/ --group position --plot position.png
+  nanolab coordcheck experiments/baseline.yaml --set model.parametrization=mup model.mup_base_width=32
   nanolab report experiments/ablations/position.yaml --out reports/position
   nanolab components
   nanolab data info experiments/baseline.yaml
@@ -149,6 +150,18 @@ def print_config(config, variants: dict | None = None) -> None:
     if variants:
         print("---")
         print(yaml.safe_dump(variants, sort_keys=False, default_flow_style=None, width=1000), end="")
+
+
+def cmd_coordcheck(args) -> int:
+    from nanolab.coordcheck import coord_check, write
+    from nanolab.spec import load_spec
+
+    the_file(args, "spec", "a SPEC file")
+    cfg = load_spec(args.spec, args.set)
+    out = Path(args.out or Path("reports") / "coordcheck" / f"{cfg.name}-{cfg.model.parametrization}")
+    print(write(coord_check(cfg, args.widths, args.steps), out))
+    print(f"wrote {out}/coordcheck.png, coordcheck.csv, table.txt")
+    return EXIT_OK
 
 
 def cmd_compare(args) -> int:
@@ -316,6 +329,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="a JSON object: kind -> name -> description")
     p.set_defaults(func=cmd_components)
     conventions.add_verbs(sub)
+
+    p = sub.add_parser("coordcheck", help="μP's coordinate check: activation size per layer across widths",
+                       description="Build the spec's model at each width (model.n_embd), train it a few steps at "
+                       "its peak lr on its data, and print and plot the RMS of every layer's output against width, "
+                       "with the slope of log2 RMS per doubling: near 0 under μP (model.parametrization: mup), "
+                       "growing under the standard parametrization. Writes coordcheck.png, .csv and table.txt.")
+    p.add_argument("spec", nargs="?", metavar="SPEC", help="a spec YAML file")
+    p.add_argument("--widths", type=int, nargs="+", default=[32, 64, 128, 256], metavar="W",
+                   help="the widths (n_embd) to build, each divisible by model.n_head (default 32 64 128 256)")
+    p.add_argument("--steps", type=int, default=4, help="training steps at each width (default 4)")
+    p.add_argument("--out", metavar="DIR", help="the folder of the plot and tables (default "
+                   "reports/coordcheck/<name>-<parametrization>)")
+    p.add_argument("--set", **sets)
+    p.set_defaults(func=cmd_coordcheck)
 
     p = sub.add_parser("sweep", help="run an Optuna study over a sweep file",
                        description="Run (or continue: the same command again adds trials) an Optuna study in which "

@@ -87,6 +87,10 @@ def adamw(model: nn.Module, train: TrainConfig, device_type: str) -> Optimizers:
         {"params": hidden + head, "weight_decay": train.weight_decay},  # an untied head is a matrix like any other
         {"params": embeddings + vectors, "weight_decay": 0.0},
     ]
+    if (m := model.cfg.width_mult) != 1.0:  # μP (Yang et al. 2022, Table 3): Adam's hidden lr / m; last, so that
+        # train/lr (the first group's rate) stays train.lr's schedule
+        groups = [{"params": head, "weight_decay": train.weight_decay}, groups[1],
+                  {"params": hidden, "weight_decay": train.weight_decay, "lr": train.lr / m}]
     return Optimizers(_adamw([g for g in groups if g["params"]], train, device_type))
 
 
@@ -133,6 +137,9 @@ def orthogonalize(updates: torch.Tensor, group: dict, dtype: torch.dtype) -> tor
 
 @registry.register("optimizer", "muon", "Muon (Jordan et al., 2024) on hidden matrices, AdamW on the rest")
 def muon(model: nn.Module, train: TrainConfig, device_type: str) -> Optimizers:
+    """Under μP the hidden matrices keep muon_lr: Muon's orthogonalised update, scaled by sqrt(rows / cols), already
+    has the width-independent spectral norm that μP's lr / m gives Adam (Yang, Simon & Bernstein 2023, "A Spectral
+    Condition for Feature Learning", arXiv:2310.17813); μP's init, attention and output scalings still apply."""
     hidden, tables, vectors = split_params(model)
     ns_dtype = torch.bfloat16 if device_type == "cuda" else torch.float32
     orthogonal = Muon(hidden, lr=train.muon_lr, weight_decay=train.weight_decay, ns_dtype=ns_dtype)
