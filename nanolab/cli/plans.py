@@ -34,7 +34,7 @@ def launch_run(cfg, options, resume: str | None) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from nanolab.cli import print_config, the_file
+    from nanolab.cli.commands import print_config, the_file
     from nanolab.launch import Launched, LaunchOptions, open_launcher
     from nanolab.sweep import SweepStudy, format_table, load_sweep, optimize, write_results
     from nanolab.sweep.storage import safe
@@ -81,7 +81,7 @@ def sweep_status(sweep) -> str:
 
 
 def cmd_ablate(args) -> int:
-    from nanolab.cli import print_config, the_file
+    from nanolab.cli.commands import print_config, the_file
     from nanolab.ablate import load_ablation, run_ablation
     from nanolab.launch import Launched, LaunchOptions, open_launcher
     from nanolab.runfolder import RunStore
