@@ -20,7 +20,8 @@ from matplotlib.backend_bases import FigureCanvasBase
 from matplotlib.figure import Figure
 
 from nanolab.components.optim import build_optimizer
-from nanolab.config import Config, from_dict, to_dict
+from nanolab.config import Config
+from nanolab.config_dicts import from_dict, to_dict
 from nanolab.data import Data, load_data
 from nanolab.errors import NanolabError, SpecError
 from nanolab.files import atomic_path, write_text

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from types import ModuleType
 
-from nanolab.config import to_dict
+from nanolab.config_dicts import to_dict
 from nanolab.device import pick_device
 from nanolab.errors import NanolabError
 from nanolab.export import export_hf

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
 from nanolab import files
-from nanolab.config import NAME_PATTERN, NAME_RULE, Config, flatten, from_dict, to_dict
+from nanolab.config import NAME_PATTERN, NAME_RULE, Config
+from nanolab.config_dicts import flatten, from_dict, to_dict
 from nanolab.errors import NanolabError, SpecError, shown
 from nanolab.launch import Outcome
 from nanolab.runfolder import RunFolder, RunStore

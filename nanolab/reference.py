@@ -8,7 +8,7 @@ import argparse
 import json
 
 from nanolab import registry
-from nanolab.config import KeyDoc, key_docs
+from nanolab.config_dicts import KeyDoc, key_docs
 from nanolab.errors import NanolabError, shown
 
 

@@ -42,7 +42,7 @@ from nanolab.progress import Progress
 from nanolab.files import WriteFailed
 from nanolab.runfolder import RunFolder, RunStore, now
 from nanolab.spec import dump_spec
-from nanolab.config import to_dict
+from nanolab.config_dicts import to_dict
 from nanolab.tracking import open_trackers
 from nanolab.train_loop import Diverged, Loop, LoopContext, TrainState, restore_rng, seed_everything
 from nanolab.vocab import EXIT_FAILED, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SIGUSR2, STATUS_EXIT, RunStatus

@@ -26,7 +26,7 @@ from nanolab.components.optim import lr_factor
 from nanolab.config import Config
 from nanolab.distributed import World
 from nanolab.runfolder import RunFolder
-from nanolab.config import to_dict
+from nanolab.config_dicts import to_dict
 
 LN2 = math.log(2)
 MAX_OVERFLOWS = 20  # float16 steps in a row whose gradients overflowed even at a halved loss scale: diverged

@@ -28,7 +28,7 @@ from nanolab.launch import Launched, Launcher
 from nanolab.plan import Plan
 from nanolab.runfolder import RunStore
 from nanolab.spec import normalize_overrides, parse_override
-from nanolab.config import from_dict
+from nanolab.config_dicts import from_dict
 
 TUNE_JOB_TYPE = "tune"
 

@@ -12,7 +12,7 @@ from nanolab import __version__, registry
 from nanolab.ablate import load_ablation
 from nanolab.cli import build_parser, main
 from nanolab.spec import load_spec
-from nanolab.config import to_dict
+from nanolab.config_dicts import to_dict
 from nanolab.sweep import load_sweep
 from nanolab.vocab import EXIT_OK, EXIT_USAGE
 

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from nanolab import cli, registry
-from nanolab.config import Config, to_dict
+from nanolab.config import Config
+from nanolab.config_dicts import to_dict
 from nanolab.reference import _subcommands
 from nanolab.progress import QUIET_ENV, Progress
 

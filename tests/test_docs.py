@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nanolab import config, reference, registry
+from nanolab import config_dicts, reference, registry
 from nanolab.cli import build_parser
 from nanolab.config import Config, key
 from nanolab.errors import NanolabError
@@ -36,8 +36,8 @@ def page(site: Path, name: str) -> str:
 
 def test_every_spec_key_is_in_the_built_reference(site):
     html = page(site, "keys")
-    missing = [k.key for k in config.key_docs() if f"<code>{k.key}</code>" not in html]
-    assert missing == [] and len(config.key_docs()) > 50
+    missing = [k.key for k in config_dicts.key_docs() if f"<code>{k.key}</code>" not in html]
+    assert missing == [] and len(config_dicts.key_docs()) > 50
 
 
 def test_every_component_is_in_the_built_reference(site):
@@ -56,7 +56,7 @@ def test_a_new_field_shows_in_nanolab_keys_and_in_the_reference(monkeypatch):
     """The field's doc is written once, on the field: both views read it."""
     extended = dataclasses.make_dataclass(
         "Config", [("probe", int, key(7, "a probe key, documented once"))], bases=(Config,), frozen=True)
-    monkeypatch.setattr(config, "Config", extended)
+    monkeypatch.setattr(config_dicts, "Config", extended)
     listed = reference.keys_text("probe")
     assert listed.split() == ["probe", "int", "7", "a", "probe", "key,", "documented", "once"]
     assert "| `probe` | int | `7` | a probe key, documented once |" in reference.keys_markdown()

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from nanolab import Config, NanolabError, load_spec, registry
 from nanolab.cli import main
 from nanolab.spec import dump_spec, format_override, set_dotted
-from nanolab.config import flatten, spec_fields, to_dict
+from nanolab.config_dicts import flatten, spec_fields, to_dict
 
 TINY = {"name": "fuzz", "seed": 1, "data": {"block_size": 8}, "model": {"n_layer": 1, "n_head": 2, "n_embd": 16},
         "train": {"batch_size": 2, "max_iters": 1, "eval_interval": 1, "eval_iters": 1, "log_interval": 1,

@@ -16,7 +16,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from nanolab.cli import main
-from nanolab.config import to_dict
+from nanolab.config_dicts import to_dict
 from nanolab.spec import load_spec
 from nanolab.runfolder import RunFolder
 from nanolab.vocab import EXIT_OK, EXIT_USAGE

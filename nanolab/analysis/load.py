@@ -20,7 +20,7 @@ from nanolab.analysis.stats import TUNED, did_you_mean, require_metric
 from nanolab.errors import NanolabError
 from nanolab.registry import closest
 from nanolab.runfolder import RunFolder, RunStore, is_set_aside
-from nanolab.config import flatten
+from nanolab.config_dicts import flatten
 from nanolab.vocab import AXES, FLOPS, TOKENS, VAL_LOSS, WALL_TIME
 
 RUN_STATS = ["params", "non_embedding_params", "flops_per_token"]

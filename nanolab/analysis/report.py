@@ -26,7 +26,8 @@ from nanolab.analysis.published import (RUNS_CSV, comparison_section, published_
 from nanolab.analysis.render import AXIS_LABELS, markdown_row, plot_history
 from nanolab.analysis.scaling_report import scaling_sections
 from nanolab.analysis.stats import TUNED, compare, is_finished
-from nanolab.config import Config, from_dict
+from nanolab.config import Config
+from nanolab.config_dicts import from_dict
 from nanolab.errors import NanolabError
 from nanolab.files import read_json, write_text
 from nanolab.plan import VERBS, read_record

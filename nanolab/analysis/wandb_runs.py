@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 
 from nanolab.analysis.load import RUN_STATS, history_frame, runs_frame, with_run
-from nanolab.config import flatten
+from nanolab.config_dicts import flatten
 from nanolab.tracking.wandb_api import project_runs
 from nanolab.vocab import WALL_TIME, RunStatus
 

@@ -8,7 +8,9 @@ import dataclasses
 import json
 import os
 
-from nanolab.config import Config, spec_fields
+from nanolab.config import Config
+
+from nanolab.config_dicts import spec_fields
 from nanolab.progress import QUIET_ENV
 
 SECTIONS = tuple(name for name in spec_fields(Config))  # data, model, ... and the top-level keys (name, seed)

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
-from nanolab.config import Config, to_dict
+from nanolab.config import Config
+
+from nanolab.config_dicts import to_dict
 from nanolab.errors import NanolabError
 from nanolab.runfolder import RunFolder
 from nanolab.tracking import note, one_line
