@@ -1,9 +1,10 @@
 """Findings: a sentence per comparison, written from a `compare` table's numbers, so prose cannot say more than
 its table. The only place such sentences are made; reports print them and the README quotes them.
 
-    for sentence in findings(compare(runs, "model.activation", baseline="gelu")):
+    for sentence in findings(compare(runs, ["model.norm", "model.norm_placement"], baseline=("layernorm", "pre"))):
         print(sentence)
-    # relu: -0.0598 [-0.0793, -0.0403] vs gelu, paired over 3 seeds, d_z -2.9, Holm p 0.0114: significant, lower in every seed
+    # rmsnorm/pre: +0.0011 [-0.0028, +0.0050] vs layernorm/pre, paired over 3 seeds, d_z +0.72, Holm p 0.341: not
+    # significant, higher in 2 of 3 seeds, lower in 1          (docs/results/norm)
 
 A sentence carries the direction and size of the difference with its interval, the test and its n, the
 standardized effect size, the corrected p-value and whether it survives the correction, and for a paired test how
@@ -32,8 +33,8 @@ def name(row: pd.Series, by: list[str]) -> str:
 
 
 def finding(row: pd.Series, base: str, attrs: dict, margin: float | None = None) -> str:
-    """'relu: -0.0598 [-0.0793, -0.0403] vs gelu, paired over 3 seeds, d_z -2.9, Holm p 0.0114: significant,
-    lower in every seed' (see the module's doc)."""
+    """'rmsnorm/post: +0.0263 [-0.0040, +0.0567] vs layernorm/pre, paired over 3 seeds, d_z +2.16, Holm p 0.194:
+    not significant, higher in every seed' (see the module's doc)."""
     head = f"{name(row, attrs['by'])}: {row['diff']:+.4f}"
     if pd.isna(row["p_value"]):
         why = "fewer than two runs a side" if pd.isna(row["test"]) else "no spread in the runs"
