@@ -31,13 +31,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from nanolab import rounds
 from nanolab.config import NAME_PATTERN, NAME_RULE, Config, ConfigError
-
 from nanolab.config_dicts import check_key, flatten, from_dict
 from nanolab.errors import SpecError
 from nanolab.launch import Board, Launched, Launcher, LaunchOptions, Outcome, SlurmOptions, Task, open_launcher
 from nanolab.plan import Plan, ended, fingerprint, load_plan, run_outcome, start_or_resume
-from nanolab import rounds
 from nanolab.runfolder import RunFolder, RunStore, variant_ids
 from nanolab.scale import ladder
 from nanolab.sequential import Decide, Design, SeedDesign

@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 from nanolab.config import Config
-
 from nanolab.config_dicts import from_dict, to_dict
 from nanolab.data.nanogpt import META_FILES, bin_tokenizer, is_nanogpt_folder, meta_file
 from nanolab.errors import NanolabError

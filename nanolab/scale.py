@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from nanolab.config import ConfigError
-
 from nanolab.config_dicts import from_dict
 from nanolab.errors import SpecError
 from nanolab.plan import Plan

@@ -1,4 +1,4 @@
-"""YAML specs -> typed `Config`: reading files, `extends`, `--set` overrides (`nanolab.config_dicts.from_dict` converts).
+"""YAML specs -> typed `Config`: reading files, `extends`, `--set` overrides (`config_dicts.from_dict` converts).
 
 Every error is a `SpecError` with one line naming the file, the dotted key, the bad value and what is
 accepted. YAML is read with `SpecLoader` only: safe tags (no tag can build a Python object), no repeated keys.
@@ -13,7 +13,6 @@ from typing import Any
 import yaml
 
 from nanolab.config import Config
-
 from nanolab.config_dicts import check_key, flatten, from_dict, to_dict
 from nanolab.errors import SpecError, shown
 

@@ -9,7 +9,6 @@ import json
 import os
 
 from nanolab.config import Config
-
 from nanolab.config_dicts import spec_fields
 from nanolab.progress import QUIET_ENV
 

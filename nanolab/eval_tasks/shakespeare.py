@@ -5,7 +5,6 @@ from __future__ import annotations
 import datasets
 
 from nanolab.config import DataConfig
-
 from nanolab.config_dicts import from_dict
 from nanolab.data import load_data
 

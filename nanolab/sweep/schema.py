@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from nanolab.config import Config, ConfigError
-
 from nanolab.config_dicts import check_key, from_dict
 from nanolab.errors import SpecError, shown
 from nanolab.plan import Plan, fingerprint, load_plan

@@ -13,7 +13,6 @@ from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from nanolab.config import Config
-
 from nanolab.config_dicts import to_dict
 from nanolab.errors import NanolabError
 from nanolab.runfolder import RunFolder
