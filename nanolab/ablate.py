@@ -265,8 +265,8 @@ def ablate(path, seeds: list[int] | None = None, workers: int = 1,
     return ablation, {run_id: outcome.status for run_id, outcome in results.items()}
 
 
-def describe(ablation: Ablation, run_id: str) -> str:
+def describe(ablation: Ablation, run_id: str) -> dict:
     """A cell's run as `nanolab status` shows it: its status and best val/loss."""
     folder = RunStore().folder(ablation.name, run_id)
     best = folder.read_summary().get(BEST_VAL_LOSS) if folder.is_run() else None
-    return f"{folder.status or 'not started'}" + (f", {BEST_VAL_LOSS} {best:.4f}" if best is not None else "")
+    return {"status": folder.status.value if folder.status else "not started", BEST_VAL_LOSS: best}

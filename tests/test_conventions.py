@@ -88,3 +88,64 @@ def test_quiet_reaches_the_environment_workers_inherit_and_silences_progress(cap
             bar.update(10, 3.0, 3.5, 100.0)
         assert len(stream.getvalue().splitlines()) == expected_lines
     assert os.environ[QUIET_ENV] == "1"
+
+
+TINY = """\
+name: tiny
+data: {block_size: 16}
+model: {n_layer: 1, n_head: 2, n_embd: 16}
+train: {batch_size: 4, max_iters: 6, warmup_iters: 0, eval_interval: 3, eval_iters: 1, log_interval: 3,
+        sample_tokens: 0}
+tracking: {wandb: {mode: disabled}}
+"""
+
+
+@pytest.fixture(scope="module")
+def ablated(tmp_path_factory):
+    """A finished tiny ablation (relu against the experiment's gelu, 2 seeds) and a one-trial sweep over it."""
+    folder = tmp_path_factory.mktemp("json")
+    (folder / "tiny.yaml").write_text(TINY)
+    (folder / "act.yaml").write_text("name: act\nexperiment: tiny.yaml\ngrid: {model.activation: [gelu, relu]}\n"
+                                     "seeds: [1, 2]\n")
+    (folder / "lr.yaml").write_text("name: lr\nexperiment: tiny.yaml\nobjective: {metric: val/loss}\n"
+                                    "space: {train.lr: {float: [1.0e-3, 1.0e-2], log: true}}\n"
+                                    "sampler: {name: random, seed: 0}\ntrials: 1\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NANOLAB_RUNS", str(folder / "runs"))
+        assert cli.main(["ablate", str(folder / "act.yaml"), "-q"]) == 0
+        assert cli.main(["sweep", str(folder / "lr.yaml"), "-q"]) == 0
+        yield folder
+
+
+def test_status_json_is_the_rows_the_text_shows(ablated, capsys, monkeypatch):
+    monkeypatch.setenv("NANOLAB_RUNS", str(ablated / "runs"))
+    capsys.readouterr()
+    code, out, _ = main(capsys, "status", str(ablated / "act.yaml"), "--json")
+    status = json.loads(out)
+    assert code == 0 and status["ablation"] == "act" and status["decisions"] is None
+    assert [(r["run"], r["status"]) for r in status["runs"]] == [
+        ("activation=gelu-s1", "finished"), ("activation=gelu-s2", "finished"),
+        ("activation=relu-s1", "finished"), ("activation=relu-s2", "finished")]
+    _, text, _ = main(capsys, "status", str(ablated / "act.yaml"))
+    assert text.splitlines() == [f"{r['run']}  finished, best/val_loss {r['best/val_loss']:.4f}"
+                                 for r in status["runs"]]
+
+
+def test_compare_json_holds_every_figure_unrounded(ablated, capsys):
+    code, out, _ = main(capsys, "compare", str(ablated / "act.yaml"), "--json")
+    compared = json.loads(out)
+    rows = {row["model.activation"]: row for row in compared["rows"]}
+    assert code == 0 and set(rows) == {"gelu", "relu"} and rows["gelu"]["baseline"] and rows["relu"]["test"] == "paired"
+    status = json.loads(main(capsys, "status", str(ablated / "act.yaml"), "--json")[1])
+    relu = [r["best/val_loss"] for r in status["runs"] if "relu" in r["run"]]
+    assert rows["relu"]["mean"] == pytest.approx(sum(relu) / 2, rel=1e-12)
+    assert "baseline model.activation=gelu" in compared["caption"]
+
+
+def test_sweep_status_json_lists_the_trials(ablated, capsys, monkeypatch):
+    monkeypatch.setenv("NANOLAB_RUNS", str(ablated / "runs"))
+    code, out, _ = main(capsys, "sweep", str(ablated / "lr.yaml"), "--status", "--json")
+    status = json.loads(out)
+    assert code == 0 and status["sweep"] == "lr" and status["jobs"] == []
+    (trial,) = status["trials"]
+    assert trial["number"] == 0 and trial["state"] == "COMPLETE" and 1e-3 <= trial["params_train.lr"] <= 1e-2

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -32,7 +33,7 @@ def compare_command(paths: PathsLike | None = None, group: str | None = None,
                     csv: str | None = None, markdown: str | None = None, plot: str | None = None,
                     wandb_path: str | None = None, baseline: str | None = None,
                     direction: str = "minimize", plot_metric: str = VAL_LOSS, correction: str = "holm",
-                    at: str | None = None, x: str = "step", target: float | None = None) -> str:
+                    at: str | None = None, x: str = "step", target: float | None = None, as_json: bool = False) -> str:
     """Load the runs (local folders, default $NANOLAB_RUNS or ./runs; or W&B "ENTITY/PROJECT"), compare
     them by `by` (default: the config keys that vary), write the requested files; return the text to print:
     the caption, the table and a line `wrote PATH` per file.
@@ -40,7 +41,8 @@ def compare_command(paths: PathsLike | None = None, group: str | None = None,
     `metric` defaults to best/val_loss. `at` ("flops=1e12", `parse_at`) compares instead each finished run's
     logged `metric` (default val/loss) at that point of compute (`metric_at`). `x` is the plot's axis.
     `baseline` is "value" (one key) or "key=value,key=value"; values parse as YAML scalars. `target` adds a line
-    per variant: how many of its finished runs met it (`findings.target_finding`).
+    per variant: how many of its finished runs met it (`findings.target_finding`). `as_json`: the same as one JSON
+    document, {caption, rows (every figure unrounded, as --csv writes them), notes, wrote}.
 
     An ablation's runs (`paths` the ablation file, or its group, whose folder holds the plan.json it recorded) are
     compared by its varied keys against its baseline unless `by` / `baseline` say otherwise; the caption says
@@ -74,8 +76,12 @@ def compare_command(paths: PathsLike | None = None, group: str | None = None,
     met = target_lines(finished, by, table.attrs["metric"], target, direction) if target is not None else []
     single = paths is None or isinstance(paths, (str, os.PathLike))
     listed = [] if wandb_path else [paths or runs_root()] if single else list(paths)
-    return "\n".join([title, format_table(table), *met, *sequential_decisions(listed, group),
-                      *(f"wrote {path}" for path in (csv, markdown, plot) if path)])
+    notes, wrote = [*met, *sequential_decisions(listed, group)], [str(path) for path in (csv, markdown, plot) if path]
+    if as_json:  # every figure as Python writes a float (repr: it reads back bit for bit), NaN as null
+        rows = table.astype(object).where(table.notna(), None).to_dict("records")
+        return json.dumps({"caption": title, "rows": rows, "notes": [note.strip() for note in notes], "wrote": wrote},
+                          indent=2, default=lambda value: value.item() if hasattr(value, "item") else str(value))
+    return "\n".join([title, format_table(table), *notes, *(f"wrote {path}" for path in wrote)])
 
 
 def target_lines(finished: pd.DataFrame, by: list[str], metric: str, target: float, direction: str) -> list[str]:

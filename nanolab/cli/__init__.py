@@ -183,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="an Optuna storage URL (e.g. postgresql://...) that workers on many machines "
                    "share, or a journal file path")
     p.add_argument("--status", action="store_true", help="print the table of trials and run nothing")
+    p.add_argument("--json", action="store_true", help="with --status: JSON {sweep, trials (as trials.csv), jobs}")
     plan_flags(p, sets, "trials", "a job per trial (the next proposed as one ends, with --wait)",
                "the objectives, space, sampler, pruner, trials and storage")
     p.set_defaults(func=cmd_sweep)
@@ -207,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("plan_file", metavar="FILE", help="an ablation file (grid:) or a sweep file (space:)")
     p.add_argument("--seeds", type=int, nargs="+", help="an ablation's seeds, if they were given to ablate")
     p.add_argument("--set", **sets)
+    p.add_argument("--json", action="store_true", help="JSON: an ablation's {ablation, runs, decisions}, a sweep's "
+                   "{sweep, trials, jobs}")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("compare", help="compare runs in a table (and a plot)",
@@ -236,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from W&B instead of run folders")
     p.add_argument("--target", type=float, metavar="X", help="also say, per variant, how many seeds met X (at or "
                    "below it: the metric is minimized), each seed's value with the digits that tell it from X")
+    p.add_argument("--json", action="store_true", help="print JSON {caption, rows (every figure unrounded), notes} "
+                   "instead of the table")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("report", help="write the Markdown report of an ablation or a sweep",

@@ -139,7 +139,7 @@ def cmd_compare(args) -> int:
     print(compare_command(args.runs or None, group=args.group, by=args.by, metric=args.metric, csv=args.csv,
                           markdown=args.markdown, plot=args.plot, wandb_path=args.wandb,
                           baseline=args.baseline, correction=args.correction, at=args.at, x=args.x,
-                          target=args.target))
+                          target=args.target, as_json=args.json))
     return 0
 
 

@@ -4,11 +4,13 @@ the flags, the front-end's engine call, what is printed and the exit status; and
 
 from __future__ import annotations
 
+import json
 import math
 import shlex
 import signal
 import sys
 
+from nanolab.cli import conventions
 from nanolab.errors import NanolabError
 from nanolab.vocab import (BEST_VAL_LOSS, ENDED, EXIT_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, STATUS_EXIT,
                            RunStatus)
@@ -45,7 +47,7 @@ def cmd_sweep(args) -> int:
         print_config(sweep.config({}), sweep.describe(args.trials))  # what every trial gets, less its params
         return EXIT_OK
     if args.status:
-        print(sweep_status(sweep))
+        print(sweep_status(sweep, args.json))
         return EXIT_OK
     if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
         raise NanolabError(f"--timeout {args.timeout}: expected a number of seconds > 0")
@@ -68,16 +70,21 @@ def cmd_sweep(args) -> int:
     return EXIT_FAILED if any(o.status is RunStatus.FAILED for o in outcomes) else EXIT_OK
 
 
-def sweep_status(sweep) -> str:
-    """The table of the study as it stands, then the state of its jobs where they went to Slurm; runs nothing."""
+def sweep_status(sweep, as_json: bool = False) -> str:
+    """The table of the study as it stands, then the state of its jobs where they went to Slurm; runs nothing.
+    As JSON: {"sweep", "trials": a row per trial as in trials.csv, "jobs": a row per Slurm job}."""
     from nanolab import launch
     from nanolab.sweep import SweepStudy, format_table
     from nanolab.sweep.storage import safe
 
     study = SweepStudy.load(sweep)
-    table = f"sweep {sweep.name}: no trial yet in {safe(sweep.storage)}" if study is None else format_table(sweep, study)
-    jobs = launch.state(sweep.folder, None, lambda label: "a trial of the study")
-    return f"{table}\n\n{jobs}" if jobs else table
+    jobs = launch.state(sweep.folder, None, lambda label: {"status": "a trial of the study"})
+    if as_json:
+        trials = [] if study is None else json.loads(study.dataframe().to_json(orient="records", date_format="iso"))
+        return conventions.as_json({"sweep": sweep.name, "trials": trials, "jobs": jobs})
+    table = (f"sweep {sweep.name}: no trial yet in {safe(sweep.storage)}" if study is None
+             else format_table(sweep, study))
+    return f"{table}\n\n{launch.state_text(jobs)}" if jobs else table
 
 
 def cmd_ablate(args) -> int:
@@ -114,14 +121,21 @@ def cmd_status(args) -> int:
     if plan_kind(args.plan_file) == "sweep":
         from nanolab.sweep import load_sweep
 
-        print(sweep_status(load_sweep(args.plan_file, tuple(args.set))))
+        print(sweep_status(load_sweep(args.plan_file, tuple(args.set)), args.json))
         return EXIT_OK
     from nanolab import launch
     from nanolab.ablate import describe, load_ablation
 
     ablation = load_ablation(args.plan_file, args.seeds, tuple(args.set))
     cells = [c for c in ablation.cells if not ablation.design or ablation.folder(c).path.exists()]
-    print(launch.state(ablation.plan.folder, [c.run_id for c in cells], lambda run_id: describe(ablation, run_id)))
+    rows = launch.state(ablation.plan.folder, [c.run_id for c in cells], lambda run_id: describe(ablation, run_id))
+    if args.json:
+        from nanolab import rounds
+
+        decisions = rounds.read_record(ablation.plan.folder) if ablation.design else None
+        print(conventions.as_json({"ablation": ablation.name, "runs": rows, "decisions": decisions}))
+        return EXIT_OK
+    print(launch.state_text(rows))
     if ablation.design:
         print(sequential_status(ablation))
     return EXIT_OK

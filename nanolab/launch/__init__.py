@@ -2,7 +2,7 @@
 
     launcher = open_launcher(LaunchOptions(backend="local", workers=2), plan_folder)
     launched = launcher.run(next_task, on_end, board)   # next_task() -> Task | None, asked whenever a slot is free
-    print(launcher.state(labels, describe))             # a line per job: where it is, what its run says
+    print(state_text(launcher.state(labels, describe)))  # a row per job: where it is, what its run says
 
 Front-ends propose tasks and never ask which backend runs them; `open_launcher` is the one place that chooses,
 from one typed `LaunchOptions`:
@@ -109,9 +109,10 @@ class Launcher:
             board: Board) -> Launched:
         raise NotImplementedError
 
-    def state(self, labels: list[str], describe: Callable[[str], str]) -> str:
-        """A line per label: what its run folder says (`describe`); backends with a queue add its state."""
-        return "\n".join(f"{label}  {describe(label)}" for label in labels)
+    def state(self, labels: list[str], describe: Callable[[str], dict]) -> list[dict]:
+        """A row per label: {"run": label, **what its run folder says (`describe`)}; backends with a queue add their
+        columns (`job`, `slurm`)."""
+        return [{"run": label, **describe(label)} for label in labels]
 
 
 @dataclass(frozen=True)
@@ -230,9 +231,9 @@ def open_launcher(options: LaunchOptions, folder: Path) -> Launcher:
     return SlurmLauncher(options, folder)
 
 
-def state(folder: Path, labels: list[str] | None, describe: Callable[[str], str]) -> str:
-    """`nanolab status`: each job's state, with Slurm's columns where the plan's jobs were submitted there;
-    `labels` None: every job submitted to Slurm ("" when none was)."""
+def state(folder: Path, labels: list[str] | None, describe: Callable[[str], dict]) -> list[dict]:
+    """`nanolab status`: each job's row, with Slurm's columns where the plan's jobs were submitted there;
+    `labels` None: every job submitted to Slurm (none when none was)."""
     from nanolab.launch.slurm import SlurmLauncher, submitted_to
 
     cluster = submitted_to(folder)
@@ -240,3 +241,18 @@ def state(folder: Path, labels: list[str] | None, describe: Callable[[str], str]
         return Launcher().state(labels or [], describe)
     launcher = SlurmLauncher(LaunchOptions("slurm" if cluster == "slurm" else "submitit-local"), folder)
     return launcher.state(list(launcher.submitted()) if labels is None else labels, describe)
+
+
+def state_text(rows: list[dict]) -> str:
+    """The rows as `nanolab status` prints them: a line per job (its label, then what its run says), as a table
+    under a header where Slurm's columns are there."""
+    def said(row: dict) -> str:
+        figures = [f"{key} {value:.4f}" for key, value in row.items()
+                   if key not in ("run", "job", "slurm", "status") and value is not None]
+        return ", ".join([row["status"], *figures])
+
+    if not any("job" in row for row in rows):
+        return "\n".join(f"{row['run']}  {said(row)}" for row in rows)
+    table = [("run", "job", "slurm", "status"), *((row["run"], row["job"], row["slurm"], said(row)) for row in rows)]
+    widths = [max(len(line[i]) for line in table) for i in range(3)]
+    return "\n".join("  ".join([*(cell.ljust(w) for cell, w in zip(line[:3], widths)), line[3]]) for line in table)

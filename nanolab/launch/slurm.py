@@ -145,14 +145,11 @@ class SlurmLauncher(Launcher):
             parameters = {k: v for k, v in parameters.items() if not k.startswith("slurm_")}
         return parameters
 
-    def state(self, labels: list[str], describe: Callable[[str], str]) -> str:
-        """A line per label: its last job id, its state in Slurm's queue (or "-" once it left), `describe(label)`."""
+    def state(self, labels: list[str], describe: Callable[[str], dict]) -> list[dict]:
+        """A row per label: its last job id, its state in Slurm's queue (or "-" once it left), `describe(label)`."""
         book, queued = self.submitted(), self.queued()
-        rows = [(label, book.get(label, "-"), queued.get(label, "-"), describe(label)) for label in labels]
-        widths = [max(len(row[i]) for row in [("run", "job", "slurm", ""), *rows]) for i in range(3)]
-        header = ("run", "job", "slurm", "status")
-        return "\n".join("  ".join([*(cell.ljust(w) for cell, w in zip(row[:3], widths)), row[3]])
-                         for row in [header, *rows])
+        return [{"run": label, "job": book.get(label, "-"), "slurm": queued.get(label, "-"), **describe(label)}
+                for label in labels]
 
     def paths(self, label: str):
         """submitit's files of the job last submitted as `label`: its log (.stdout, .stderr) and result pickle."""
