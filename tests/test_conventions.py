@@ -79,7 +79,7 @@ def test_completion_scripts_name_every_verb(capsys, shell):
 
 
 def test_quiet_reaches_the_environment_workers_inherit_and_silences_progress(capsys, monkeypatch):
-    monkeypatch.delenv(QUIET_ENV, raising=False)  # restored (unset) after the test
+    monkeypatch.setenv(QUIET_ENV, "0")  # recorded, so the "1" that -q sets is undone after the test
     for expected_lines, argv in ((2, ["run", "--print-config"]), (0, ["run", "-q", "--print-config"])):
         main(capsys, *argv)
         stream = io.StringIO()
@@ -112,6 +112,7 @@ def ablated(tmp_path_factory):
                                     "sampler: {name: random, seed: 0}\ntrials: 1\n")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NANOLAB_RUNS", str(folder / "runs"))
+        mp.setenv(QUIET_ENV, "0")  # -q sets it to "1" in this process; undone on leaving
         assert cli.main(["ablate", str(folder / "act.yaml"), "-q"]) == 0
         assert cli.main(["sweep", str(folder / "lr.yaml"), "-q"]) == 0
         yield folder

@@ -176,7 +176,7 @@ def test_trials_have_the_sweeps_tags_and_optuna_knows_the_wandb_run(tmp_path):
     assert main(["sweep", str(path)]) == 0
     folder = RunStore().folder("wb", "trial-0")
     meta = folder.read_meta()
-    assert meta["tags"] == ["wb"] and meta["swept_keys"] == ["train.lr"] and meta["trial"] == 0
+    assert meta["tags"] == ["baseline", "wb"] and meta["swept_keys"] == ["train.lr"] and meta["trial"] == 0
     (row,) = trial_rows("wb")
     assert row["user_attrs_wandb_id"] == meta["wandb_id"]
 
