@@ -182,6 +182,8 @@ def test_with_wait_one_call_tunes_each_variant_once_then_runs_every_round_as_job
                     for run_id in cells}
     ended_at = {run_id: next(i for i, line in enumerate(lines) if line.startswith(f"{run_id}: finished"))
                 for run_id in cells}
+    tuning = [i for i, line in enumerate(lines) if re.match(r"trial \d+ \[[^\]]*\]: finished", line)]
+    assert len(tuning) == 4 and max(tuning) < min(submitted_at.values())  # the studies end before round 1 begins
     assert max(ended_at[r] for r in ROUND_1) < first_look < min(submitted_at[r] for r in ROUND_2)
     assert max(ended_at[r] for r in ROUND_2) < second_look
     assert not any(line.startswith("tuning activation=") for line in lines[first_look:])  # no study runs again

@@ -29,7 +29,7 @@ tracking: {wandb: {mode: disabled}}
 TUNED_SEQUENTIAL = """\
 name: seq
 experiment: tiny.yaml
-overrides: {{train.max_iters: 10, train.eval_interval: 5}}
+overrides: {{train.max_iters: {steps}, train.eval_interval: {steps}}}
 grid: {{model.activation: [gelu, relu]}}
 seeds: {{min: 2, max: 3, step: 1}}
 decide: {{fwer: 0.05}}
@@ -50,9 +50,9 @@ def work(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-def spec(work: Path, trials: int = 2) -> Path:
+def spec(work: Path, trials: int = 2, steps: int = 10) -> Path:
     path = work / "seq.yaml"
-    path.write_text(TUNED_SEQUENTIAL.format(trials=trials))
+    path.write_text(TUNED_SEQUENTIAL.format(trials=trials, steps=steps))
     return path
 
 
@@ -116,7 +116,7 @@ def test_each_study_runs_once_and_every_round_trains_at_its_best_trial(work, cou
 
 
 def test_kill_9_in_the_second_round_then_rerun_neither_tunes_nor_decides_again(work):
-    path = spec(work)
+    path = spec(work, steps=100)  # a second-round run lasts long enough to be killed before it ends
     child = subprocess.Popen([sys.executable, "-m", "nanolab", "ablate", str(path)], stdout=subprocess.PIPE,
                              stderr=subprocess.DEVNULL, text=True, env=dict(os.environ))
     said = []
