@@ -66,6 +66,14 @@ def next_round(ablation: Ablation, looks: list[dict]) -> tuple[int, list[Cell]] 
     return n, [c for c in ablation.cells if c.seed <= n and c.variant_id in wanted]
 
 
+def round_cells(ablation: Ablation, looks: list[dict]) -> list[Cell]:
+    """The cells of every round looked at and of the next round, in the file's order: the runs `nanolab status`
+    lists, including those of a round whose jobs wait in Slurm's queue and have no run folder yet."""
+    wanted = {c.run_id for k in range(len(looks) + 1) if (proposal := next_round(ablation, looks[:k]))
+              for c in proposal[1]}
+    return [c for c in ablation.cells if c.run_id in wanted]
+
+
 def decide(ablation: Ablation, looks: list[dict], n: int, values: dict[str, float]) -> list[dict]:
     """Take the next look at `n` seeds from `values` (run id -> metric of every ended cell), record it and return
     all looks. Variants decided at earlier looks keep their decision and figures."""

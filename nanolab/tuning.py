@@ -88,7 +88,9 @@ def tune(sweeps: dict, launcher: Launcher) -> tuple[Launched, dict[str, dict]]:
         study = SweepStudy.create(sweep)
         for line in study.recover():
             print(line, flush=True)
-        new = max(0, sweep.trials - study.started())
+        # a grid smaller than `trials` is a finished study once every point has begun: left closed, not reopened
+        # by every later call (each round of a sequential ablation calls this)
+        new = 0 if study.exhausted() else max(0, sweep.trials - study.started())
         if new or study.waiting():
             print(f"tuning {variant_id}: {sweep.trials} trials of {', '.join(d.key for d in sweep.space)}, "
                   f"{sweep.trials - new} begun before; study {sweep.name}", flush=True)

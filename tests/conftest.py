@@ -79,6 +79,7 @@ def small_tmpfs(tmp_path):
 
 MODULE_MARKS = {  # every test of the module
     "test_slurm.py": ("slurm", "slow"), "test_slurm_cluster.py": ("slurm", "slow"),
+    "test_sequential_slurm.py": ("slurm", "slow"),
     "test_sweep_postgres.py": ("postgres", "slow"), "test_distributed.py": ("ddp", "slow"),
 }
 FIXTURE_MARKS = {"small_tmpfs": "root", "slurm": "slurm"}

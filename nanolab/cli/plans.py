@@ -123,15 +123,13 @@ def cmd_status(args) -> int:
 
         print(sweep_status(load_sweep(args.plan_file, tuple(args.set)), args.json))
         return EXIT_OK
-    from nanolab import launch
+    from nanolab import launch, rounds
     from nanolab.ablate import describe, load_ablation
 
     ablation = load_ablation(args.plan_file, args.seeds, tuple(args.set))
-    cells = [c for c in ablation.cells if not ablation.design or ablation.folder(c).path.exists()]
+    cells = rounds.round_cells(ablation, rounds.read_looks(ablation)) if ablation.design else ablation.cells
     rows = launch.state(ablation.plan.folder, [c.run_id for c in cells], lambda run_id: describe(ablation, run_id))
     if args.json:
-        from nanolab import rounds
-
         decisions = rounds.read_record(ablation.plan.folder) if ablation.design else None
         print(conventions.as_json({"ablation": ablation.name, "runs": rows, "decisions": decisions}))
         return EXIT_OK
@@ -142,14 +140,21 @@ def cmd_status(args) -> int:
 
 
 def sequential_status(ablation) -> str:
-    """The looks taken so far and the round that runs next."""
+    """The looks taken so far and the round that runs next, with how many of its runs have ended (a round submitted
+    to Slurm without --wait is looked at by the first `nanolab ablate` after all have)."""
     from nanolab import rounds
+    from nanolab.plan import ended
 
     record, looks = rounds.read_record(ablation.plan.folder), rounds.read_looks(ablation)
     table = rounds.decisions_table(record, f"ablation {ablation.name}") if record else "no look taken yet"
     proposal = rounds.next_round(ablation, looks)
-    upcoming = (f"next round: {proposal[0]} seeds of {', '.join(rounds.undecided(ablation, looks))} and the baseline"
-                if proposal else "no round left: every variant decided or seeds.max reached")
+    if proposal:
+        n, cells = proposal
+        done = sum(ended(ablation.folder(c)) for c in cells)
+        upcoming = (f"next round: {n} seeds of {', '.join(rounds.undecided(ablation, looks))} and the baseline "
+                    f"({len(cells)} runs, {done} ended)")
+    else:
+        upcoming = "no round left: every variant decided or seeds.max reached"
     return "\n".join([*(rounds.look_line(look) for look in looks), table, upcoming])
 
 
