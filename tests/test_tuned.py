@@ -108,7 +108,8 @@ def test_a_tuned_ablation_killed_at_any_point_resumes_without_redoing_studies_or
     victim = {"tuning": runs_root() / "tuned-tune-activation=swiglu" / "trial-0",
               "a study's last trial": runs_root() / "tuned-tune-activation=relu" / "trial-1",  # all trials begun
               "final runs": RunStore().folder("tuned", "activation=relu-s2").path}[kill_during]
-    wait_for(lambda: (victim / "ckpt" / "last.pt").is_file(), timeout=900, what=f"{victim} to checkpoint")  # a bound, not a clock: a loaded machine is slow
+    # a bound, not a clock: on a loaded machine the victim may start minutes later
+    wait_for(lambda: (victim / "ckpt" / "last.pt").is_file(), timeout=900, what=f"{victim} to checkpoint")
     ablation.send_signal(signal.SIGKILL)
     ablation.communicate(timeout=60)
     every_run = lambda: [d for name in ("tuned", "tuned-tune-activation=relu", "tuned-tune-activation=swiglu")
