@@ -87,6 +87,28 @@ NAME_MARKS = {"two_ranks": "ddp", "ddp_run": "ddp", "postgres": "postgres"}  # a
 # Tests measured over ~2 s on 2 idle cores (module, or module::test prefix): `python -m pytest --durations=0`
 # lists them; a new slow test belongs here
 SLOW = (
+    "test_export.py", "test_fuzz.py", "test_gpu_check.py", "test_interop.py", "test_plan.py", "test_plan_faults.py",
+    "test_report.py", "test_runner.py", "test_scale.py", "test_scale_report.py", "test_sequential_tuned.py",
+    "test_sweep_faults.py", "test_tuned.py",
+    "test_ablate.py::test_cli_ablate_then_compare",
+    "test_faults.py::test_a_best_checkpoint_the_full_disk_refused", "test_faults.py::test_a_device_this_machine_lacks",
+    "test_faults.py::test_a_full_disk_fails_the_run", "test_faults.py::test_a_model_whose_step_cannot_fit",
+    "test_faults.py::test_a_real_full_disk", "test_faults.py::test_float16_on_the_cpu",
+    "test_faults.py::test_resume_after_the_config_changed_shape",
+    "test_fuzz_surfaces.py",
+    "test_launcher.py::test_a_crashed_task_is_recorded", "test_launcher.py::test_a_dead_worker_is_replaced",
+    "test_launcher.py::test_workers_die_with_their_parent", "test_launcher.py::test_workers_get_one_gpu_each",
+    "test_sequential.py::test_a_decided_variant_gets_no_more_seeds", "test_sequential.py::test_kill_9_between_rounds",
+    "test_sequential.py::test_rounds_run_to_the_last_look",
+    "test_speedrun_parts.py::test_whole_split_loss_under_two_ranks",
+    "test_surfaces.py::test_a_budget_is_bounded", "test_surfaces.py::test_a_killed_exports_hidden_copy",
+    "test_surfaces.py::test_a_streamed_sample", "test_surfaces.py::test_a_tiny_temperature",
+    "test_surfaces.py::test_export_", "test_surfaces.py::test_sample_tokens_are_bounded",
+    "test_sweep.py::test_a_seeded_grid", "test_sweep.py::test_second_call_continues",
+    "test_sweep.py::test_study_writes_results", "test_sweep.py::test_trial_of_a_dead_worker",
+    "test_sweep.py::test_two_workers_share",
+    "test_tracking.py::test_auto_mode_falls_back", "test_tracking.py::test_online_unreachable_server",
+    "test_tracking.py::test_resume_after_hard_kill", "test_tracking.py::test_sync_gives_up",
 )
 
 

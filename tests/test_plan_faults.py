@@ -16,9 +16,9 @@ from test_sweep_faults import LR, wait_for
 
 from nanolab.runfolder import RunStore
 
-pytestmark = [pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"), pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"), pytest.mark.timeout(1800)]
 
-STEPS = 3000  # long enough to be stopped midway, short enough to finish again
+STEPS = 2000  # long enough to be stopped midway (two workers start seconds apart), short enough to finish again
 LONG = (f"overrides: {{train.max_iters: {STEPS}, train.eval_interval: {STEPS}, train.checkpoint_interval: 20, "
         "train.log_interval: 20}\n")
 CELLS = ["activation=relu-s1", "activation=gelu-s1"]
@@ -62,7 +62,7 @@ def test_ctrl_c_stops_the_ablation_its_running_cells_save_and_the_next_call_cont
     stopped = {run_id: train_steps("stop", run_id) for run_id in running}
 
     again = start("ablate", str(path), "--workers", str(workers))
-    out, err = again.communicate(timeout=600)
+    out, err = again.communicate(timeout=1200)
     assert again.returncode == 0, err
     for run_id in CELLS:
         assert meta("stop", run_id)["status"] == "finished"
@@ -88,7 +88,7 @@ def test_sigterm_stops_a_sweep_in_one_line_and_the_next_call_continues_its_trial
     assert {meta("term", t)["status"] for t in trials} == {"interrupted"}
 
     again = start("sweep", str(path), "--workers", str(workers), "--trials", "1")
-    out, err = again.communicate(timeout=600)
+    out, err = again.communicate(timeout=1200)
     assert again.returncode == 0, err
     for t in trials:  # each continued in its own folder
         assert meta("term", t)["status"] == "finished" and train_steps("term", t) == list(range(20, STEPS + 1, 20))

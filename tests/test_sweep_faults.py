@@ -17,14 +17,14 @@ import pytest
 from test_launcher import alive
 from test_sweep import sweep_file, trial_rows
 
-pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"), pytest.mark.timeout(900)]
 
 from nanolab.analysis import compare_command
 from nanolab.cli import main
 from nanolab.runfolder import RunStore, runs_root
 from nanolab.sweep import SweepStudy, load_sweep
 
-STEPS = 8000  # ~1.5 ms a step: long enough to stop a trial midway, short enough to finish it again
+STEPS = 3000  # ~1.5 ms a step idle: long enough to stop a trial midway, short enough to finish it again
 LONG = f"overrides: {{train.max_iters: {STEPS}, train.eval_interval: 1000, train.checkpoint_interval: 20}}\n"
 LR = "space: {train.lr: {float: [1.0e-3, 1.0e-2], log: true}}\nsampler: {name: random, seed: 0}\n"
 
