@@ -13,23 +13,22 @@ The autouse session fixture `nanolab_env` sets, for the whole session:
 Tests that need a different cache (e.g. an empty one) override the variables with `monkeypatch`.
 
 `small_tmpfs` is a 3 MB tmpfs for the tests of a really full disk (skipped where it cannot be mounted).
+`one_thread` (module scope) runs a module's tiny models on one intra-op thread: a module that wants it says
+`pytestmark = pytest.mark.usefixtures("one_thread")`. `slurm` (session scope, from slurm_cluster.py) is a running
+single-node Slurm cluster.
+
+Helpers that several modules share are in helpers.py; no test module imports another.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-
-SHARED_SHAKESPEARE = Path(__file__).parents[2] / "shared/data/tinyshakespeare/input.txt"
-
-
-def shared_shakespeare() -> Path:
-    """The local copy of Tiny Shakespeare the tests use instead of the internet."""
-    return Path(os.environ.get("NANOLAB_TEST_SHAKESPEARE") or SHARED_SHAKESPEARE)
+from helpers import shared_shakespeare
+from slurm_cluster import slurm  # noqa: F401 - the session fixture, for every module
 
 
 def corpus() -> Path:
@@ -73,6 +72,17 @@ def small_tmpfs(tmp_path):
         pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run several times faster on one intra-op thread, above all on a shared machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 # ----------------------------------------------------------------------------- markers (registered in pyproject.toml)

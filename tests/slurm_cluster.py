@@ -4,8 +4,8 @@ Every daemon is private to the folder (own munge key and socket, own ports), so 
 machine is neither used nor disturbed, and /etc/slurm/slurm.conf is never read. There is no accounting database
 (slurmdbd): nanolab reads the queue with squeue and how a job ended from its files, never with sacct. The node is
 named after this machine, whose name resolves: a DDP job's ranks meet at the first node's name. Use the session
-fixture `slurm`; it sets SLURM_CONF in os.environ for the session because submitit runs sbatch with the caller's
-environment.
+fixture `slurm` (conftest.py registers it: a test asks for it by name); it sets SLURM_CONF in os.environ for the
+session because submitit runs sbatch with the caller's environment.
 """
 
 from __future__ import annotations
@@ -67,9 +67,6 @@ class SlurmCluster:
     conf: Path  # slurm.conf
     env: dict[str, str]  # os.environ plus SLURM_CONF, for subprocesses
     root: Path  # logs are in root/log
-
-
-_running: SlurmCluster | None = None  # one cluster per process, however many modules import the fixture
 
 
 def _free_port() -> int:
@@ -159,11 +156,8 @@ def _stop(procs: list[subprocess.Popen], env: dict[str, str], partition: str) ->
 
 @pytest.fixture(scope="session")
 def slurm(tmp_path_factory):
-    """A running single-node Slurm cluster for the session (skipped where Slurm is not installed, outside CI)."""
-    global _running
-    if _running is not None:  # imported by conftest and by a test module: pytest calls it once for each
-        yield _running
-        return
+    """A running single-node Slurm cluster for the session (skipped where Slurm is not installed, outside CI);
+    conftest.py registers it, so every module shares the one cluster."""
     missing = [name for name in NEEDED if not _which(name)]
     reason = f"Slurm test cluster: {', '.join(missing)} not installed (see the apt-get line in .ci/run)"
     if not missing and os.geteuid() != 0:
@@ -174,8 +168,4 @@ def slurm(tmp_path_factory):
         pytest.skip(reason)
     with slurm_cluster(tmp_path_factory.mktemp("slurm")) as cluster, pytest.MonkeyPatch.context() as mp:
         mp.setenv("SLURM_CONF", str(cluster.conf))
-        _running = cluster
-        try:
-            yield cluster
-        finally:
-            _running = None
+        yield cluster

@@ -1,28 +1,17 @@
 """`nanolab ablate` and `nanolab compare` end to end on tiny runs."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import cli, tiny_yaml
 
 from nanolab.ablate import ablate, load_ablation
 from nanolab.analysis import load_runs
 from nanolab.errors import SpecError
 
 REPO = Path(__file__).resolve().parents[1]
-EXPERIMENT = """\
-name: tiny
-data: {block_size: 16}
-model: {n_layer: 1, n_head: 2, n_embd: 16}
-train: {batch_size: 4, max_iters: 20, warmup_iters: 2, eval_interval: 10, eval_iters: 2, log_interval: 5,
-        sample_tokens: 8}
-tracking: {wandb: {mode: disabled}}
-"""
-
 ABLATION = """\
 name: act
 experiment: tiny.yaml
@@ -35,15 +24,10 @@ seeds: [1, 2]
 @pytest.fixture
 def plan(tmp_path, monkeypatch):
     monkeypatch.setenv("NANOLAB_RUNS", str(tmp_path / "runs"))
-    (tmp_path / "tiny.yaml").write_text(EXPERIMENT)
+    (tmp_path / "tiny.yaml").write_text(tiny_yaml())
     path = tmp_path / "act.yaml"
     path.write_text(ABLATION)
     return path
-
-
-def cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "nanolab", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
 
 
 def test_plan_runs_sample_nothing_unless_the_file_or_set_asks(plan, tmp_path):
@@ -106,7 +90,7 @@ def test_cli_ablate_then_compare_writes_csv_markdown_and_plot(plan, tmp_path):
 
 
 def test_bad_ablation_files(tmp_path):
-    (tmp_path / "tiny.yaml").write_text(EXPERIMENT)
+    (tmp_path / "tiny.yaml").write_text(tiny_yaml())
     cases = {
         "grid: {model.activation: [relu, gelu3]}\n": ["act.yaml", "gelu3", "did you mean"],
         "grid: {model.activaton: [relu]}\n": ["act.yaml: grid: model.activaton", "did you mean 'activation'"],

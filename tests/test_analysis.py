@@ -11,6 +11,8 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import (FAKE_FLOPS_PER_TOKEN, FAKE_SECONDS_PER_STEP, FAKE_TOKENS_PER_STEP, GELU, RELU, fake_metrics,
+                     tiny_yaml, write_ablation, write_run)
 from matplotlib.figure import Figure
 from scipy import stats
 
@@ -24,93 +26,12 @@ from nanolab.analysis.wandb_runs import wandb_run_history, wandb_run_row
 from nanolab.cli import main
 from nanolab.errors import NanolabError
 from nanolab.runfolder import RunFolder, RunStore
-from nanolab.config import Config
-from nanolab.spec import dump_spec, spec_from_dict
-from nanolab.vocab import (BEST_STEP, BEST_VAL_LOSS, BEST_VAL_PPL, EVAL_METRICS, EXIT_OK, EXIT_USAGE, FLOPS, MFU,
-                           STEP_MS, STEPS, TOKENS, TOKENS_PER_SEC, TOKENS_SEEN, TRAIN_EVAL_LOSS, TRAIN_GRAD_NORM,
-                           TRAIN_LOSS, TRAIN_LR, UNFINISHED, VAL_BPC, VAL_LOSS, VAL_PPL, WALL, WALL_TIME, RunStatus,
-                           final)
+from nanolab.spec import spec_from_dict
+from nanolab.vocab import (BEST_STEP, BEST_VAL_LOSS, BEST_VAL_PPL, EVAL_METRICS, EXIT_OK, EXIT_USAGE, FLOPS, STEPS,
+                           TOKENS, TOKENS_PER_SEC, TOKENS_SEEN, TRAIN_GRAD_NORM, TRAIN_LOSS, TRAIN_LR, UNFINISHED,
+                           VAL_BPC, VAL_LOSS, WALL, WALL_TIME, RunStatus, final)
 
 FINISHED, FAILED, PRUNED = RunStatus.FINISHED.value, RunStatus.FAILED.value, RunStatus.PRUNED.value
-GELU = [1.50, 1.52, 1.49]
-RELU = [1.45, 1.48, 1.44]  # per seed, not gelu shifted by a constant: that would leave the paired test no spread
-START, END = "2025-03-01T10:00:00+00:00", "2025-03-01T10:01:40+00:00"
-
-
-# ----------------------------------------------------------------------------- run folders, as the runner writes them
-
-
-TOKENS_PER_STEP, FLOPS_PER_TOKEN, SECONDS_PER_STEP = 4 * 64, 150_000, 2.5  # batch_size x block_size; meta; a guess
-
-
-def spec(name: str, seed: int, activation: str, group: str | None, lr: float = 1e-3) -> Config:
-    return spec_from_dict({
-        "name": name, "seed": seed, "data": {"block_size": 64},
-        "model": {"n_layer": 2, "n_head": 2, "n_embd": 32, "activation": activation},
-        "train": {"batch_size": 4, "max_iters": 40, "eval_interval": 20, "lr": lr},
-        "tracking": {"wandb": {"mode": "offline"}, "group": group, "job_type": "ablate",
-                     "tags": ["ablation", activation]},
-    })
-
-
-def meta(run_id: str, name: str, group: str | None, status: str, activation: str) -> dict:
-    """meta.json with the fields the runner writes (runner._run: at the start, then at the end)."""
-    return {
-        "run_id": run_id, "name": name, "group": group, "job_type": "ablate", "tags": ["ablation", activation],
-        "variant": {"model.activation": activation}, "start_time": START, "params": 26_000,
-        "non_embedding_params": 24_000, "flops_per_token": FLOPS_PER_TOKEN, "dataset": "shakespeare_char",
-        "world_size": 1, "git": {"commit": "abc123", "dirty": False}, "versions": {"torch": "2.13.0"}, "device": "cpu",
-        "status": status, "resumed_at": None, "reason": "", "end_time": END, WALL_TIME: 100.0, STEPS: 40,
-    }
-
-
-def eval_row(best: float, step: int) -> dict:
-    loss = best + (40 - step) / 20
-    return {VAL_LOSS: loss, VAL_PPL: math.exp(loss), VAL_BPC: loss / math.log(2), TRAIN_EVAL_LOSS: loss - 0.02}
-
-
-def summary(best: float) -> dict:
-    """What Loop.summary() writes: best, final (the last evaluation) and counters."""
-    return {BEST_VAL_LOSS: best, BEST_VAL_PPL: math.exp(best), BEST_STEP: 40, TOKENS_SEEN: 10_240, STEPS: 40,
-            WALL_TIME: 100.0, **{final(k): v for k, v in eval_row(best, 40).items()}}
-
-
-def metrics(best: float, counters: bool = True) -> list[tuple[int, dict]]:
-    """(step, metrics) as the runner logs them: train rows at 10..40, eval rows at 20 and 40 as separate rows, each
-    with the cumulative compute counters (`counters`; runs from before them logged none)."""
-    train = [(s, {TRAIN_LOSS: 3.0 - s / 40, TRAIN_LR: 1e-3, TRAIN_GRAD_NORM: 0.5, TOKENS_PER_SEC: 5000.0,
-                  STEP_MS: 10.0, MFU: 0.01}) for s in (10, 20, 30, 40)]
-    evals = [(s, eval_row(best, s)) for s in (20, 40)]
-    rows = train[:2] + evals[:1] + train[2:] + evals[1:]
-    if counters:
-        rows = [(s, {**row, TOKENS: s * TOKENS_PER_STEP, FLOPS: s * TOKENS_PER_STEP * FLOPS_PER_TOKEN,
-                     WALL: s * SECONDS_PER_STEP}) for s, row in rows]
-    return rows
-
-
-def write_run(root: Path, run_id: str, activation: str = "gelu", best: float = 1.5, seed: int = 1,
-              status: str = FINISHED, group: str | None = "activation", name: str = "act", counters: bool = True,
-              lr: float | None = None) -> RunFolder:
-    """A run folder through RunFolder's writers; every status has a summary (the runner writes it in `finally`).
-
-    `lr`: the final run of a tuned ablation, whose study chose this train.lr (meta's `tuned`)."""
-    folder = RunStore(root).new(name, run_id)
-    folder.write_config(dump_spec(spec(name, seed, activation, group, lr or 1e-3)))
-    folder.write_meta({**meta(run_id, name, group, status, activation), **({"tuned": {"train.lr": lr}} if lr else {})})
-    folder.write_summary(summary(best))
-    with folder.open_metrics() as f:
-        for step, row in metrics(best, counters):
-            f.write(RunFolder.metrics_line(row, step))
-    return folder
-
-
-def write_ablation(root: Path, counters: bool = True) -> None:
-    """gelu and relu x 3 seeds, finished, plus a failed relu run and a pruned gelu run with tempting losses."""
-    for activation, losses in (("gelu", GELU), ("relu", RELU)):
-        for seed, best in enumerate(losses):
-            write_run(root, f"{activation}-{seed}", activation, best, seed, counters=counters)
-    write_run(root, "relu-failed", "relu", 0.1, 9, status=FAILED, counters=counters)
-    write_run(root, "gelu-pruned", "gelu", 0.1, 9, status=PRUNED, counters=counters)
 
 
 def welch_by_hand(a: list[float], b: list[float], confidence: float = 0.95) -> tuple[float, float, float, float]:
@@ -505,8 +426,8 @@ def test_metric_at_refuses_a_point_a_run_did_not_reach():
 
 
 # every axis at the point of step 30, halfway between the evaluations at 20 and 40: each run's best + 0.5
-STEP_30 = ["step=30", f"tokens={30 * TOKENS_PER_STEP}", f"flops={30 * TOKENS_PER_STEP * FLOPS_PER_TOKEN:.4g}",
-           f"wall={30 * SECONDS_PER_STEP}"]
+STEP_30 = ["step=30", f"tokens={30 * FAKE_TOKENS_PER_STEP}",
+           f"flops={30 * FAKE_TOKENS_PER_STEP * FAKE_FLOPS_PER_TOKEN:.4g}", f"wall={30 * FAKE_SECONDS_PER_STEP}"]
 
 
 @pytest.mark.parametrize("at", STEP_30)
@@ -592,7 +513,7 @@ def test_plot_against_an_axis_draws_the_mean_of_the_seeds(tmp_path, monkeypatch,
     assert ax.get_xlabel() == label
     relu = next(line for line in ax.lines if line.get_label().startswith("model.activation=relu"))
     assert relu.get_label() == "model.activation=relu (n=3)" and list(relu.get_xdata()) == values
-    assert relu.get_ydata() == pytest.approx([np.mean(RELU) + 1, np.mean(RELU)])  # eval_row: best + (40 - step) / 20
+    assert relu.get_ydata() == pytest.approx([np.mean(RELU) + 1, np.mean(RELU)])  # as written: best + (40 - step) / 20
 
 
 def test_plot_axis_errors_come_before_any_file_is_written(tmp_path):
@@ -643,7 +564,7 @@ def fake_wandb_run(folder: RunFolder, named_by_id: bool = False) -> FakeWandbRun
     meta's figures; summary.json, the status, the last step metrics (losses as min/last) and W&B's own keys in
     the summary; the samples table in the history."""
     local_meta, local_summary = folder.read_meta(), folder.read_summary()
-    history = pd.DataFrame([{"step": step, **row} for step, row in metrics(local_summary[BEST_VAL_LOSS])])
+    history = pd.DataFrame([{"step": step, **row} for step, row in fake_metrics(local_summary[BEST_VAL_LOSS])])
     history = history.rename(columns={"step": "_step"}).assign(_runtime=1.0, _timestamp=1.7e9)
     history["samples"] = [None] * (len(history) - 1) + [{"_type": "table-file", "path": "media/t.json"}]
     run_keys = {"run_id": local_meta["run_id"], "ablation": local_meta["group"], "variant": local_meta["variant"],
@@ -711,10 +632,8 @@ seeds: [1, 2]
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
     """A 2 x 2 ablation whose grid holds the experiment's own values (gelu, layernorm), run in full; tests copy it."""
-    from test_ablate import EXPERIMENT
-
     folder = tmp_path_factory.mktemp("grid")
-    (folder / "tiny.yaml").write_text(EXPERIMENT)
+    (folder / "tiny.yaml").write_text(tiny_yaml())
     (folder / "grid.yaml").write_text(GRID_ABLATION)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NANOLAB_RUNS", str(folder / "runs"))

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from helpers import shared_shakespeare, tiny_yaml
 
 from nanolab import load_spec, run
 from nanolab.config import DataConfig
@@ -18,17 +19,8 @@ from nanolab.runner import Stop, load_trained
 from nanolab.spec import SpecError
 from nanolab.vocab import VAL_BPC, VAL_LOSS
 
-from conftest import shared_shakespeare
-
-TINY_BPE = """\
-name: tiny_bpe
-seed: 7
-data: {path: excerpt.txt, tokenizer: bpe, vocab_size: 300, block_size: 16}
-model: {n_layer: 1, n_head: 2, n_embd: 16}
-train: {batch_size: 4, max_iters: 10, warmup_iters: 2, eval_interval: 5, eval_iters: 1, log_interval: 5,
-        checkpoint_interval: 1, sample_tokens: 8}
-tracking: {wandb: {mode: disabled}}
-"""
+TINY_BPE = tiny_yaml("tiny_bpe", seed=7, data={"path": "excerpt.txt", "tokenizer": "bpe", "vocab_size": 300},
+                     max_iters=10, eval_interval=5, eval_iters=1, checkpoint_interval=1)
 
 
 @pytest.fixture(scope="module")

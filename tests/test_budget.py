@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from test_runner import tiny_spec
+from helpers import tiny_spec
 
 from nanolab import load_spec, run
 from nanolab.cli import main

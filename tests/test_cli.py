@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import yaml
+from helpers import cli
 
 from nanolab import __version__, registry
 from nanolab.ablate import load_ablation
@@ -19,17 +20,13 @@ from nanolab.vocab import EXIT_OK, EXIT_USAGE
 SPEC, SWEEP, ABLATION = "experiments/baseline.yaml", "sweeps/lr.yaml", "experiments/ablations/activation.yaml"
 
 
-def nanolab(*args):
-    return subprocess.run([sys.executable, "-m", "nanolab", *args], capture_output=True, text=True)
-
-
 def verbs() -> dict[str, argparse.ArgumentParser]:
     parser = build_parser()
     return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
 
 
 def test_components_lists_every_registered_name_with_its_description():
-    proc = nanolab("components")
+    proc = cli("components")
     assert proc.returncode == 0
     for kind in registry.kinds():
         assert f"\n{kind}\n" in f"\n{proc.stdout}"
@@ -44,7 +41,7 @@ def test_components_lists_every_registered_name_with_its_description():
                                          ("compare", ["--group", "--by", "--csv", "--markdown", "--plot"]),
                                          ("sync", ["RUN_FOLDER"])])
 def test_every_verb_documents_its_flags(verb, flags):
-    proc = nanolab(verb, "--help")
+    proc = cli(verb, "--help")
     assert proc.returncode == 0
     for flag in flags:
         assert flag in proc.stdout
@@ -67,7 +64,7 @@ def test_every_verb_documents_its_flags(verb, flags):
     (["run", "experiments/baseline.yaml", "--nproc", "0"], "--nproc 0: expected a number of processes"),
 ])
 def test_user_errors_are_one_line_and_exit_2(args, fragment):
-    proc = nanolab(*args)
+    proc = cli(*args)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert fragment in proc.stderr
@@ -97,7 +94,7 @@ def test_every_argument_of_every_verb_is_explained():
 
 
 def test_help_prints_percent_signs_once():
-    assert "95% confidence" in " ".join(nanolab("compare", "--help").stdout.split())
+    assert "95% confidence" in " ".join(cli("compare", "--help").stdout.split())
 
 
 def documents(text: str) -> list:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from test_model import one_thread  # noqa: F401 - autouse: one intra-op thread for tiny models
+import pytest
 
 from nanolab.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one intra-op thread for tiny models
 
 SPEC = """name: cc
 data: {block_size: 32}

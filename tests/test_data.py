@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import shared_shakespeare
 
 from nanolab import registry
 from nanolab.config import DataConfig
@@ -24,8 +25,6 @@ from nanolab.data import (
     tokenizer_from_dict,
 )
 from nanolab.errors import NanolabError
-
-from conftest import shared_shakespeare
 
 
 @pytest.fixture(scope="module")

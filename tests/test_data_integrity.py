@@ -11,14 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import nanogpt_prepare
 
 from nanolab.cli import main
 from nanolab.config import DataConfig
 from nanolab.data import cache, load_data
 from nanolab.data.sources import resolve_source
 from nanolab.errors import NanolabError
-
-from test_datacache import nanogpt_prepare
 
 FIX = "the token cache entry is damaged; rebuild it with `nanolab data prepare SPEC --rebuild` (or delete {e})"
 

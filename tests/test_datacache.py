@@ -10,12 +10,12 @@ import pickle
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import xxhash
+from helpers import gpt2_prepare, nanogpt_prepare, shared_shakespeare, wait_for
 
 from nanolab import load_spec, run
 from nanolab.cli import main
@@ -24,8 +24,6 @@ from nanolab.data import BPETokenizer, CharTokenizer, load_data, sources
 from nanolab.data.cache import find_entry, token_dtype
 from nanolab.data.sources import resolve_source
 from nanolab.errors import NanolabError, SpecError
-
-from conftest import shared_shakespeare
 
 ENTRY_FILES = ["provenance.json", "tokenizer.json", "train.bin", "val.bin", "verified.json"]
 
@@ -201,13 +199,6 @@ def prepare_in_child(corpus: Path, mode: str, signals: Path, **kwargs) -> subpro
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
 
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.01)
-
-
 def test_a_killed_preparation_leaves_no_entry_and_the_next_one_makes_it_whole(corpus, cache_root, tmp_path):
     killed = prepare_in_child(corpus, "kill", tmp_path)
     killed.communicate(timeout=60)
@@ -226,7 +217,8 @@ def test_a_killed_preparation_leaves_no_entry_and_the_next_one_makes_it_whole(co
 
 def test_two_preparations_at_once_make_one_entry_that_both_use(corpus, cache_root, tmp_path):
     first, second = prepare_in_child(corpus, "hold", tmp_path), prepare_in_child(corpus, "wait", tmp_path)
-    wait_for(tmp_path / "holding", first)  # the first holds the lock, midway through the tokens
+    wait_for((tmp_path / "holding").exists, timeout=60, what="the first to hold the lock", every=0.01,
+             watch=[first])  # the first holds the lock, midway through the tokens
     assert second.stderr.readline().startswith("nanolab: waiting for another process to prepare ")
     (tmp_path / "go").touch()
 
@@ -293,23 +285,6 @@ def test_a_bad_source_is_one_line(tmp_path, cache_root, cfg, message):
 
 
 # ----------------------------------------------------------------------------- nanoGPT's files
-
-
-def nanogpt_prepare(folder: Path, text: str, meta_format: str = "pkl") -> dict:
-    """What nanoGPT's data/shakespeare_char/prepare.py writes, given the text."""
-    chars = sorted(set(text))
-    stoi, itos = {ch: i for i, ch in enumerate(chars)}, {i: ch for i, ch in enumerate(chars)}
-    n = len(text)
-    folder.mkdir(parents=True, exist_ok=True)
-    np.array([stoi[c] for c in text[:int(n * 0.9)]], dtype=np.uint16).tofile(folder / "train.bin")
-    np.array([stoi[c] for c in text[int(n * 0.9):]], dtype=np.uint16).tofile(folder / "val.bin")
-    meta = {"vocab_size": len(chars), "itos": itos, "stoi": stoi}
-    if meta_format == "pkl":
-        with open(folder / "meta.pkl", "wb") as f:
-            pickle.dump(meta, f)
-    else:
-        (folder / "meta.json").write_text(json.dumps(meta))
-    return meta
 
 
 @pytest.mark.parametrize("meta_format", ["pkl", "json"])
@@ -382,17 +357,6 @@ def test_bad_nanogpt_files_are_one_line(tmp_path, damage, message):
     with pytest.raises(NanolabError) as err:
         load_data(DataConfig(path=str(folder), format="nanogpt_bin", block_size=8))
     assert str(err.value) == message.format(d=folder)
-
-
-def gpt2_prepare(folder: Path, text: str) -> list[int]:
-    """What nanoGPT's data/shakespeare/prepare.py writes (uint16 BPE ids, 90/10, no meta file), with a BPE of 512
-    tokens trained here standing in for tiktoken's GPT-2 encoding, which needs a download."""
-    ids = BPETokenizer.from_texts([text], 512).encode(text)
-    folder.mkdir(parents=True)
-    n = int(len(ids) * 0.9)
-    np.array(ids[:n], dtype=np.uint16).tofile(folder / "train.bin")
-    np.array(ids[n:], dtype=np.uint16).tofile(folder / "val.bin")
-    return ids
 
 
 def test_gpt2_bpe_files_without_a_meta_train_on_the_spec_vocabulary(tmp_path, cache_root, shakespeare, capsys):

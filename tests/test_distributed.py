@@ -2,36 +2,20 @@
 and a failing rank that ends the job."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-
-SPEC = """\
-name: ddp
-seed: 7
-data: {block_size: 16}
-model: {n_layer: 1, n_head: 2, n_embd: 16}
-train: {batch_size: 8, grad_accum: 2, max_iters: %(iters)d, lr: 3.0e-3, warmup_iters: 5, eval_interval: 10,
-        eval_iters: 2, log_interval: 5, checkpoint_interval: 10, sample_tokens: 8}
-tracking: {wandb: {mode: disabled}}
-"""
+from helpers import cli, start_cli, tiny_yaml, wait_for
 
 
 def spec(tmp_path: Path, iters: int = 40) -> Path:
+    """tmp_path/ddp.yaml: the tiny spec at batch 8 in 2 micro-batches, `iters` steps, a checkpoint every 10."""
     path = tmp_path / "ddp.yaml"
-    path.write_text(SPEC % {"iters": iters})
+    path.write_text(tiny_yaml("ddp", seed=7, batch_size=8, grad_accum=2, max_iters=iters, lr=3.0e-3, warmup_iters=5,
+                              checkpoint_interval=10))
     return path
-
-
-def nanolab(tmp_path, *args, extra_env=None, **kwargs):
-    env = {**os.environ, "NANOLAB_RUNS": str(tmp_path / "runs"), **(extra_env or {})}
-    return subprocess.run([sys.executable, "-m", "nanolab", *args], capture_output=True, text=True, env=env,
-                          timeout=300, **kwargs)
 
 
 def evals(run_dir: Path) -> list[tuple[int, float, float]]:
@@ -48,7 +32,7 @@ def test_two_processes_match_one(tmp_path):
     two = tmp_path / "two"
     for folder, nproc in ((one, "1"), (two, "2")):
         folder.mkdir()
-        proc = nanolab(folder, "run", str(spec(folder)), "--nproc", nproc)
+        proc = cli("run", spec(folder), "--nproc", nproc, runs=folder / "runs", timeout=300)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.count("finished:") == 1  # one line for the job, not one per rank
     (single,), (double,) = run_dirs(one), run_dirs(two)  # exactly one run folder each
@@ -62,18 +46,15 @@ def test_two_processes_match_one(tmp_path):
 def test_a_two_process_run_resumes_an_interrupted_one(tmp_path):
     reference = tmp_path / "reference"
     reference.mkdir()
-    assert nanolab(reference, "run", str(spec(reference, iters=120))).returncode == 0
-    env = {**os.environ, "NANOLAB_RUNS": str(tmp_path / "runs")}
-    proc = subprocess.Popen([sys.executable, "-m", "nanolab", "run", str(spec(tmp_path, iters=120))], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list((tmp_path / "runs").glob("ddp/*/ckpt/last.pt")):
-        time.sleep(0.05)
+    assert cli("run", spec(reference, iters=120), runs=reference / "runs", timeout=300).returncode == 0
+    proc = start_cli("run", spec(tmp_path, iters=120), env={"NANOLAB_RUNS": str(tmp_path / "runs")})
+    wait_for(lambda: list((tmp_path / "runs").glob("ddp/*/ckpt/last.pt")), timeout=120, what="a checkpoint",
+             every=0.05)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 143
     (run_dir,) = run_dirs(tmp_path)
     stopped = evals(run_dir)
-    resumed = nanolab(tmp_path, "run", "--resume", str(run_dir), "--nproc", "2")
+    resumed = cli("run", "--resume", run_dir, "--nproc", "2", runs=tmp_path / "runs", timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((run_dir / "meta.json").read_text())["status"] == "finished"
     (ref_dir,) = run_dirs(reference)
@@ -98,8 +79,8 @@ def test_a_failing_rank_ends_the_job(tmp_path):
     (tmp_path / "inject").mkdir()
     (tmp_path / "inject" / "sitecustomize.py").write_text(FAIL_ON_RANK_1)
     started = time.time()
-    proc = nanolab(tmp_path, "run", str(spec(tmp_path)), "--nproc", "2",
-                   extra_env={"PYTHONPATH": str(tmp_path / "inject")})
+    proc = cli("run", spec(tmp_path), "--nproc", "2", runs=tmp_path / "runs",
+               env={"PYTHONPATH": str(tmp_path / "inject")}, timeout=300)
     assert proc.returncode != 0
     assert "rank 1 lost its data" in proc.stderr
     assert time.time() - started < 150

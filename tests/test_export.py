@@ -14,6 +14,7 @@ from typing import Callable
 
 import pytest
 import torch
+from helpers import gpt2_prepare, nan_at, shared_shakespeare
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from nanolab import load_spec, registry, run
@@ -23,10 +24,6 @@ from nanolab.data import tokenizer_from_dict
 from nanolab.runfolder import RunFolder
 from nanolab.runner import load_trained
 from nanolab.vocab import EXIT_OK, EXIT_USAGE
-
-from conftest import shared_shakespeare
-from test_datacache import gpt2_prepare
-from test_faults import nan_at
 
 SPEC = """\
 seed: 7

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import cli, nan_at, tiny_spec
 
 from nanolab import device as dev
 from nanolab import load_spec, run
@@ -23,27 +24,10 @@ from nanolab.runner import Stop
 from nanolab.train_loop import train_step
 from nanolab.vocab import VAL_LOSS, RunStatus
 
-SPEC = """\
-name: %(name)s
-seed: 7
-data: {block_size: 16}
-model: {n_layer: 1, n_head: 2, n_embd: %(embd)d}
-train: {batch_size: 4, max_iters: %(iters)d, lr: 3.0e-3, warmup_iters: 5, eval_interval: %(eval)d, eval_iters: 2,
-        log_interval: 5, checkpoint_interval: %(ckpt)d, sample_tokens: 16}
-tracking: {wandb: {mode: disabled}}
-"""
-
 
 def spec(tmp_path: Path, name="faults", iters=20, eval=10, ckpt=5, embd=16) -> Path:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(SPEC % {"name": name, "iters": iters, "eval": eval, "ckpt": ckpt, "embd": embd})
-    return path
-
-
-def cli(*args, runs: Path, timeout=120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "NANOLAB_RUNS": str(runs)}
-    return subprocess.run([sys.executable, "-m", "nanolab", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
+    """The tiny checkpointed spec (helpers.tiny_spec) with this module's defaults."""
+    return tiny_spec(tmp_path, name, iters, eval, ckpt, embd)
 
 
 def one_error_line(proc: subprocess.CompletedProcess) -> str:
@@ -332,29 +316,6 @@ def test_a_real_full_disk_keeps_the_checkpoint_and_says_so_in_meta(tmp_path, sma
 
 
 # --------------------------------------------------------------------------- 6-8. what a run says as it ends
-
-
-def nan_at(monkeypatch, at: int):
-    """The model's training forward returns a NaN loss at its `at`-th call."""
-    import nanolab.runner as runner
-
-    real_build = runner.build_model
-
-    def poisoned(*args, **kwargs):
-        model = real_build(*args, **kwargs)
-        forward, calls = model.forward, {"n": 0}
-
-        def forward_with_nan(idx, targets=None, **kw):
-            out = forward(idx, targets, **kw)
-            if not model.training or targets is None:
-                return out
-            calls["n"] += 1
-            return out[0], out[1] * float("nan") if calls["n"] == at else out[1]
-
-        model.forward = forward_with_nan
-        return model
-
-    monkeypatch.setattr(runner, "build_model", poisoned)
 
 
 @pytest.mark.parametrize("at, says", [(3, "no checkpoint is kept: none was saved before"),

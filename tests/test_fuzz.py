@@ -10,89 +10,29 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import io
 import json
 import os
 import tempfile
-import types
-import typing
 from pathlib import Path
 from unittest import mock
 
 import yaml
-from hypothesis import HealthCheck, event, given, settings
+from helpers import FUZZ, HUGE_INTS, KEYS, misspelled, typed_values
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from nanolab import Config, NanolabError, load_spec, registry
+from nanolab import NanolabError, load_spec, registry
 from nanolab.cli import main
 from nanolab.spec import dump_spec, format_override, set_dotted
-from nanolab.config_dicts import flatten, spec_fields, to_dict
+from nanolab.config_dicts import flatten, to_dict
 
 TINY = {"name": "fuzz", "seed": 1, "data": {"block_size": 8}, "model": {"n_layer": 1, "n_head": 2, "n_embd": 16},
         "train": {"batch_size": 2, "max_iters": 1, "eval_interval": 1, "eval_iters": 1, "log_interval": 1,
                   "warmup_iters": 0, "sample_tokens": 0},
         "tracking": {"wandb": {"mode": "disabled"}}}
-FUZZ = settings(deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def key_table(cls: type = Config, prefix: str = "") -> dict[str, tuple[typing.Any, dict]]:
-    """Every dotted key a spec may set -> (its type hint, its field metadata), walked from the dataclasses."""
-    hints, table = typing.get_type_hints(cls), {}
-    by_name = {f.name: f for f in dataclasses.fields(cls)}
-    for name in spec_fields(cls):
-        if dataclasses.is_dataclass(hints[name]):
-            table.update(key_table(hints[name], f"{prefix}{name}."))
-        else:
-            table[f"{prefix}{name}"] = (hints[name], dict(by_name[name].metadata))
-    return table
-
-
-KEYS = key_table()
-HUGE_INTS = [2**31, 2**62, 2**62 + 1, 2**63, 2**64, -(2**63) - 1, 10**400]
-FLOAT_TEXTS = ["1e-3", "3e400", "inf", "-inf", "nan", ".inf", "1_0", " 2 ", "0x10"]
-KNOWN_TEXT = {"train.device": ["auto", "cpu", "cuda", "cuda:1", "mps", "gpu", "cpu "],
-              "train.dtype": ["auto", "float32", "bfloat16", "float16", "fp16"],
-              "tracking.wandb.mode": ["auto", "online", "offline", "disabled", "off"],
-              "tracking.wandb.project": ["nanolab", "a/b", "x" * 129], "model.norm_placement": ["pre", "post", "mid"],
-              "name": ["fuzz", "a" * 100, "a" * 101, "-x", "a b", "ok.v2=+_-"]}
 JUNK = st.one_of(st.none(), st.booleans(), st.sampled_from(HUGE_INTS), st.floats(), st.text(max_size=20),
                  st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
-
-
-def misspelled(word: str) -> st.SearchStrategy[str]:
-    """`word` with one character dropped, doubled or replaced."""
-    edits = [lambda i, c: word[:i] + word[i + 1:], lambda i, c: word[:i] + word[i] + word[i:],
-             lambda i, c: word[:i] + c + word[i + 1:]]
-    return st.builds(lambda edit, i, c: edit(i, c), st.sampled_from(edits), st.integers(0, len(word) - 1),
-                     st.characters())
-
-
-def typed_values(key: str) -> st.SearchStrategy:
-    """Values of `key`'s declared type, over and beyond its accepted range."""
-    hint, meta = KEYS[key]
-    if isinstance(hint, types.UnionType):  # `X | None`
-        inner = next(a for a in typing.get_args(hint) if a is not type(None))
-        return st.none() | typed_values_of(inner, meta, key)
-    return typed_values_of(hint, meta, key)
-
-
-def typed_values_of(hint, meta: dict, key: str) -> st.SearchStrategy:
-    if "kind" in meta:
-        names = registry.names(meta["kind"])
-        return st.sampled_from(names) | st.sampled_from(names).flatmap(misspelled)
-    if hint is bool:
-        return st.booleans()
-    if hint is int:
-        return st.integers(1, 64) | st.integers(-2, 300) | st.sampled_from(HUGE_INTS) | st.integers()
-    if hint is float:
-        return st.floats(0, 1) | st.floats() | st.sampled_from(FLOAT_TEXTS) | st.integers(-3, 10) | st.sampled_from(
-            HUGE_INTS)
-    if typing.get_origin(hint) is tuple:
-        return st.lists(st.text(max_size=70), max_size=3) | st.text(max_size=70)
-    assert hint is str, f"no strategy for {key}: {hint}"
-    return st.sampled_from(KNOWN_TEXT.get(key, ["x"])) | st.text(max_size=120)
-
 
 real_keys = st.sampled_from(sorted(KEYS))
 keys = real_keys | real_keys.flatmap(misspelled) | st.text(min_size=1, max_size=12) | st.sampled_from(

@@ -18,13 +18,12 @@ from pathlib import Path
 from unittest import mock
 
 import numpy as np
+from helpers import FUZZ, HUGE_INTS, KEYS, typed_values
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from nanolab.cli import main
 from nanolab.spec import format_override
-
-from test_fuzz import FUZZ, HUGE_INTS, KEYS, typed_values
 
 EXAMPLES = int(os.environ.get("NANOLAB_FUZZ_EXAMPLES", "60"))
 SECONDS_PER_EXAMPLE = 20  # a tiny corpus prepares (BPE trained) in well under a second

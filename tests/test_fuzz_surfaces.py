@@ -21,24 +21,18 @@ from unittest import mock
 
 import pytest
 import yaml
+from helpers import FUZZ, HUGE_INTS, tiny_yaml
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
 from nanolab.cli import main
-from test_fuzz import FUZZ, HUGE_INTS
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
 EXAMPLES = int(os.environ.get("NANOLAB_FUZZ_EXAMPLES", "40"))
 SECONDS_PER_EXAMPLE = 20  # a tiny model samples, exports or trains 3 steps in about a second
-EXPERIMENT = """\
-name: tiny
-data: {block_size: 8}
-model: {n_layer: 1, n_head: 2, n_embd: 16}
-train: {batch_size: 2, max_iters: 2, warmup_iters: 0, eval_interval: 1, eval_iters: 1, log_interval: 1,
-        sample_tokens: 0}
-tracking: {wandb: {mode: disabled}}
-"""
+EXPERIMENT = tiny_yaml(data={"block_size": 8}, batch_size=2, max_iters=2, warmup_iters=0, eval_interval=1, eval_iters=1,
+                       log_interval=1, sample_tokens=0)
 TOKENS_PER_STEP = 2 * 8
 ABLATION = """\
 name: act

@@ -3,9 +3,7 @@ small, and train.py's checkpoint dict), then sample, export, --resume; and `nano
 
 from __future__ import annotations
 
-import json
 import math
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from helpers import inspect, nanogpt_prepare, offline_runs, shared_shakespeare
 from torch.nn import functional as F
 
 from nanolab.cli import main
@@ -20,8 +19,6 @@ from nanolab.config_dicts import to_dict
 from nanolab.spec import load_spec
 from nanolab.runfolder import RunFolder
 from nanolab.vocab import EXIT_OK, EXIT_USAGE
-
-from conftest import shared_shakespeare
 
 
 # ----------------------------------------------------------------------------- nanoGPT's model.py (master), abridged
@@ -132,26 +129,12 @@ TRAIN_CONFIG = dict(out_dir="out-shakespeare-char", eval_interval=5, log_interva
                     **{k: v for k, v in MODEL_ARGS.items() if k not in ("block_size", "vocab_size")})
 
 
-def prepare_data(folder: Path) -> list[str]:
-    """nanoGPT's data/shakespeare_char/prepare.py: train.bin, val.bin (uint16) and meta.pkl."""
-    text = shared_shakespeare().read_text(encoding="utf-8")
-    chars = sorted(set(text))
-    stoi = {c: i for i, c in enumerate(chars)}
-    folder.mkdir(parents=True)
-    n = int(len(text) * 0.9)
-    np.array([stoi[c] for c in text[:n]], dtype=np.uint16).tofile(folder / "train.bin")
-    np.array([stoi[c] for c in text[n:]], dtype=np.uint16).tofile(folder / "val.bin")
-    with open(folder / "meta.pkl", "wb") as f:
-        pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi}, f)
-    return chars
-
-
 @pytest.fixture(scope="module")
 def nanogpt_out(tmp_path_factory) -> tuple[Path, GPT, dict]:
     """nanoGPT's layout: nanoGPT/data/shakespeare_char/ and nanoGPT/out-shakespeare-char/ckpt.pt after 6 of 12
     steps, saved by train.py's code (compiled: every key under _orig_mod.)."""
     root = tmp_path_factory.mktemp("nanoGPT")
-    prepare_data(root / "data" / "shakespeare_char")
+    nanogpt_prepare(root / "data" / "shakespeare_char", shared_shakespeare().read_text(encoding="utf-8"))
     torch.manual_seed(1337)
     model = GPT(GPTConfig(**MODEL_ARGS))
     optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99))
@@ -274,8 +257,6 @@ def test_lm_eval_bits_per_byte_is_nanolabs_bpc_on_the_same_text(trained, tmp_pat
     assert f"eval/nanolab_shakespeare/bits_per_byte {bpb:.4f}" in printed and record["checkpoint"] == "best"
     whole_bpc = folder.read_summary()["final/val_loss_whole"] / math.log(2)  # char tokens: a token is a character
     assert abs(bpb - whole_bpc) / whole_bpc < 0.01
-    from test_tracking import inspect, offline_runs
-
     latest = offline_runs(trained)[-1]  # the eval's session of the run's W&B run: the same id
     assert latest.name.endswith(folder.read_meta()["wandb_id"])
     assert inspect(latest)["summary"]["eval/nanolab_shakespeare/bits_per_byte"] == bpb

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import alive, wait_for
 
 from nanolab.launch import Board, Launched, Outcome, Task
 from nanolab.launch.local import LocalLauncher, cpu_count
@@ -132,17 +133,12 @@ def test_workers_die_with_their_parent(tmp_path):
     """)
     parent = subprocess.Popen([sys.executable, "-c", script])
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline and len(_lines(pids)) < 2:
-            time.sleep(0.2)
+        wait_for(lambda: len(_lines(pids)) >= 2, timeout=60, what="both workers to start")
         workers = [int(p) for p in _lines(pids)]
         assert len(workers) == 2
         parent.kill()
         parent.wait()
-        deadline = time.time() + 15
-        while time.time() < deadline and any(alive(p) for p in workers):
-            time.sleep(0.2)
-        assert not any(alive(p) for p in workers)
+        wait_for(lambda: not any(alive(p) for p in workers), timeout=15, what="the orphaned workers to stop")
     finally:
         parent.kill()
 
@@ -155,12 +151,3 @@ def sleep_record(path: str, *, progress: bool) -> Outcome:
 
 def _lines(path: Path) -> list[str]:
     return path.read_text().split() if path.is_file() else []
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    state = Path(f"/proc/{pid}/stat")
-    return not (state.is_file() and state.read_text().split()[2] == "Z")  # a zombie has exited

@@ -13,16 +13,9 @@ from nanolab import registry
 from nanolab.config import ModelConfig
 from nanolab.model import KVCache, build_model, sample
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # one intra-op thread for tiny models
+
 VOCAB = 11
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run several times faster on one intra-op thread, above all on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 TINY = ModelConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, attention="naive")
 
 

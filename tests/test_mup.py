@@ -14,7 +14,8 @@ from nanolab.components.optim import build_optimizer, split_params
 from nanolab.errors import SpecError
 from nanolab.model import build_model
 from nanolab.spec import load_spec
-from test_model import one_thread  # noqa: F401 - autouse: one intra-op thread for tiny models
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one intra-op thread for tiny models
 
 VOCAB = 13
 

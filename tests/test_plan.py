@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_ablate import EXPERIMENT
+from helpers import tiny_yaml
 
 from nanolab.ablate import ablate, load_ablation
 from nanolab.analysis.report import write_report
@@ -29,7 +29,7 @@ seeds: [1]
 @pytest.fixture(autouse=True)
 def own_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("NANOLAB_RUNS", str(tmp_path / "runs"))
-    (tmp_path / "tiny.yaml").write_text(EXPERIMENT)
+    (tmp_path / "tiny.yaml").write_text(tiny_yaml())
 
 
 def config(name: str, run_id: str) -> dict:
@@ -45,7 +45,7 @@ def test_an_edit_between_two_cells_changes_neither_and_the_rerun_names_the_chang
     for line in child.stdout:  # the edit lands while the first cell trains, before the second is proposed
         seen.append(line)
         if line.startswith("activation=relu-s1: started"):
-            (tmp_path / "tiny.yaml").write_text(EXPERIMENT.replace("n_embd: 16", "n_embd: 32"))
+            (tmp_path / "tiny.yaml").write_text(tiny_yaml(model={"n_embd": 32}))
             break
     out, err = child.communicate(timeout=300)
     assert child.returncode == 0, err

@@ -4,15 +4,10 @@ stops with 130 or 143 and one line saying how to continue, its running runs save
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 
 import pytest
-from test_ablate import EXPERIMENT
-from test_sweep import sweep_file
-from test_sweep_faults import LR, wait_for
+from helpers import LR, start_cli, sweep_file, tiny_yaml, wait_for
 
 from nanolab.runfolder import RunStore
 
@@ -29,11 +24,6 @@ def own_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("NANOLAB_RUNS", str(tmp_path / "runs"))
 
 
-def start(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "nanolab", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=dict(os.environ))
-
-
 def meta(name: str, run_id: str) -> dict:
     return json.loads((RunStore().folder(name, run_id).path / "meta.json").read_text())
 
@@ -44,11 +34,11 @@ def train_steps(name: str, run_id: str) -> list[int]:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_ctrl_c_stops_the_ablation_its_running_cells_save_and_the_next_call_continues_them(tmp_path, workers):
-    (tmp_path / "tiny.yaml").write_text(EXPERIMENT)
+    (tmp_path / "tiny.yaml").write_text(tiny_yaml())
     path = tmp_path / "stop.yaml"
     path.write_text(f"name: stop\nexperiment: tiny.yaml\n{LONG}grid: {{model.activation: [relu, gelu]}}\nseeds: [1]\n")
     running = CELLS[:workers]
-    child = start("ablate", str(path), "--workers", str(workers))
+    child = start_cli("ablate", str(path), "--workers", str(workers))
     wait_for(lambda: all(RunStore().folder("stop", r).ckpt("last").is_file() for r in running), timeout=240,
              what="the running cells' checkpoints")
     child.send_signal(signal.SIGINT)  # to the command alone, not its process group: it passes the signal on
@@ -61,7 +51,7 @@ def test_ctrl_c_stops_the_ablation_its_running_cells_save_and_the_next_call_cont
         assert (meta("stop", run_id)["status"], meta("stop", run_id)["reason"]) == ("interrupted", "SIGINT")
     stopped = {run_id: train_steps("stop", run_id) for run_id in running}
 
-    again = start("ablate", str(path), "--workers", str(workers))
+    again = start_cli("ablate", str(path), "--workers", str(workers))
     out, err = again.communicate(timeout=1200)
     assert again.returncode == 0, err
     for run_id in CELLS:
@@ -75,7 +65,7 @@ def test_ctrl_c_stops_the_ablation_its_running_cells_save_and_the_next_call_cont
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sigterm_stops_a_sweep_in_one_line_and_the_next_call_continues_its_trials(tmp_path, workers):
     path = sweep_file(tmp_path, "term", LR + LONG + f"trials: {workers}\n")
-    child = start("sweep", str(path), "--workers", str(workers))
+    child = start_cli("sweep", str(path), "--workers", str(workers))
     trials = [f"trial-{n}" for n in range(workers)]
     wait_for(lambda: all(RunStore().folder("term", t).ckpt("last").is_file() for t in trials), timeout=240,
              what="the trials' checkpoints")
@@ -87,7 +77,7 @@ def test_sigterm_stops_a_sweep_in_one_line_and_the_next_call_continues_its_trial
     assert "Traceback" not in err
     assert {meta("term", t)["status"] for t in trials} == {"interrupted"}
 
-    again = start("sweep", str(path), "--workers", str(workers), "--trials", "1")
+    again = start_cli("sweep", str(path), "--workers", str(workers), "--trials", "1")
     out, err = again.communicate(timeout=1200)
     assert again.returncode == 0, err
     for t in trials:  # each continued in its own folder

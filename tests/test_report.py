@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import wandb_workspaces.reports.v2 as wr
-from test_ablate import EXPERIMENT
+from helpers import cli, tiny_yaml
 from wandb_workspaces import expr
 
 import torch
@@ -27,7 +27,6 @@ from nanolab.tracking import workspace
 
 REPO = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
-TINY = EXPERIMENT  # test_ablate's tiny experiment
 ABLATION = """\
 experiment: tiny.yaml
 grid: {model.activation: [relu, swiglu]}
@@ -47,7 +46,7 @@ def plans(tmp_path_factory):
     """An ablation `act` (2 activations x 2 seeds) and a sweep `lrs` (2 trials) that have run, under their own
     runs root, which stays $NANOLAB_RUNS for the module's tests (the sweep's study is found through it)."""
     folder = tmp_path_factory.mktemp("plans")
-    (folder / "tiny.yaml").write_text(TINY)
+    (folder / "tiny.yaml").write_text(tiny_yaml())
     (folder / "act.yaml").write_text(ABLATION)
     (folder / "lrs.yaml").write_text(SWEEP)
     with pytest.MonkeyPatch.context() as mp:
@@ -55,10 +54,6 @@ def plans(tmp_path_factory):
         assert main(["ablate", str(folder / "act.yaml")]) == 0
         assert main(["sweep", str(folder / "lrs.yaml")]) == 0
         yield folder
-
-
-def nanolab(*args):
-    return subprocess.run([sys.executable, "-m", "nanolab", *args], capture_output=True, text=True)
 
 
 def headings(text: str) -> list[str]:
@@ -79,7 +74,7 @@ def assert_plots(out: Path, text: str) -> None:
 
 def test_ablation_report(plans, tmp_path):
     out = tmp_path / "report"
-    proc = nanolab("report", str(plans / "act.yaml"), "--out", str(out))
+    proc = cli("report", str(plans / "act.yaml"), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"wrote {out / 'report.md'}\n"
     text = (out / "report.md").read_text()

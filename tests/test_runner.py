@@ -1,6 +1,5 @@
 """The runner: reproducibility, signals and resume, divergence, atomic checkpoints, the run folder, sampling."""
 
-import hashlib
 import json
 import math
 import os
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import build_fingerprint, cli, nan_at, rows, tiny_spec
 
 from nanolab import load_spec, run
 from nanolab.components.optim import Optimizers, lr_factor
@@ -18,29 +18,6 @@ from nanolab.errors import NanolabError
 from nanolab.runfolder import RunFolder
 from nanolab.runner import Stop
 from nanolab.vocab import RunStatus
-from test_faults import nan_at
-
-TINY = """\
-name: tiny
-seed: 7
-data: {block_size: 16}
-model: {n_layer: 1, n_head: 2, n_embd: 16}
-train: {batch_size: 4, max_iters: %(iters)d, lr: 3.0e-3, warmup_iters: 5, eval_interval: %(eval)d, eval_iters: 2,
-        log_interval: 5, checkpoint_interval: %(ckpt)d, sample_tokens: 16}
-tracking: {wandb: {mode: disabled}}
-"""
-
-
-def tiny_spec(tmp_path: Path, iters=30, eval=10, ckpt=10) -> Path:
-    path = tmp_path / "tiny.yaml"
-    path.write_text(TINY % {"iters": iters, "eval": eval, "ckpt": ckpt})
-    return path
-
-
-def rows(run_dir: Path) -> list[dict]:
-    """metrics.jsonl without the timing figures, which no two runs share."""
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if not k.startswith("perf/")} for line in lines]
 
 
 def meta(run_dir: Path) -> dict:
@@ -50,10 +27,6 @@ def meta(run_dir: Path) -> dict:
 def load_checkpoint(path: Path) -> dict:
     """The checkpoint at `path` (RunFolder(run).ckpt(kind)), through the run folder's reader."""
     return RunFolder(path.parent.parent).load_checkpoint(path.stem)
-
-
-def cli(*args, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nanolab", *args], capture_output=True, text=True, **kwargs)
 
 
 def test_same_seed_same_losses_and_a_complete_run_folder(tmp_path):
@@ -108,19 +81,6 @@ def test_the_logged_rates_are_those_the_optimizers_stepped_with(tmp_path, monkey
     assert logged == [(s + 1, muon, adamw) for s, (muon, adamw) in enumerate(stepped)]
     assert [(muon, adamw) for _, muon, adamw in logged] == [
         (0.05 * lr_factor(s, cfg.train), 3e-3 * lr_factor(s, cfg.train)) for s in range(10)]
-
-
-def build_fingerprint() -> str:
-    """torch's version, its BLAS / LAPACK / oneDNN builds and the CPU code path it dispatches to: what decides
-    the float rounding of a CPU run besides nanolab's own code."""
-    config = torch.__config__.show().splitlines()
-    keep = [line.strip() for line in config if any(k in line for k in ("Math Kernel", "MKL-DNN", "OpenBLAS",
-                                                                        "BLAS", "CPU capability"))
-            and "Build settings" not in line]
-    settings = next((line for line in config if "Build settings" in line), "")
-    keep += [item.strip() for item in settings.split(",") if item.strip().split("=")[0] in ("BLAS_INFO",
-                                                                                             "LAPACK_INFO")]
-    return torch.__version__ + ":" + hashlib.sha256("\n".join(keep).encode()).hexdigest()[:16]
 
 
 # final/val_loss of tiny_spec(), 1 thread, and the build it was recorded on (see build_fingerprint)

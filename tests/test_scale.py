@@ -11,9 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from slurm_cluster import slurm  # noqa: F401 - the session fixture
-from test_ablate import EXPERIMENT
-from test_sweep_faults import wait_for
+from helpers import tiny_yaml, wait_for
 
 from nanolab.ablate import load_ablation
 from nanolab.cli import main
@@ -26,7 +24,7 @@ LADDER = "scale: {sizes: [[16, 1], [32, 1]], budgets: [4.0e+7, 3.0e+8]}\n"
 @pytest.fixture(autouse=True)
 def own_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("NANOLAB_RUNS", str(tmp_path / "runs"))
-    (tmp_path / "tiny.yaml").write_text(EXPERIMENT)
+    (tmp_path / "tiny.yaml").write_text(tiny_yaml())
 
 
 def ladder_file(tmp_path, body: str, name: str = "ladder"):
@@ -111,7 +109,7 @@ def test_sigkill_then_rerun_does_not_redo_finished_points(tmp_path):
     assert not [p.name for p in (tmp_path / "runs/ladder").iterdir() if ".attempt" in p.name]
 
 
-def test_a_ladder_runs_as_slurm_jobs_one_per_point(slurm, tmp_path, monkeypatch):  # noqa: F811
+def test_a_ladder_runs_as_slurm_jobs_one_per_point(slurm, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # submitit's folders are relative
     path = ladder_file(tmp_path, LADDER)
     flags = ["--launcher", "slurm", "--partition", slurm.partition, "--cpus", "1", "--wait"]

@@ -7,7 +7,7 @@ import json
 import re
 
 import pytest
-from test_ablate import EXPERIMENT
+from helpers import tiny_yaml
 
 from nanolab.cli import main
 from nanolab.runfolder import RunStore
@@ -30,7 +30,7 @@ seeds: [1]
 @pytest.fixture(autouse=True)
 def own_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("NANOLAB_RUNS", str(tmp_path / "runs"))
-    (tmp_path / "tiny.yaml").write_text(EXPERIMENT)
+    (tmp_path / "tiny.yaml").write_text(tiny_yaml())
 
 
 def summaries(name: str) -> dict[str, dict]:

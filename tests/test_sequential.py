@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_ablate import EXPERIMENT, cli
+from helpers import cli, tiny_yaml
 
 from nanolab.sequential import (SPENDING, Decide, Design, SeedDesign, holm, null_t, paired_t, repeated_p, sequence,
                                 t_boundaries)
@@ -121,7 +121,7 @@ decide: {fwer: 0.05}
 @pytest.fixture
 def seq(tmp_path, monkeypatch):
     monkeypatch.setenv("NANOLAB_RUNS", str(tmp_path / "runs"))
-    (tmp_path / "tiny.yaml").write_text(EXPERIMENT)
+    (tmp_path / "tiny.yaml").write_text(tiny_yaml())
     path = tmp_path / "seq.yaml"
     path.write_text(SEQUENTIAL)
     return path

@@ -6,25 +6,16 @@ a `tune:` block each variant's study runs as jobs once, before the first round."
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from slurm_cluster import slurm  # noqa: F401 - the session fixture
+from helpers import cli, tiny_yaml
 
-EXPERIMENT = """\
-name: tiny
-seed: 1
-data: {block_size: 16}
-model: {n_layer: 1, n_head: 2, n_embd: 16}
-train: {batch_size: 4, max_iters: 20, warmup_iters: 0, eval_interval: 10, eval_iters: 2, log_interval: 5}
-tracking: {wandb: {mode: disabled}}
-"""
+EXPERIMENT = tiny_yaml(seed=1, warmup_iters=0, sample_tokens=0)
 SEQUENTIAL = """\
 name: seq
 experiment: tiny.yaml
@@ -53,10 +44,6 @@ def work(tmp_path, monkeypatch) -> Path:
     (tmp_path / "seq.yaml").write_text(SEQUENTIAL)
     return tmp_path
 
-
-def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nanolab", *args], capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ))
 
 
 def job_ids(stdout: str) -> dict[str, str]:

@@ -16,16 +16,11 @@ import pytest
 from nanolab.ablate import load_ablation
 from nanolab.sweep import SweepStudy, params_text
 
+from helpers import cli, tiny_yaml
+
 pytestmark = [pytest.mark.timeout(900), pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
 
-EXPERIMENT = """\
-name: tiny
-seed: 1
-data: {block_size: 16}
-model: {n_layer: 1, n_head: 2, n_embd: 16}
-train: {batch_size: 4, max_iters: 20, warmup_iters: 0, eval_interval: 10, eval_iters: 2, log_interval: 5}
-tracking: {wandb: {mode: disabled}}
-"""
+EXPERIMENT = tiny_yaml(seed=1, warmup_iters=0, sample_tokens=0)
 TUNED_SEQUENTIAL = """\
 name: seq
 experiment: tiny.yaml
@@ -55,10 +50,6 @@ def spec(work: Path, trials: int = 2, steps: int = 10) -> Path:
     path.write_text(TUNED_SEQUENTIAL.format(trials=trials, steps=steps))
     return path
 
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nanolab", *args], capture_output=True, text=True,
-                          env=dict(os.environ), timeout=600)
 
 
 def meta(work: Path, run_id: str) -> dict:

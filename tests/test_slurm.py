@@ -5,22 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from helpers import POSTGRES_URL, cli, fresh_database, start_cli, tiny_yaml, wait_for
 
 from nanolab.ablate import ablate
 from nanolab.analysis import load_runs
-
-from slurm_cluster import slurm  # noqa: F401 - the session fixture
-from test_ablate import EXPERIMENT
-from test_sweep_postgres import URL, fresh_database
 
 ABLATION = """\
 name: act
@@ -49,13 +43,8 @@ def work(tmp_path, monkeypatch) -> Path:
     """A folder with the tiny experiment, its own runs root, and cwd there (submitit's folders are relative)."""
     monkeypatch.setenv("NANOLAB_RUNS", str(tmp_path / "runs"))
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "tiny.yaml").write_text(EXPERIMENT)
+    (tmp_path / "tiny.yaml").write_text(tiny_yaml())
     return tmp_path
-
-
-def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nanolab", *args], capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ))
 
 
 def job_ids(stdout: str) -> dict[str, str]:
@@ -78,13 +67,6 @@ def train_steps(folder: Path) -> list[int]:
     return [row["step"] for row in rows if "train/loss" in row]
 
 
-def wait_until(condition, timeout: float = 120, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
-
-
 def squeue(job_id: str) -> str:
     out = subprocess.run(["squeue", "-h", "-o", "%T", "-j", job_id], capture_output=True, text=True).stdout
     return out.strip()
@@ -93,7 +75,7 @@ def squeue(job_id: str) -> str:
 # ----------------------------------------------------------------------------- on a real Slurm
 
 
-def test_the_activation_ablation_runs_as_slurm_jobs_and_a_cancelled_cell_continues(slurm, work, tmp_path,  # noqa: F811
+def test_the_activation_ablation_runs_as_slurm_jobs_and_a_cancelled_cell_continues(slurm, work, tmp_path,
                                                                                    monkeypatch):
     plan = str(REPO / "experiments/ablations/activation.yaml")
     slurm_flags = ["--launcher", "slurm", "--partition", slurm.partition, "--cpus", "1"]
@@ -104,10 +86,11 @@ def test_the_activation_ablation_runs_as_slurm_jobs_and_a_cancelled_cell_continu
     assert "follow them: nanolab status" in first.stdout
 
     cancelled = work / "runs/activation/activation=relu-s1"
-    wait_until(lambda: (cancelled / "metrics.jsonl").is_file() and train_steps(cancelled)[-1:] >= [20],
-               what="the first cell's step 20")
+    wait_for(lambda: (cancelled / "metrics.jsonl").is_file() and train_steps(cancelled)[-1:] >= [20],
+             what="the first cell's step 20", every=0.5)
     subprocess.run(["scancel", ids["activation=relu-s1"]], check=True)
-    wait_until(lambda: squeue(ids["activation=relu-s1"]) in ("", "CANCELLED"), what="the cancelled job to leave")
+    wait_for(lambda: squeue(ids["activation=relu-s1"]) in ("", "CANCELLED"), what="the cancelled job to leave",
+             every=0.5)
     meta = json.loads((cancelled / "meta.json").read_text())
     assert (meta["status"], meta["reason"]) == ("interrupted", "SIGTERM")  # it saved on scancel's SIGTERM
 
@@ -128,11 +111,11 @@ def test_the_activation_ablation_runs_as_slurm_jobs_and_a_cancelled_cell_continu
 
 
 @pytest.mark.parametrize("storage", ["journal", "postgresql"])
-def test_a_slurm_sweep_runs_a_job_per_trial_two_at_a_time_and_accounts_for_every_trial(slurm, work, storage):  # noqa: F811
-    if storage == "postgresql" and not URL:
+def test_a_slurm_sweep_runs_a_job_per_trial_two_at_a_time_and_accounts_for_every_trial(slurm, work, storage):
+    if storage == "postgresql" and not POSTGRES_URL:
         pytest.skip("NANOLAB_TEST_POSTGRES (a PostgreSQL URL) is not set")
     (work / "sw.yaml").write_text(SWEEP)
-    with fresh_database(URL) if storage == "postgresql" else contextlib.nullcontext() as url:
+    with fresh_database(POSTGRES_URL) if storage == "postgresql" else contextlib.nullcontext() as url:
         where = ["--storage", url] if url else []  # the journal file in the sweep's folder, on a shared file system
         submit = ["sweep", "sw.yaml", "--launcher", "slurm", "--workers", "2", *where, "--partition", slurm.partition]
         result = cli(*submit, "--cpus", "1", "--wait")
@@ -150,7 +133,7 @@ def test_a_slurm_sweep_runs_a_job_per_trial_two_at_a_time_and_accounts_for_every
     assert trials == ["trial-0", "trial-1", "trial-2", "trial-3"]
 
 
-def test_a_ddp_run_on_slurm_equals_the_same_run_in_one_process(slurm, work, tmp_path, monkeypatch):  # noqa: F811
+def test_a_ddp_run_on_slurm_equals_the_same_run_in_one_process(slurm, work, tmp_path, monkeypatch):
     sets = ["--set", "train.max_iters=10", "train.eval_interval=10", "seed=3"]
     result = cli("run", "tiny.yaml", *sets, "--launcher", "slurm", "--nproc", "2", "--cpus", "1", "--partition",
                  slurm.partition, "--wait")
@@ -162,19 +145,19 @@ def test_a_ddp_run_on_slurm_equals_the_same_run_in_one_process(slurm, work, tmp_
     assert ddp == pytest.approx(one, abs=1e-3)  # the world-size-invariant batch, as under torchrun
 
 
-def test_sigusr2_before_the_time_limit_saves_requeues_and_continues(slurm, work):  # noqa: F811
+def test_sigusr2_before_the_time_limit_saves_requeues_and_continues(slurm, work):
     (work / "act.yaml").write_text(ABLATION.format(steps=1500, evals=500).replace("seeds: [1, 2]", "seeds: [1]")
                                    .replace("[relu, swiglu]", "[relu]"))
     first = cli("ablate", "act.yaml", "--launcher", "slurm", "--partition", slurm.partition, "--cpus", "1")
     [job] = job_ids(first.stdout).values()
     folder = work / "runs/act/activation=relu-s1"
-    wait_until(lambda: (folder / "ckpt/last.pt").is_file() or (folder / "metrics.jsonl").is_file() and
-               len((folder / "metrics.jsonl").read_text().splitlines()) >= 3, what="the run's progress")
+    wait_for(lambda: (folder / "ckpt/last.pt").is_file() or (folder / "metrics.jsonl").is_file() and
+             len((folder / "metrics.jsonl").read_text().splitlines()) >= 3, what="the run's progress", every=0.5)
     subprocess.run(["scancel", "--signal=USR2", job], check=True)  # what Slurm sends 90 s before the limit
-    wait_until(lambda: json.loads((folder / "meta.json").read_text()).get("reason") == "SIGUSR2" or
-               json.loads((folder / "meta.json").read_text())["status"] == "finished", what="the save")
-    wait_until(lambda: json.loads((folder / "meta.json").read_text())["status"] == "finished", timeout=180,
-               what="the requeued job to finish the run")
+    wait_for(lambda: json.loads((folder / "meta.json").read_text()).get("reason") == "SIGUSR2" or
+             json.loads((folder / "meta.json").read_text())["status"] == "finished", what="the save", every=0.5)
+    wait_for(lambda: json.loads((folder / "meta.json").read_text())["status"] == "finished", timeout=180,
+             what="the requeued job to finish the run", every=0.5)
     assert train_steps(folder) == list(range(5, 1501, 5))
     assert (work / "runs/act/.slurm/jobs.json").is_file() and json.loads(
         (work / "runs/act/.slurm/jobs.json").read_text()) == {"activation=relu-s1": job}  # the same job, requeued
@@ -216,13 +199,11 @@ def test_a_bad_launcher_block_is_one_line(work, block, message):
 
 def test_sigusr2_stops_a_run_like_sigterm_and_resume_continues_it(work):
     spec = work / "long.yaml"
-    spec.write_text(EXPERIMENT.replace("max_iters: 20", "max_iters: 100000").replace("eval_interval: 10",
-                                                                                      "eval_interval: 100000"))
-    proc = subprocess.Popen([sys.executable, "-m", "nanolab", "run", str(spec)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    spec.write_text(tiny_yaml(max_iters=100000, eval_interval=100000))
+    proc = start_cli("run", spec)
     runs = work / "runs/tiny"
-    wait_until(lambda: runs.is_dir() and any((d / "metrics.jsonl").is_file() for d in runs.iterdir()),
-               what="the first logged step")
+    wait_for(lambda: runs.is_dir() and any((d / "metrics.jsonl").is_file() for d in runs.iterdir()),
+             what="the first logged step", every=0.5)
     proc.send_signal(signal.SIGUSR2)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 140, err

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
-from slurm_cluster import slurm  # noqa: F401 - the session fixture
 
-
-def test_sbatch_wrap_job_completes(slurm, tmp_path):  # noqa: F811
+def test_sbatch_wrap_job_completes(slurm, tmp_path):
     out = tmp_path / "out.txt"
     submit = subprocess.run(["sbatch", "--parsable", "--wait", f"--output={out}", "--wrap", "echo hello from $SLURM_JOB_ID"],
                             env=slurm.env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import build_fingerprint, rows
 
 from nanolab import load_spec, run
 from nanolab.components.optim import Muon, build_optimizer, lr_factor
@@ -25,8 +26,8 @@ from nanolab.distributed import World
 from nanolab.model import build_model
 from nanolab.runfolder import RunFolder
 from nanolab.train_loop import whole_split_loss
-from test_model import one_thread  # noqa: F401 - autouse: the recorded logits below were taken on one thread
-from test_runner import build_fingerprint, rows
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # the recorded logits below were taken on one thread
 
 VOCAB = 11
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import write_ablation
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
-from test_analysis import write_ablation
 
 from nanolab.analysis import caption, compare, compare_command, format_table
 from nanolab.analysis.findings import findings, target_finding

@@ -9,24 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import cli, tiny_yaml
 
 from nanolab import load_spec, run
 
-TINY = """\
-name: %(name)s
-seed: 7
-data: {block_size: 16}
-model: {n_layer: 1, n_head: 2, n_embd: 16}
-train: {batch_size: 4, max_iters: 10, warmup_iters: 0, eval_interval: 10, eval_iters: 1, log_interval: 5,
-        sample_tokens: 0}
-tracking: {wandb: {mode: disabled}}
-"""
-
-
-def cli(*args, runs: Path | None = None, timeout=120, env: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, **({"NANOLAB_RUNS": str(runs)} if runs else {}), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "nanolab", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+TINY = tiny_yaml(seed=7, max_iters=10, warmup_iters=0, eval_iters=1, sample_tokens=0)
 
 
 def one_error_line(proc: subprocess.CompletedProcess) -> str:
@@ -40,7 +27,7 @@ def trained(tmp_path_factory) -> Path:
     """A tiny finished run folder (10 steps, one evaluation, best and last checkpoints)."""
     folder = tmp_path_factory.mktemp("trained")
     path = folder / "tiny.yaml"
-    path.write_text(TINY % {"name": "tiny"})
+    path.write_text(TINY)
     return Path(run(load_spec(path)).run_dir)
 
 
@@ -113,7 +100,7 @@ def test_an_empty_file_is_one_line(tmp_path, verb):
 @pytest.mark.parametrize("verb", ["status", "report", "ablate"])
 def test_a_spec_given_to_a_plan_verb_is_named_a_spec(tmp_path, verb):
     path = tmp_path / "tiny.yaml"
-    path.write_text(TINY % {"name": "tiny"})
+    path.write_text(TINY)
     assert one_error_line(cli(verb, path, runs=tmp_path / "runs")) == (
         f"{path}: a spec, not an ablation (grid: or variants:) or a sweep (space:); `nanolab run {path}` trains it")
 
@@ -132,7 +119,7 @@ def test_a_sweep_timeout_is_a_positive_number_of_seconds(tmp_path, timeout):
 
 def test_slurm_without_slurm_is_one_line(tmp_path):
     path = tmp_path / "tiny.yaml"
-    path.write_text(TINY % {"name": "tiny"})
+    path.write_text(TINY)
     proc = cli("run", path, "--launcher", "slurm", runs=tmp_path / "runs", env={"PATH": str(tmp_path)})
     assert one_error_line(proc) == ("--launcher slurm: no Slurm here (srun is not on PATH); run it on a machine of "
                                     "the cluster (a login node), or use --launcher local")
@@ -198,7 +185,7 @@ def test_a_killed_exports_hidden_copy_goes_with_the_next_export(trained, tmp_pat
     ("train.max_flops=1e30", None)])
 def test_a_budget_is_bounded(tmp_path, override, message):
     path = tmp_path / "tiny.yaml"
-    path.write_text(TINY % {"name": "tiny"})
+    path.write_text(TINY)
     proc = cli("run", path, "--set", override, runs=tmp_path / "runs")
     line = one_error_line(proc)
     if message:

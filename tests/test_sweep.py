@@ -1,6 +1,5 @@
 """Sweeps: Optuna studies of tiny runs end to end, continuation, pruning, failures, workers, storages, bad files."""
 
-import csv
 import json
 import os
 import socket
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers import cli, sweep_file, trial_rows
 
 from nanolab import load_spec, run
 from nanolab.cli import main
@@ -20,30 +20,6 @@ from nanolab.sweep.storage import open_storage
 from nanolab.vocab import objective_value
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
-
-TINY = """\
-name: tiny
-seed: 1
-data: {block_size: 16}
-model: {n_layer: 1, n_head: 2, n_embd: 16}
-train: {batch_size: 4, max_iters: 20, eval_interval: 5, eval_iters: 2, log_interval: 5, warmup_iters: 0,
-        min_lr: 0.0, sample_tokens: 0}
-tracking: {wandb: {mode: disabled}}
-"""
-
-
-def sweep_file(folder: Path, name: str, body: str) -> Path:
-    """A sweep file `name`.yaml over the tiny experiment, in `folder`."""
-    (folder / "tiny.yaml").write_text(TINY)
-    path = folder / f"{name}.yaml"
-    path.write_text(f"experiment: tiny.yaml\n{body}")
-    return path
-
-
-def trial_rows(name: str) -> list[dict]:
-    with open(runs_root() / "sweeps" / name / "trials.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
 
 def meta(name: str, number: int) -> dict:
     return json.loads((runs_root() / name / f"trial-{number}" / "meta.json").read_text())
@@ -197,8 +173,7 @@ def test_trial_of_a_dead_worker_is_failed_with_its_run_folder_and_retried_once(t
 
 
 def run_workers(path: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nanolab", "sweep", str(path), "--workers", "2", *extra],
-                          capture_output=True, text=True, timeout=240, env=os.environ.copy())
+    return cli("sweep", path, "--workers", "2", *extra, timeout=240)
 
 
 def check_workers_result(rows: list[dict], name: str, n: int) -> None:

@@ -8,14 +8,10 @@ import errno
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from test_launcher import alive
-from test_sweep import sweep_file, trial_rows
+from helpers import LR, alive, start_cli, sweep_file, trial_rows, wait_for
 
 pytestmark = [pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"), pytest.mark.timeout(900)]
 
@@ -26,19 +22,6 @@ from nanolab.sweep import SweepStudy, load_sweep
 
 STEPS = 3000  # ~1.5 ms a step idle: long enough to stop a trial midway, short enough to finish it again
 LONG = f"overrides: {{train.max_iters: {STEPS}, train.eval_interval: 1000, train.checkpoint_interval: 20}}\n"
-LR = "space: {train.lr: {float: [1.0e-3, 1.0e-2], log: true}}\nsampler: {name: random, seed: 0}\n"
-
-
-def start(path: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "nanolab", "sweep", str(path), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
-
-
-def wait_for(condition, timeout: float = 120, what: str = "") -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def checkpointed(name: str, *run_ids: str) -> bool:
@@ -51,11 +34,11 @@ def worker_pid(path: Path, number: int) -> int:
 
 def test_a_killed_worker_is_replaced_its_trial_failed_and_retried(tmp_path):
     path = sweep_file(tmp_path, "kill9", LONG + LR + "trials: 3\n")
-    sweep = start(path, "--workers", "2")
+    sweep = start_cli("sweep", path, "--workers", "2")
     wait_for(lambda: checkpointed("kill9", "trial-0", "trial-1"), what="two trials to checkpoint")
     victim = worker_pid(path, 0)
     os.kill(victim, signal.SIGKILL)
-    out, err = sweep.communicate(timeout=300)
+    out, err = sweep.communicate(timeout=900)
     assert sweep.returncode == 1, err  # a job failed (and was retried)
     rows = {int(r["number"]): r for r in trial_rows("kill9")}
     reason = f"worker process {victim} died (signal SIGKILL)"
@@ -72,7 +55,7 @@ def test_a_killed_worker_is_replaced_its_trial_failed_and_retried(tmp_path):
 
 def test_killing_the_sweep_stops_its_workers_which_record_their_trials(tmp_path):
     path = sweep_file(tmp_path, "orphans", LONG + LR + "trials: 2\n")
-    sweep = start(path, "--workers", "2")
+    sweep = start_cli("sweep", path, "--workers", "2")
     wait_for(lambda: checkpointed("orphans", "trial-0", "trial-1"), what="two trials to checkpoint")
     workers = [worker_pid(path, 0), worker_pid(path, 1)]
     sweep.kill()
@@ -94,7 +77,7 @@ def test_killing_the_sweep_stops_its_workers_which_record_their_trials(tmp_path)
 
 def test_ctrl_c_then_the_next_call_resumes_the_trial_with_its_parameters(tmp_path):
     path = sweep_file(tmp_path, "ctrlc", LONG + LR + "trials: 1\n")
-    sweep = start(path)
+    sweep = start_cli("sweep", path)
     wait_for(lambda: checkpointed("ctrlc", "trial-0"), what="the trial to checkpoint")
     sweep.send_signal(signal.SIGINT)
     out, err = sweep.communicate(timeout=60)
@@ -184,10 +167,10 @@ def test_trials_have_the_sweeps_tags_and_optuna_knows_the_wandb_run(tmp_path):
 def test_two_sweeps_started_together_propose_different_parameters_and_reruns_repeat_them(tmp_path):
     path = sweep_file(tmp_path, "together", LR + "trials: 3\n")
     journal = tmp_path / "shared.log"
-    machines = [start(path, "--storage", str(journal), env={"NANOLAB_RUNS": str(tmp_path / f"m{i}")})
+    machines = [start_cli("sweep", path, "--storage", str(journal), env={"NANOLAB_RUNS": str(tmp_path / f"m{i}")})
                 for i in range(2)]
     for machine in machines:
-        assert machine.wait(timeout=300) == 0, machine.stderr.read()
+        assert machine.wait(timeout=900) == 0, machine.stderr.read()
     trials = SweepStudy.load(load_sweep(path, storage=str(journal))).trials()
     params = [t.params["train.lr"] for t in trials]
     assert len(params) == 6 and len(set(params)) == 6
@@ -271,8 +254,8 @@ def test_a_full_disk_under_the_journal_ends_the_sweep_in_one_line_and_tears_no_r
     assert main(["sweep", str(path), "--storage", str(store)]) == 0
     before = store.read_bytes()
     fill(small_tmpfs / "filler")
-    sweep = start(path, "--storage", str(store), "--trials", "6")  # more than the journal's last block holds
-    out, err = sweep.communicate(timeout=300)
+    sweep = start_cli("sweep", path, "--storage", store, "--trials", "6")  # more than the journal's last block holds
+    out, err = sweep.communicate(timeout=900)
     assert sweep.returncode == 2 and "Traceback" not in err, err
     assert err.splitlines()[-1] == f"nanolab: error: no space left on device while writing {store}"
     assert store.read_bytes().startswith(before) and records(store)

@@ -15,17 +15,15 @@ import os
 import subprocess
 import sys
 import time
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from helpers import POSTGRES_URL, SWEEP_EXPERIMENT, admin_url, fresh_database, wait_for
 
-URL = os.environ.get("NANOLAB_TEST_POSTGRES")
 ROOT = Path(__file__).resolve().parents[1]
 PROCESSES, ROUNDS = 4, 5
 
-pytestmark = pytest.mark.skipif(not URL, reason="NANOLAB_TEST_POSTGRES (a PostgreSQL URL) is not set")
+pytestmark = pytest.mark.skipif(not POSTGRES_URL, reason="NANOLAB_TEST_POSTGRES (a PostgreSQL URL) is not set")
 
 # One long-lived child per simulated machine, so that the slow imports happen once, not once per round. Round r:
 # wait for the file go_r (the fresh database's URL), then open the study at the same instant as the others and
@@ -64,39 +62,6 @@ for r in range(rounds):
 """
 
 
-def _admin_url(url: str) -> str:
-    """The URL as libpq takes it: no SQLAlchemy `+driver`."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-@contextmanager
-def fresh_database(url: str):
-    """A new, empty database on the server of `url` (SQLAlchemy URL of it yielded), dropped afterwards."""
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    name = f"nanolab_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(_admin_url(url), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(_admin_url(url), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def _wait_for(paths: list[Path], procs: list[subprocess.Popen], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not all(p.exists() for p in paths):
-        dead = [p for p in procs if p.poll() not in (None, 0)]
-        if dead or time.monotonic() > deadline:
-            out = "\n".join(p.communicate(timeout=5)[1] if p.poll() is not None else "(running)" for p in procs)
-            raise AssertionError(f"children stalled or died before writing {[str(p) for p in paths]}:\n{out}")
-        time.sleep(0.005)
-
-
 def simultaneous_starts(url: str, work: Path, mode: str = "nanolab", processes: int = PROCESSES,
                         rounds: int = ROUNDS) -> list[str]:
     """`rounds` times, on a fresh database each: `processes` processes open study "s" at the same instant and run
@@ -108,13 +73,16 @@ def simultaneous_starts(url: str, work: Path, mode: str = "nanolab", processes: 
              for i in range(processes)]
     failures = []
     try:
-        _wait_for([work / f"ready_{i}" for i in range(processes)], procs)  # every child imported and polling
+        ready = [work / f"ready_{i}" for i in range(processes)]
+        wait_for(lambda: all(p.exists() for p in ready), timeout=60, what="every child imported and polling",
+                 every=0.005, watch=procs)
         for r in range(rounds):
             with fresh_database(url) as db:
                 (work / f"go_{r}.tmp").write_text(db)
                 os.replace(work / f"go_{r}.tmp", work / f"go_{r}")  # the barrier: all children start now
                 results = [work / f"result_{r}_{i}" for i in range(processes)]
-                _wait_for(results, procs)
+                wait_for(lambda paths=results: all(p.exists() for p in paths), timeout=60,
+                         what=f"round {r}'s results", every=0.005, watch=procs)
                 errors = sorted({p.read_text() for p in results} - {"ok"})
                 if not errors:
                     storage = optuna.storages.RDBStorage(db)
@@ -137,7 +105,7 @@ def simultaneous_starts(url: str, work: Path, mode: str = "nanolab", processes: 
 
 def test_simultaneous_start_on_fresh_database(tmp_path):
     """4 processes x 5 fresh databases; one failed start in 5 is a failure (plain Optuna failed every round)."""
-    failures = simultaneous_starts(URL, tmp_path)
+    failures = simultaneous_starts(POSTGRES_URL, tmp_path)
     assert failures == [], "\n".join(failures)
 
 
@@ -148,7 +116,7 @@ def test_open_errors_and_reopen():
 
     with pytest.raises(NanolabError, match=r"^storage postgresql://nobody:\*\*\*@127\.0\.0\.1:1/x: cannot open"):
         storage.open_storage("postgresql://nobody:secret@127.0.0.1:1/x")
-    with fresh_database(URL) as db:  # a second open finds the tables, and the study, the first one made
+    with fresh_database(POSTGRES_URL) as db:  # a second open finds the tables, and the study, the first one made
         study = storage.create_or_load_study(db, "s", ["maximize"])
         study.tell(study.ask(), 1.0)
         again = storage.create_or_load_study(db, "s", ["maximize"])
@@ -169,12 +137,11 @@ def test_two_machines_start_the_same_sweep_at_once(tmp_path):
     """README's instruction, 5 times on a fresh database: two `nanolab sweep` commands with their own run folders
     and the same --storage, started together. Both finish, and no two trials share parameters."""
     import optuna
-    from test_sweep import TINY
 
-    (tmp_path / "tiny.yaml").write_text(TINY)
+    (tmp_path / "tiny.yaml").write_text(SWEEP_EXPERIMENT)
     (tmp_path / "pgsweep.yaml").write_text(TINY_SWEEP)
     for r in range(ROUNDS):
-        with fresh_database(URL) as db:
+        with fresh_database(POSTGRES_URL) as db:
             machines = [subprocess.Popen(
                 [sys.executable, "-m", "nanolab", "sweep", str(tmp_path / "pgsweep.yaml"), "--storage", db],
                 env={**os.environ, "NANOLAB_RUNS": str(tmp_path / f"round{r}-machine{i}")}, cwd=tmp_path,
@@ -197,22 +164,22 @@ def test_a_dropped_database_ends_the_sweep_in_one_line_and_run_folders_say_why(t
     exit 2, and the truth in the run folder's meta.json."""
     import psycopg
     from sqlalchemy.engine import make_url
-    from test_sweep import TINY
 
     from nanolab.runfolder import RunFolder
     from nanolab.sweep.storage import safe
 
-    (tmp_path / "tiny.yaml").write_text(TINY)
+    (tmp_path / "tiny.yaml").write_text(SWEEP_EXPERIMENT)
     (tmp_path / "dropped.yaml").write_text(f"{TINY_SWEEP}objective: {{metric: {metric}}}\n"
                                            "overrides: {train.max_iters: 2000, train.eval_interval: 500}\n")
     runs = tmp_path / "runs"
-    with fresh_database(URL) as db:
+    with fresh_database(POSTGRES_URL) as db:
         url = make_url(db).set(password="secret").render_as_string(hide_password=False)  # trust: any password
         sweep = subprocess.Popen([sys.executable, "-m", "nanolab", "sweep", str(tmp_path / "dropped.yaml"),
                                   "--storage", url], env={**os.environ, "NANOLAB_RUNS": str(runs)}, cwd=tmp_path,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        _wait_for([runs / "dropped" / "trial-0" / "metrics.jsonl"], [sweep], timeout=120)  # trial 0 trains
-        with psycopg.connect(_admin_url(URL), autocommit=True) as conn:
+        wait_for((runs / "dropped" / "trial-0" / "metrics.jsonl").exists, timeout=120, what="trial 0 to train",
+                 every=0.005, watch=[sweep])
+        with psycopg.connect(admin_url(POSTGRES_URL), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE "{make_url(db).database}" WITH (FORCE)')
         out, err = sweep.communicate(timeout=300)
     gone = f"storage {safe(url)}: the database is gone ("
@@ -241,7 +208,7 @@ def test_a_trials_heartbeat_goes_on_quietly_when_the_database_is_gone(monkeypatc
     monkeypatch.setattr(storage, "HEARTBEAT_INTERVAL", 1)
     died = []
     monkeypatch.setattr(threading, "excepthook", died.append)
-    with fresh_database(URL) as db:
+    with fresh_database(POSTGRES_URL) as db:
         study = storage.create_or_load_study(db, "s", ["minimize"])
         trial = study.ask()
         dropped, beats_since, second = threading.Event(), [], threading.Event()
@@ -258,7 +225,7 @@ def test_a_trials_heartbeat_goes_on_quietly_when_the_database_is_gone(monkeypatc
 
         study._storage.record_heartbeat = beat
         with SweepStudy(None, study).heartbeat(trial._trial_id):
-            with psycopg.connect(_admin_url(URL), autocommit=True) as conn:
+            with psycopg.connect(admin_url(POSTGRES_URL), autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE "{make_url(db).database}" WITH (FORCE)')
             dropped.set()
             assert second.wait(timeout=60), "the heartbeat stopped"
@@ -268,12 +235,12 @@ def test_a_trials_heartbeat_goes_on_quietly_when_the_database_is_gone(monkeypatc
 if __name__ == "__main__":  # python tests/test_sweep_postgres.py plain|nanolab ROUNDS
     import tempfile
 
-    if not URL:
+    if not POSTGRES_URL:
         sys.exit("set NANOLAB_TEST_POSTGRES")
     mode, rounds = sys.argv[1], int(sys.argv[2])
     start = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
-        failed = simultaneous_starts(URL, Path(tmp), mode, rounds=rounds)
+        failed = simultaneous_starts(POSTGRES_URL, Path(tmp), mode, rounds=rounds)
     print("\n".join(failed))
     bad = len({f.split(":")[0] for f in failed})
     print(f"{mode}: {rounds - bad}/{rounds} rounds of {PROCESSES} simultaneous starts passed "

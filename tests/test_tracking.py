@@ -15,6 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 import pytest
+from helpers import inspect, offline_runs
 
 from nanolab.errors import NanolabError
 from nanolab.runfolder import RunFolder
@@ -68,22 +69,10 @@ def log_all(trackers, step_rows=TRAIN + VAL):
             t.log(metrics, step)
 
 
-def inspect(path: Path, summary: bool = True):
-    """A W&B run read back with W&B's own reader: the --summary object, or the list of records."""
-    args = ["--summary", "--json"] if summary else ["--json"]
-    out = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", *args, str(path)],
-                         capture_output=True, text=True, timeout=60, check=True).stdout
-    return json.loads(out) if summary else [json.loads(line) for line in out.splitlines() if line.strip()]
-
-
 def history(path: Path) -> dict[int, dict]:
     """W&B history rows by step."""
     return {r["history"]["step"]["num"]: r["history"]["item"] for r in inspect(path, summary=False)
             if r["type"] == "history"}
-
-
-def offline_runs(root: Path) -> list[Path]:
-    return sorted(root.glob("wandb/offline-run-*"))
 
 
 def nanolab_lines(err: str) -> list[str]:

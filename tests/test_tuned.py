@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_sweep import TINY as EXPERIMENT
-from test_sweep_faults import wait_for
+from helpers import SWEEP_EXPERIMENT, wait_for
 
 from nanolab.ablate import ablate, load_ablation
 from nanolab.analysis import load_runs
@@ -31,7 +30,7 @@ def own_runs(tmp_path, monkeypatch):
 
 
 def tuned_file(folder: Path, steps: int = 20, tune_steps: int = 10, checkpoint: int = 10) -> Path:
-    (folder / "tiny.yaml").write_text(EXPERIMENT)
+    (folder / "tiny.yaml").write_text(SWEEP_EXPERIMENT)
     path = folder / "tuned.yaml"
     path.write_text(f"""\
 experiment: tiny.yaml
