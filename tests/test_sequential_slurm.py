@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from helpers import cli, tiny_yaml
+from helpers import cli, tiny_yaml, wait_for
 
 EXPERIMENT = tiny_yaml(seed=1, warmup_iters=0, sample_tokens=0)
 SEQUENTIAL = """\
@@ -66,14 +65,6 @@ def in_queue(ids) -> list[str]:
     return [job for job, state in (line.split() for line in out.stdout.splitlines()) if state not in GONE]
 
 
-def wait_gone(ids, timeout: float = 300) -> None:
-    """Until Slurm has none of the jobs `ids` in its queue (their runs ended)."""
-    deadline = time.monotonic() + timeout
-    while in_queue(ids):
-        assert time.monotonic() < deadline, f"jobs {ids} still in the queue after {timeout}s"
-        time.sleep(0.5)
-
-
 def looks(work: Path) -> list[dict]:
     return json.loads((work / "runs/seq/decisions.json").read_text())["looks"]
 
@@ -113,7 +104,7 @@ def test_without_wait_each_call_submits_a_round_and_the_next_takes_its_look(slur
     assert re.search(r"^next round: 2 seeds of activation=relu and the baseline \(4 runs, [0-4] ended\)$",
                      status.stdout, re.M), status.stdout
 
-    wait_gone(round_1.values())
+    wait_for(lambda: not in_queue(round_1.values()), timeout=300, what="round 1's jobs to leave the queue")
     set_node("DRAIN")  # the next round's jobs wait in the queue until RESUME: the calls below see them queued
     try:
         second = cli(*submit)
@@ -140,7 +131,7 @@ def test_without_wait_each_call_submits_a_round_and_the_next_takes_its_look(slur
     finally:
         set_node("RESUME")
 
-    wait_gone(round_2.values())
+    wait_for(lambda: not in_queue(round_2.values()), timeout=300, what="round 2's jobs to leave the queue")
     last = cli(*submit)
     assert last.returncode == 0, last.stderr
     assert [look["seeds"] for look in looks(work)] == [2, 3]
