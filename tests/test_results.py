@@ -1,6 +1,6 @@
 """The published results cannot drift from their numbers: each committed report under docs/results/ regenerates
-from its runs.csv alone (tables, method and findings, to the character), and the README quotes findings sentences
-that the reports generate."""
+from its runs.csv alone (tables, method and findings, to the character; a ladder's fits and held-out predictions
+and an lr-vs-width grid's optima too), and the README quotes findings sentences that the reports generate."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from nanolab.analysis.published import RUNS_CSV, comparison_section, read_published
+from nanolab.analysis.scaling_report import scaling_sections
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = sorted((REPO / "docs" / "results").glob(f"*/{RUNS_CSV}"))
@@ -20,8 +21,16 @@ def test_some_report_is_published_with_its_runs():
 
 
 @pytest.mark.parametrize("path", PUBLISHED, ids=lambda p: p.parent.name)
-def test_each_published_report_regenerates_from_its_runs_csv(path):
-    assert comparison_section(read_published(path)) in (path.parent / "report.md").read_text()
+def test_each_published_report_regenerates_from_its_runs_csv(path, tmp_path):
+    report = (path.parent / "report.md").read_text()
+    for section in regenerated(path, tmp_path):
+        assert section in report
+
+
+def regenerated(path: Path, plots: Path) -> list[str]:
+    """The sections of a published report that its runs.csv alone makes (their plots written to `plots`)."""
+    published = read_published(path)
+    return [comparison_section(published), *scaling_sections(published, plots)]
 
 
 @pytest.mark.parametrize("change", [1e-12, -0.01])
@@ -32,14 +41,20 @@ def test_a_changed_number_in_runs_csv_changes_the_regenerated_report(change):
     assert comparison_section(published) not in text
 
 
-def findings_of_reports() -> set[str]:
-    sections = [comparison_section(read_published(path)) for path in PUBLISHED]
-    return {line.removeprefix("- ") for section in sections for line in section.splitlines() if line.startswith("- ")}
+def test_a_ladders_regenerated_sections_read_its_size_values():
+    ladders = [path for path in PUBLISHED if "flops_per_token" in read_published(path)]
+    assert ladders, "no published ladder or lr-vs-width grid"
+
+
+def findings_of_reports(plots: Path) -> set[str]:
+    """Every sentence (a line, a list item's text) of the regenerated sections."""
+    sections = [section for path in PUBLISHED for section in regenerated(path, plots)]
+    return {line.removeprefix("- ") for section in sections for line in section.splitlines() if line.strip()}
 
 
 @pytest.mark.parametrize("page", ["README.md", "docs/results.md"])
-def test_the_results_quote_generated_findings_verbatim(page):
+def test_the_results_quote_generated_findings_verbatim(page, tmp_path):
     quoted = re.findall(r"^> (.*)$", (REPO / page).read_text(), re.M)
     assert quoted, f"{page} quotes no finding"
-    generated = findings_of_reports()
+    generated = findings_of_reports(tmp_path)
     assert [q for q in quoted if q not in generated] == []

@@ -9,6 +9,8 @@ import re
 import pytest
 from helpers import tiny_yaml
 
+from nanolab.analysis.published import read_published
+from nanolab.analysis.scaling_report import scaling_sections
 from nanolab.cli import main
 from nanolab.runfolder import RunStore
 
@@ -39,12 +41,16 @@ def summaries(name: str) -> dict[str, dict]:
 
 
 def reported(tmp_path, name: str, plan: str):
-    """Run the plan, then `nanolab report` it: the report's text and its folder."""
+    """Run the plan, then `nanolab report` it: the report's text and its folder. Its scaling section is the one
+    that its runs.csv alone regenerates."""
     path, out = tmp_path / f"{name}.yaml", tmp_path / "report"
     path.write_text(plan)
     assert main(["ablate", str(path)]) == 0
     assert main(["report", str(path), "--out", str(out)]) == 0
-    return (out / "report.md").read_text(), out
+    report = (out / "report.md").read_text()
+    (section,) = scaling_sections(read_published(out), tmp_path / "again")
+    assert section in report
+    return report, out
 
 
 def test_the_report_of_a_ladder_predicts_its_held_out_budget(tmp_path):

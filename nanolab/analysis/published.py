@@ -8,9 +8,10 @@ can be regenerated from them and a reproduction checked against them run by run.
 
 A row: run_id, group, status, seed, the run's torch threads and torch version, its final and best val/loss
 (floats written as repr: they read back bit for bit), whether it is a run of the baseline variant, then the varied
-config keys (`model.norm`), a tuned ablation's chosen values (`tuned.train.lr`) and, where the report was given
-one, the findings' equivalence `margin`. Nothing else enters the comparison, so a number changed in runs.csv
-changes the regenerated report.
+config keys (`model.norm`), a tuned ablation's chosen values (`tuned.train.lr`), for a plan that varies size the
+values its scaling sections are made of (SIZE_VALUES) and, where the report was given one, the findings'
+equivalence `margin`. Nothing else enters the report's numbers, so a number changed in runs.csv changes the
+regenerated report.
 """
 
 from __future__ import annotations
@@ -28,24 +29,32 @@ from nanolab.analysis.stats import CONFIG_SECTIONS, TUNED, compare
 from nanolab.errors import NanolabError
 from nanolab.files import write_text
 from nanolab.runfolder import RunFolder, RunStore
-from nanolab.vocab import BEST_VAL_LOSS, VAL_LOSS, RunStatus, final
+from nanolab.vocab import BEST_VAL_LOSS, TOKENS_SEEN, VAL_LOSS, VAL_LOSS_WHOLE, RunStatus, final
 
 RUNS_CSV = "runs.csv"
 LOSSES = [final(VAL_LOSS), BEST_VAL_LOSS]  # the values published and checked
 FIXED = ["run_id", "group", "status", "seed", "threads", "torch", *LOSSES, "baseline"]
+# a ladder's or an lr-vs-width grid's runs.csv also holds what its fits and optima are made of (a run's value ->
+# its column; the parametrization, fixed over such a plan, is named without `model.` so it is not a varied key)
+SIZE_VALUES = {"flops_per_token": "flops_per_token", TOKENS_SEEN: TOKENS_SEEN, final(VAL_LOSS_WHOLE): final(VAL_LOSS_WHOLE),
+               "model.parametrization": "parametrization"}
 
 
 def published_runs(runs: pd.DataFrame, metas: list[dict], by: list[str], baseline: dict,
-                   margin: float | None = None) -> pd.DataFrame:
+                   margin: float | None = None, sizes: bool = False) -> pd.DataFrame:
     """The rows of runs.csv: each run of a `load_runs` frame (`metas` its meta.json's, in order), its variant by
-    the `by` keys, `baseline` marking the runs of the baseline variant; a `margin` column where the findings were
-    asked for one (the report's equivalence margin, so that runs.csv alone regenerates them)."""
+    the `by` keys, `baseline` marking the runs of the baseline variant; with `sizes` the SIZE_VALUES; a `margin`
+    column where the findings were asked for one (the report's equivalence margin, so that runs.csv alone
+    regenerates them)."""
     tuned = [c for c in runs.columns if c.startswith(TUNED) and runs[c].notna().any()]
     is_base = np.logical_and.reduce([runs[key].astype(str) == str(value) for key, value in baseline.items()])
     rows = runs.reindex(columns=["run_id", "group", "status", "seed", *LOSSES, *by, *tuned]).assign(
         threads=[meta.get("threads") for meta in metas],
         torch=[meta.get("versions", {}).get("torch") for meta in metas], baseline=is_base)
-    rows = rows[[*FIXED, *by, *tuned]].sort_values("run_id", kind="stable").reset_index(drop=True)
+    if sizes:
+        rows = rows.assign(**{name: runs.get(key) for key, name in SIZE_VALUES.items()})
+    extra = list(SIZE_VALUES.values()) if sizes else []
+    rows = rows[[*FIXED, *by, *tuned, *extra]].sort_values("run_id", kind="stable").reset_index(drop=True)
     return rows if margin is None else rows.assign(margin=margin)
 
 

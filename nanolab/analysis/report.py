@@ -24,7 +24,7 @@ from nanolab.analysis.load import load_history, load_runs
 from nanolab.analysis.published import (RUNS_CSV, comparison_section, published_runs, read_published, spread,
                                         write_published)
 from nanolab.analysis.render import AXIS_LABELS, markdown_row, plot_history
-from nanolab.analysis.scaling_report import scaling_sections
+from nanolab.analysis.scaling_report import scaling_sections, varies_size
 from nanolab.analysis.stats import TUNED, compare, is_finished
 from nanolab.config import Config
 from nanolab.config_dicts import from_dict
@@ -54,8 +54,9 @@ def write_report(plan_file: str | os.PathLike, out: str | os.PathLike | None = N
     metas = [RunFolder(path).read_meta() for path in frame["path"]]
     if plan["kind"] == "ablation":
         by = list(plan["varied"])
-        results = [_comparison(plan, frame, metas, out, margin), *sequential_section(folder),
-                   _curves(finished, by, "variant", out), _tuned(frame, by), *scaling_sections(plan, finished, out)]
+        published = _publish(plan, frame, metas, out, margin)
+        results = [comparison_section(published), *sequential_section(folder), _curves(finished, by, "variant", out),
+                   _tuned(frame, by), *scaling_sections(published, out)]
     else:
         results = [_trials(plan, store.plan_folder("sweep", plan["name"])), _curves(finished, ["run_id"], "trial", out)]
     sections = [f"# {plan['kind'].capitalize()} {plan['name']}", _what_ran(plan, frame, folder), *results,
@@ -105,13 +106,13 @@ def _what_ran(plan: dict, runs: pd.DataFrame, folder: Path) -> str:
     ])
 
 
-def _comparison(plan: dict, runs: pd.DataFrame, metas: list[dict], out: Path, margin: float | None) -> str:
-    """The comparison and its findings, made from the runs.csv written beside the report and read back: the
-    published values are all that the section's numbers come from."""
+def _publish(plan: dict, runs: pd.DataFrame, metas: list[dict], out: Path, margin: float | None) -> pd.DataFrame:
+    """The runs.csv written beside the report, read back: the published values are all that the comparison, its
+    findings and the scaling sections are made from."""
     by = list(plan["varied"])
     baseline = plan["baseline"] or compare(runs, by).attrs["baseline_keys"]
-    path = write_published(published_runs(runs, metas, by, baseline, margin), out / RUNS_CSV)
-    return comparison_section(read_published(path))
+    published = published_runs(runs, metas, by, baseline, margin, sizes=varies_size(by))
+    return read_published(write_published(published, out / RUNS_CSV))
 
 
 def _trials(sweep: dict, folder: Path) -> str:

@@ -8,6 +8,7 @@
 
 N is the training FLOPs per token / 6 (the weights of every matmul, plus attention's share), D the tokens trained,
 so C = 6 N D is the compute each run spent; the loss is the whole val split's (train.final_eval), else the best.
+Both sections are made from the report's runs.csv read back (its SIZE_VALUES columns), so they regenerate from it.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from matplotlib.backend_bases import FigureCanvasBase
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
+from nanolab.analysis.published import SIZE_VALUES, varied
 from nanolab.analysis.scaling import Bootstrap, advantage, bootstrap, fit_isoflops
 from nanolab.files import atomic_path
 from nanolab.scale import LADDER_KEYS
-from nanolab.vocab import BEST_VAL_LOSS, TOKENS_SEEN, VAL_LOSS_WHOLE, final
+from nanolab.vocab import BEST_VAL_LOSS, TOKENS_SEEN, VAL_LOSS_WHOLE, RunStatus, final
 
 LOSS = final(VAL_LOSS_WHOLE)
 LR_WIDTH = ("model.n_embd", "train.lr")
@@ -31,14 +33,20 @@ SAMPLES = 200  # bootstrap resamplings
 MIN_RUNS = 6  # a variant's fitted runs: more than L(N, D)'s 5 parameters
 
 
-def scaling_sections(plan: dict, finished: pd.DataFrame, out: Path) -> list[str]:
-    varied = set(plan["varied"])
-    sections = []
-    if set(LADDER_KEYS) <= varied:
-        sections.append(ladder_section(points(finished, sorted(varied - set(LADDER_KEYS))), out))
-    if set(LR_WIDTH) <= varied and "train.max_flops" not in varied:
-        sections.append(lr_width_section(finished, out))
-    return sections
+def varies_size(keys) -> bool:
+    """Whether a plan varying `keys` is a ladder or an lr-vs-width grid: its runs.csv needs SIZE_VALUES."""
+    return set(LADDER_KEYS) <= set(keys) or set(LR_WIDTH) <= set(keys)
+
+
+def scaling_sections(published: pd.DataFrame, out: Path) -> list[str]:
+    """The scaling sections of a runs.csv (read back) that has them, their plots written to `out`."""
+    keys = set(varied(published))
+    if not varies_size(keys) or SIZE_VALUES["flops_per_token"] not in published:
+        return []
+    finished = published[published["status"] == RunStatus.FINISHED.value]
+    if set(LADDER_KEYS) <= keys:
+        return [ladder_section(points(finished, sorted(keys - set(LADDER_KEYS))), out)]
+    return [lr_width_section(finished, out)]
 
 
 def points(finished: pd.DataFrame, others: list[str]) -> pd.DataFrame:
@@ -208,7 +216,7 @@ def lr_width_section(finished: pd.DataFrame, out: Path) -> str:
         optimum[width] = vertex
         ax.plot(g["train.lr"], g["loss"], "o-", label=f"n_embd {width}")
         rows.append(f"| {width} | {grid:.3g} | {vertex:.3g} | {g['loss'].min():.4f} |")
-    parametrization = ", ".join(map(str, finished["model.parametrization"].unique()))
+    parametrization = ", ".join(map(str, finished[SIZE_VALUES["model.parametrization"]].unique()))
     ax.set(xscale="log", xlabel="train.lr", ylabel="val loss", title=f"lr vs width ({parametrization})")
     ax.legend(fontsize="small")
     _save(fig, out / "lr_width.png")
