@@ -66,7 +66,7 @@ def tuning_sweeps(plan: Plan, raw: Any, varied: list[str], variants: dict[str, d
                         for text in normalize_overrides(block.overrides, source, "tune.overrides"))
     sweeps = {}
     for variant_id, variant in variants.items():
-        name = f"{plan.name}-tune-{variant_id}"
+        name = study_name(plan.name, variant_id)
         if not NAME_PATTERN.match(name):
             raise SpecError(f"{source}: the tuning study of {variant_id} would be named {shown(name)}: {NAME_RULE}; "
                             "shorten the ablation's name or its grid values")
@@ -74,6 +74,11 @@ def tuning_sweeps(plan: Plan, raw: Any, varied: list[str], variants: dict[str, d
         sweeps[variant_id] = build_sweep(study_plan, block, str(RunStore().journal(name)), at="tune.",
                                          group=f"{plan.name}-tune", job_type=TUNE_JOB_TYPE)
     return sweeps
+
+
+def study_name(ablation: str, variant_id: str) -> str:
+    """The study that tunes a variant of an ablation (a sweep's name: its runs' group, its folder in sweeps/)."""
+    return f"{ablation}-tune-{variant_id}"
 
 
 def tune(sweeps: dict, launcher: Launcher) -> tuple[Launched, dict[str, dict]]:

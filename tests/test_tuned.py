@@ -75,6 +75,21 @@ def test_each_variant_is_tuned_then_its_seeds_run_at_its_best_value(tmp_path):
         assert (runs_root() / "sweeps" / f"tuned-tune-{variant}" / "best.yaml").is_file()
     assert len(load_runs(runs_root(), group="tuned")) == 4  # the final runs only
     assert len(load_runs(runs_root(), group="tuned-tune")) == 4  # 2 variants x 2 trials
+    assert_report_shows_each_study(path, tmp_path / "report")
+
+
+def assert_report_shows_each_study(path: Path, out: Path):
+    """`nanolab report`'s table of what each study saw: a row per variant, a column per lr, each trial's objective
+    as its study recorded it, the variant's best in bold."""
+    assert main(["report", str(path), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "## What each study saw" in text
+    assert f"| variant | {LRS[0]:g} | {LRS[1]:g} |" in text
+    for variant in ("activation=relu", "activation=swiglu"):
+        values = {t.params["train.lr"]: t.values[0] for t in study(path, variant).trials()}
+        best = min(values, key=values.get)
+        cells = [f"**{values[lr]:.4f}**" if lr == best else f"{values[lr]:.4f}" for lr in LRS]
+        assert f"| {variant} | {' | '.join(cells)} |" in text, text
 
 
 def test_a_tuned_key_may_not_also_be_a_grid_key_or_set(tmp_path, capsys):

@@ -33,6 +33,7 @@ from nanolab.files import read_json, write_text
 from nanolab.plan import VERBS, read_record
 from nanolab.rounds import sequential_section
 from nanolab.runfolder import RunFolder, RunStore
+from nanolab.tuning import study_name
 from nanolab.vocab import STEPS, TOKENS_SEEN, VAL_LOSS
 
 PLOTS = {"step": "val_loss_step.png", "flops": "val_loss_flops.png"}  # x axis -> file
@@ -56,7 +57,7 @@ def write_report(plan_file: str | os.PathLike, out: str | os.PathLike | None = N
         by = list(plan["varied"])
         published = _publish(plan, frame, metas, out, margin)
         results = [comparison_section(published), *sequential_section(folder), _curves(finished, by, "variant", out),
-                   _tuned(frame, by), *scaling_sections(published, out)]
+                   _tuned(frame, by), *_studies(plan, store), *scaling_sections(published, out)]
     else:
         results = [_trials(plan, store.plan_folder("sweep", plan["name"])), _curves(finished, ["run_id"], "trial", out)]
     sections = [f"# {plan['kind'].capitalize()} {plan['name']}", _what_ran(plan, frame, folder), *results,
@@ -151,6 +152,46 @@ def _tuned(runs: pd.DataFrame, by: list[str]) -> str:
     rows = [{key.removeprefix(TUNED): value for key, value in row.items()} for row in values.to_dict("records")]
     return ("## Tuned parameters\n\nEach variant's values, chosen by its own study before its seeds ran:\n\n"
             + markdown_table(rows))
+
+
+def _studies(plan: dict, store: RunStore) -> list[str]:
+    """What each variant's study saw: its objective for every completed trial (the study's trials.csv), a row per
+    variant, a column per point of the space, the variant's best in bold."""
+    tune = plan["resolved"].get("tune", {})
+    rows = {variant: _trials_of(store.plan_folder("sweep", study_name(plan["name"], variant))) for variant in tune}
+    rows = {variant: trials for variant, trials in rows.items() if trials is not None}
+    if not rows:
+        return []
+    metric, direction = next(iter(next(iter(tune.values()))["objectives"].items()))
+    points = sorted({point for trials in rows.values() for point in trials},
+                    key=lambda point: [(type(value).__name__, value) for value in point])
+    table = [{"variant": variant, **{", ".join(map(_text, point)): _cell(trials, point, direction)
+                                     for point in points}} for variant, trials in rows.items()]
+    keys = ", ".join(next(iter(tune.values()))["space"])
+    return [f"## What each study saw\n\n{metric} ({direction}) of each completed tuning trial, by {keys}; each "
+            "variant's best, at which its seeds ran, in bold:\n\n" + markdown_table(table)]
+
+
+def _trials_of(folder: Path) -> dict[tuple, float] | None:
+    """A study's completed trials, (its parameter values) -> objective; None when it wrote no trials.csv."""
+    if not (folder / "trials.csv").is_file():
+        return None
+    trials = pd.read_csv(folder / "trials.csv")
+    trials = trials[trials["state"] == "COMPLETE"]
+    params = [c for c in trials.columns if c.startswith("params_")]
+    value = next(c for c in trials.columns if c.startswith("value"))
+    return {tuple(row[params]): row[value] for _, row in trials.iterrows()}
+
+
+def _text(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _cell(trials: dict[tuple, float], point: tuple, direction: str) -> str:
+    if point not in trials:
+        return ""
+    best = (min if direction == "minimize" else max)(trials.values())
+    return f"**{trials[point]:.4f}**" if trials[point] == best else f"{trials[point]:.4f}"
 
 
 def _environment(metas: list[dict]) -> str:
