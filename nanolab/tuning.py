@@ -99,7 +99,7 @@ def tune(sweeps: dict, launcher: Launcher) -> tuple[Launched, dict[str, dict]]:
         if new or study.waiting():
             print(f"tuning {variant_id}: {sweep.trials} trials of {', '.join(d.key for d in sweep.space)}, "
                   f"{sweep.trials - new} begun before; study {sweep.name}", flush=True)
-            launched, _ = optimize(sweep, study, new, launcher)
+            launched, _ = optimize(sweep, study, new, launcher, prefix=f"{variant_id} ")
             write_results(sweep, study)
             if launched is not Launched.DONE:
                 return launched, best

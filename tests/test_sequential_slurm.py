@@ -51,8 +51,8 @@ def job_ids(stdout: str) -> dict[str, str]:
 
 
 def trial_jobs(stdout: str) -> list[str]:
-    """The job ids of the lines `trial <n> [<params>]: job <id>, log <path>` (a tuning trial submitted)."""
-    return re.findall(r"^trial \d+ \[[^\]]*\]: job (\d+)", stdout, flags=re.M)
+    """The job ids of the lines `<variant> trial <n> [<params>]: job <id>, log <path>` (a tuning trial submitted)."""
+    return re.findall(r"^activation=\w+ trial \d+ \[[^\]]*\]: job (\d+)", stdout, flags=re.M)
 
 
 GONE = (  # states squeue may still list for a job that has left
@@ -160,8 +160,10 @@ def test_with_wait_one_call_tunes_each_variant_once_then_runs_every_round_as_job
                     for run_id in cells}
     ended_at = {run_id: next(i for i, line in enumerate(lines) if line.startswith(f"{run_id}: finished"))
                 for run_id in cells}
-    tuning = [i for i, line in enumerate(lines) if re.match(r"trial \d+ \[[^\]]*\]: finished", line)]
+    tuning = [i for i, line in enumerate(lines) if re.match(r"activation=\w+ trial \d+ \[[^\]]*\]: finished", line)]
     assert len(tuning) == 4 and max(tuning) < min(submitted_at.values())  # the studies end before round 1 begins
+    book = json.loads((work / "runs/seq/.slurm/jobs.json").read_text())
+    assert sorted(book[label] for label in book if " trial " in label) == sorted(trial_jobs(out.stdout))
     assert max(ended_at[r] for r in ROUND_1) < first_look < min(submitted_at[r] for r in ROUND_2)
     assert max(ended_at[r] for r in ROUND_2) < second_look
     assert not any(line.startswith("tuning activation=") for line in lines[first_look:])  # no study runs again

@@ -92,6 +92,25 @@ def assert_report_shows_each_study(path: Path, out: Path):
         assert f"| {variant} | {' | '.join(cells)} |" in text, text
 
 
+def test_two_studies_trials_of_the_same_values_are_two_job_records(tmp_path):
+    """The studies of a tuned ablation share its launcher, which records a job per label: a trial's label names its
+    variant, so trial 0 of each study at the same lr are two records, not one overwritten."""
+    (tmp_path / "tiny.yaml").write_text(SWEEP_EXPERIMENT)
+    path = tmp_path / "tuned.yaml"
+    path.write_text("""\
+experiment: tiny.yaml
+overrides: {train.max_iters: 10}
+grid: {model.activation: [relu, swiglu]}
+seeds: [1]
+tune: {space: {train.lr: {choice: [1.0e-3]}}, sampler: grid, trials: 1}
+""")
+    assert main(["ablate", str(path), "--launcher", "submitit-local"]) == 0
+    book = json.loads((runs_root() / "tuned" / ".submitit" / "jobs.json").read_text())
+    assert sorted(book) == ["activation=relu trial 0 [train.lr=0.001]", "activation=relu-s1",
+                            "activation=swiglu trial 0 [train.lr=0.001]", "activation=swiglu-s1"]
+    assert len(set(book.values())) == 4
+
+
 def test_a_tuned_key_may_not_also_be_a_grid_key_or_set(tmp_path, capsys):
     path = tuned_file(tmp_path)
     text = path.read_text()

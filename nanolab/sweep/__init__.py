@@ -25,9 +25,10 @@ __all__ = ["Sweep", "SweepStudy", "format_table", "load_sweep", "optimize", "par
 
 
 def optimize(sweep: Sweep, study: SweepStudy, trials: int, launcher: Launcher,
-             timeout: float | None = None) -> tuple[Launched, list[Outcome]]:
+             timeout: float | None = None, prefix: str = "") -> tuple[Launched, list[Outcome]]:
     """Run `trials` new trials (and any waiting to resume) with `launcher`; returns how the launch ended and the
-    outcomes of the trials that ended in this call."""
+    outcomes of the trials that ended in this call. `prefix` starts each trial's label: a tuned ablation's studies
+    share its launcher, whose job records are by label."""
     sweep.plan.record(sweep.resolved(), sweep.facts())
     deadline = time.time() + timeout if timeout else None
     board = Board(trials, sweep.objectives[0].metric, sweep.objectives[0].direction)
@@ -48,7 +49,7 @@ def optimize(sweep: Sweep, study: SweepStudy, trials: int, launcher: Launcher,
             board.total += 1
         params = params_text(ticket.params)
         resumes = f" (continues trial-{ticket.origin})" if ticket.origin != ticket.number else ""
-        return Task(f"trial {ticket.number} [{params}]{resumes}", sweep.run_folder(ticket.origin).path, run_trial,
+        return Task(f"{prefix}trial {ticket.number} [{params}]{resumes}", sweep.run_folder(ticket.origin).path, run_trial,
                     (sweep, ticket.number, ticket.trial_id, ticket.origin))
 
     def on_end(task: Task, outcome: Outcome) -> None:
