@@ -106,6 +106,7 @@ SLOW = (
     "test_faults.py::test_a_real_full_disk", "test_faults.py::test_float16_on_the_cpu",
     "test_faults.py::test_resume_after_the_config_changed_shape",
     "test_fuzz_surfaces.py",
+    "test_results.py::test_each_published_report_regenerates", "test_results.py::test_the_results_quote",
     "test_launcher.py::test_a_crashed_task_is_recorded", "test_launcher.py::test_a_dead_worker_is_replaced",
     "test_launcher.py::test_workers_die_with_their_parent", "test_launcher.py::test_workers_get_one_gpu_each",
     "test_sequential.py::test_a_decided_variant_gets_no_more_seeds", "test_sequential.py::test_kill_9_between_rounds",

@@ -20,17 +20,23 @@ def test_some_report_is_published_with_its_runs():
     assert PUBLISHED, "no docs/results/*/runs.csv"
 
 
+@pytest.fixture(scope="module")
+def regenerated(tmp_path_factory) -> dict[Path, list[str]]:
+    """runs.csv -> the sections of its published report that it alone makes (a ladder's bootstrap fits take
+    seconds: made once per module)."""
+    sections = {}
+    for path in PUBLISHED:
+        published = read_published(path)
+        plots = tmp_path_factory.mktemp(path.parent.name)
+        sections[path] = [comparison_section(published), *scaling_sections(published, plots)]
+    return sections
+
+
 @pytest.mark.parametrize("path", PUBLISHED, ids=lambda p: p.parent.name)
-def test_each_published_report_regenerates_from_its_runs_csv(path, tmp_path):
+def test_each_published_report_regenerates_from_its_runs_csv(path, regenerated):
     report = (path.parent / "report.md").read_text()
-    for section in regenerated(path, tmp_path):
+    for section in regenerated[path]:
         assert section in report
-
-
-def regenerated(path: Path, plots: Path) -> list[str]:
-    """The sections of a published report that its runs.csv alone makes (their plots written to `plots`)."""
-    published = read_published(path)
-    return [comparison_section(published), *scaling_sections(published, plots)]
 
 
 @pytest.mark.parametrize("change", [1e-12, -0.01])
@@ -46,15 +52,10 @@ def test_a_ladders_regenerated_sections_read_its_size_values():
     assert ladders, "no published ladder or lr-vs-width grid"
 
 
-def findings_of_reports(plots: Path) -> set[str]:
-    """Every sentence (a line, a list item's text) of the regenerated sections."""
-    sections = [section for path in PUBLISHED for section in regenerated(path, plots)]
-    return {line.removeprefix("- ") for section in sections for line in section.splitlines() if line.strip()}
-
-
 @pytest.mark.parametrize("page", ["README.md", "docs/results.md"])
-def test_the_results_quote_generated_findings_verbatim(page, tmp_path):
+def test_the_results_quote_generated_findings_verbatim(page, regenerated):
     quoted = re.findall(r"^> (.*)$", (REPO / page).read_text(), re.M)
     assert quoted, f"{page} quotes no finding"
-    generated = findings_of_reports(tmp_path)
+    sections = [section for path in PUBLISHED for section in regenerated[path]]
+    generated = {line.removeprefix("- ") for section in sections for line in section.splitlines() if line.strip()}
     assert [q for q in quoted if q not in generated] == []
