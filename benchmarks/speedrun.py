@@ -6,6 +6,9 @@ seeds, each run a fresh `nanolab run` process (W&B disabled) on this machine, on
     python benchmarks/speedrun.py --step --profile --only                        # the step's figures alone
     python benchmarks/speedrun.py --from-json speedrun.json --markdown F --plot F.png   # again, from saved runs
 
+docs/results/speedrun/runs.json is the published --json: `tests/test_results.py` regenerates the table and the
+sentences of docs/results.md from its runs (`published(json)`).
+
 --profile first prints where the record's step goes, by op (torch.profiler, self CPU time, 50 steps).
 --step first times the record's training step (`train_step`, this process, 2 threads, candidates in turns) as
 it was (torch.optim.Muon: Newton-Schulz in bfloat16, a matrix at a time; relu2 by autograd of relu(x).square();
@@ -18,7 +21,7 @@ the figure modded-nanogpt's records quote. The loss is `final/val_loss_whole`: t
 non-overlapping windows of the run's context, after the last step. A record holds when every seed is within its budget of
 seconds and <= its target loss, and a one-sided t-test of the mean <= the target gives p < 0.01 (modded-nanogpt's
 rule); other lines are held to 1.90 with no budget. The markdown is docs/results.md's
-record table as this script printed it.
+record table and a sentence per recipe (`finding`), as this script printed them.
 """
 
 from __future__ import annotations
@@ -32,12 +35,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean, median, stdev
 
+import pandas as pd
 from scipy import stats
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from common import interleave, load_warning, parser, print_table, setup, write_json  # noqa: E402
+
+from nanolab.analysis.findings import target_finding  # noqa: E402
 
 SHAKESPEARE = REPO.parent / "shared/data/tinyshakespeare/input.txt"
 QUIET = ["train.final_eval=true", "train.sample_tokens=0"]  # and WANDB_MODE=disabled, which wins over any spec
@@ -94,7 +100,25 @@ def line(recipe: Recipe, runs: list[dict]) -> dict:
             "command": recipe.command()}
 
 
-def markdown(lines: list[dict]) -> str:
+def finding(line: dict, runs: list[dict]) -> str:
+    """A recipe's sentence from its runs: how many seeds met the target (with the digits that tell), the seconds
+    against the budget, the t-test, and whether the record held."""
+    losses = pd.Series({r["seed"]: r["val_loss_whole"] for r in runs})
+    times = f"training s median {line['train_s_median']:.1f}, max {line['train_s_max']:.1f}"
+    if line["budget_s"]:
+        times += f" ({'within' if line['train_s_max'] <= line['budget_s'] else 'over'} {line['budget_s']:g} s)"
+    p = "no test" if line["p_mean_le_target"] is None else f"p {line['p_mean_le_target']:.2g}"
+    return (f"{line['recipe']}: {target_finding(losses, line['target'])}; {times}; one-sided t-test of the mean "
+            f"<= {line['target']:g}: {p}: {'held' if line['held'] else 'not held'}")
+
+
+def published(results: dict) -> str:
+    """The table and the sentences of a --json's runs, as --markdown writes them."""
+    runs = results["runs"]
+    return markdown([line(recipe, runs[recipe.name]) for recipe in RECIPES if recipe.name in runs], runs)
+
+
+def markdown(lines: list[dict], runs: dict[str, list[dict]]) -> str:
     head = ("| recipe | change | training s (median, max) | whole-split val loss (mean ± sd, max) | target | "
             "held (p) | command |\n| --- | --- | ---: | ---: | --- | --- | --- |\n")
     rows = []
@@ -104,7 +128,8 @@ def markdown(lines: list[dict]) -> str:
         rows.append(f"| {r['recipe']} | {r['change']} | {r['train_s_median']:.1f}, {r['train_s_max']:.1f} | "
                     f"{r['loss_mean']:.3f} ± {r['loss_sd'] or 0:.3f}, {r['loss_max']:.3f} (n {r['seeds']}) | "
                     f"≤ {r['target']:.2f}{budget} | {'yes' if r['held'] else 'no'} ({p}) | `{r['command']}` |")
-    return head + "\n".join(rows) + "\n"
+    sentences = [f"- {finding(r, runs[r['recipe']])}" for r in lines]
+    return head + "\n".join(rows) + "\n\n" + "\n".join(sentences) + "\n"
 
 
 def record_step(device):
@@ -243,7 +268,7 @@ def main() -> None:
         print(warning)
     write_json(args.json, {**figures, "seeds": args.seeds, "lines": lines, "runs": runs})
     if args.markdown:
-        Path(args.markdown).write_text(markdown(lines))
+        Path(args.markdown).write_text(markdown(lines, runs))
         print(f"wrote {args.markdown}")
     if args.plot:
         plot(recipes, runs, args.plot)

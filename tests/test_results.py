@@ -4,6 +4,8 @@ and an lr-vs-width grid's optima too), and the README quotes findings sentences 
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -14,6 +16,34 @@ from nanolab.analysis.scaling_report import scaling_sections
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = sorted((REPO / "docs" / "results").glob(f"*/{RUNS_CSV}"))
+SPEEDRUN_RUNS = REPO / "docs" / "results" / "speedrun" / "runs.json"  # benchmarks/speedrun.py --json
+
+
+def speedrun_script():
+    spec = importlib.util.spec_from_file_location("speedrun", REPO / "benchmarks" / "speedrun.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def speedrun_section() -> str:
+    """The record table and its sentences, regenerated from the speedrun's published runs."""
+    return speedrun_script().published(json.loads(SPEEDRUN_RUNS.read_text()))
+
+
+def test_the_speedrun_table_and_sentences_regenerate_from_its_runs():
+    table, sentences = speedrun_section().split("\n\n")
+    text = (REPO / "docs" / "results.md").read_text()
+    assert table in text
+    assert sentences.strip()
+    for sentence in sentences.strip().splitlines():
+        assert f"> {sentence.removeprefix('- ')}" in text.splitlines()
+
+
+def test_a_changed_speedrun_run_changes_its_sentences():
+    results = json.loads(SPEEDRUN_RUNS.read_text())
+    results["runs"]["record"][0]["val_loss_whole"] += 1e-3
+    assert speedrun_script().published(results) != speedrun_section()
 
 
 def test_every_published_report_has_its_runs_csv():
@@ -57,6 +87,6 @@ def test_a_ladders_regenerated_sections_read_its_size_values():
 def test_the_results_quote_generated_findings_verbatim(page, regenerated):
     quoted = re.findall(r"^> (.*)$", (REPO / page).read_text(), re.M)
     assert quoted, f"{page} quotes no finding"
-    sections = [section for path in PUBLISHED for section in regenerated[path]]
+    sections = [section for path in PUBLISHED for section in regenerated[path]] + [speedrun_section()]
     generated = {line.removeprefix("- ") for section in sections for line in section.splitlines() if line.strip()}
     assert [q for q in quoted if q not in generated] == []
