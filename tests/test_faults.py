@@ -355,9 +355,15 @@ def test_ctrl_c_saves_the_run_then_stops_a_caller_that_stops_on_it(tmp_path, mon
             os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setenv("NANOLAB_RUNS", str(tmp_path / "runs"))
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    with pytest.raises(KeyboardInterrupt, match=r"saved; continue it with: nanolab run --resume "):
-        run(load_spec(spec(tmp_path, name="stopped", eval=5)), on_eval=ctrl_c, show_progress=False)
+    # Python's own handler, as in an interactive pytest: one started in the background (nohup, `cmd &` without job
+    # control) inherits SIGINT ignored, and Python then installs none
+    started_with = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt, match=r"saved; continue it with: nanolab run --resume "):
+            run(load_spec(spec(tmp_path, name="stopped", eval=5)), on_eval=ctrl_c, show_progress=False)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, started_with)
     (folder,) = (tmp_path / "runs" / "stopped").iterdir()
     assert RunFolder(folder).read_meta()["status"] == "interrupted" and RunFolder(folder).ckpt("last").is_file()
     previous = signal.signal(signal.SIGINT, lambda *_: None)
