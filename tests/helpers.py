@@ -127,10 +127,14 @@ def start_cli(*args, env: dict | None = None) -> subprocess.Popen:
 
 
 def cli_main(capsys, *argv: str) -> tuple[int, str, str]:
-    """`nanolab ARGV` in this process (cli.main): (exit status, stdout, stderr)."""
+    """`nanolab ARGV` in this process (cli.main): (exit status, stdout, stderr); argparse's own exits (--help 0,
+    its usage errors 2) are returned too."""
     from nanolab.cli import main
 
-    code = main(list(argv))
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:
+        code = exc.code
     out, err = capsys.readouterr()
     return code, out, err
 

@@ -4,10 +4,11 @@ import argparse
 import importlib.metadata
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
-from helpers import cli
+from helpers import cli_main
 
 from nanolab import __version__, registry
 from nanolab.ablate import load_ablation
@@ -25,13 +26,19 @@ def verbs() -> dict[str, argparse.ArgumentParser]:
     return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
 
 
-def test_components_lists_every_registered_name_with_its_description():
-    proc = cli("components")
-    assert proc.returncode == 0
+@pytest.fixture
+def in_repo(monkeypatch):
+    """The CLI in this process, run from the repository root (the paths below are relative to it)."""
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+
+
+def test_components_lists_every_registered_name_with_its_description(capsys):
+    code, out, _ = cli_main(capsys, "components")
+    assert code == 0
     for kind in registry.kinds():
-        assert f"\n{kind}\n" in f"\n{proc.stdout}"
+        assert f"\n{kind}\n" in f"\n{out}"
         for entry in registry.entries(kind):
-            assert f"  {entry.name:<18} {entry.description}" in proc.stdout
+            assert f"  {entry.name:<18} {entry.description}" in out
 
 
 @pytest.mark.parametrize("verb, flags", [("run", ["--resume", "--set", "--nproc"]),
@@ -40,11 +47,11 @@ def test_components_lists_every_registered_name_with_its_description():
                                          ("ablate", ["--seeds", "--workers", "--set"]),
                                          ("compare", ["--group", "--by", "--csv", "--markdown", "--plot"]),
                                          ("sync", ["RUN_FOLDER"])])
-def test_every_verb_documents_its_flags(verb, flags):
-    proc = cli(verb, "--help")
-    assert proc.returncode == 0
+def test_every_verb_documents_its_flags(verb, flags, capsys):
+    code, out, _ = cli_main(capsys, verb, "--help")
+    assert code == 0
     for flag in flags:
-        assert flag in proc.stdout
+        assert flag in out
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -63,11 +70,12 @@ def test_every_verb_documents_its_flags(verb, flags):
     (["sweep", "sweeps/lr.yaml", "--trials", "0"], "--trials 0: expected a number of trials"),
     (["run", "experiments/baseline.yaml", "--nproc", "0"], "--nproc 0: expected a number of processes"),
 ])
-def test_user_errors_are_one_line_and_exit_2(args, fragment):
-    proc = cli(*args)
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert fragment in proc.stderr
+def test_user_errors_are_one_line_and_exit_2(args, fragment, capsys, in_repo, tmp_path, monkeypatch):
+    monkeypatch.setenv("NANOLAB_RUNS", str(tmp_path / "runs"))  # nothing may be written; if it were, not here
+    code, _, err = cli_main(capsys, *args)
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert fragment in err
 
 
 def test_version_is_the_installed_one(capsys):
@@ -93,8 +101,8 @@ def test_every_argument_of_every_verb_is_explained():
             assert action.help, (verb, action.option_strings or action.dest)
 
 
-def test_help_prints_percent_signs_once():
-    assert "95% confidence" in " ".join(cli("compare", "--help").stdout.split())
+def test_help_prints_percent_signs_once(capsys):
+    assert "95% confidence" in " ".join(cli_main(capsys, "compare", "--help")[1].split())
 
 
 def documents(text: str) -> list:
