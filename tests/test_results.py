@@ -4,6 +4,7 @@ and an lr-vs-width grid's optima too), and the README quotes findings sentences 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import re
@@ -20,14 +21,17 @@ PUBLISHED = sorted((REPO / "docs" / "results").glob(f"*/{RUNS_CSV}"))
 SPEEDRUN_RUNS = REPO / "docs" / "results" / "speedrun" / "runs.json"  # benchmarks/speedrun.py --json
 
 
+@functools.cache
 def speedrun_script():
-    """benchmarks/speedrun.py as a module (registered first: its dataclasses look themselves up there)."""
+    """benchmarks/speedrun.py as a module, loaded once (registered first: its dataclasses look themselves up
+    there)."""
     spec = importlib.util.spec_from_file_location("speedrun", REPO / "benchmarks" / "speedrun.py")
-    module = sys.modules.setdefault("speedrun", importlib.util.module_from_spec(spec))
+    module = sys.modules["speedrun"] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
+@functools.cache
 def speedrun_section() -> str:
     """The record table and its sentences, regenerated from the speedrun's published runs."""
     return speedrun_script().published(json.loads(SPEEDRUN_RUNS.read_text()))

@@ -36,8 +36,8 @@ LOSSES = [final(VAL_LOSS), BEST_VAL_LOSS]  # the values published and checked
 FIXED = ["run_id", "group", "status", "seed", "threads", "torch", *LOSSES, "baseline"]
 # a ladder's or an lr-vs-width grid's runs.csv also holds what its fits and optima are made of (a run's value ->
 # its column; the parametrization, fixed over such a plan, is named without `model.` so it is not a varied key)
-SIZE_VALUES = {"flops_per_token": "flops_per_token", TOKENS_SEEN: TOKENS_SEEN, final(VAL_LOSS_WHOLE): final(VAL_LOSS_WHOLE),
-               "model.parametrization": "parametrization"}
+SIZE_VALUES = {"flops_per_token": "flops_per_token", TOKENS_SEEN: TOKENS_SEEN,
+               final(VAL_LOSS_WHOLE): final(VAL_LOSS_WHOLE), "model.parametrization": "parametrization"}
 
 
 def published_runs(runs: pd.DataFrame, metas: list[dict], by: list[str], baseline: dict,
@@ -51,10 +51,9 @@ def published_runs(runs: pd.DataFrame, metas: list[dict], by: list[str], baselin
     rows = runs.reindex(columns=["run_id", "group", "status", "seed", *LOSSES, *by, *tuned]).assign(
         threads=[meta.get("threads") for meta in metas],
         torch=[meta.get("versions", {}).get("torch") for meta in metas], baseline=is_base)
-    if sizes:
-        rows = rows.assign(**{name: runs.get(key) for key, name in SIZE_VALUES.items()})
-    extra = list(SIZE_VALUES.values()) if sizes else []
-    rows = rows[[*FIXED, *by, *tuned, *extra]].sort_values("run_id", kind="stable").reset_index(drop=True)
+    sized = {name: runs.get(key) for key, name in SIZE_VALUES.items()} if sizes else {}
+    rows = rows.assign(**sized)[[*FIXED, *by, *tuned, *sized]]
+    rows = rows.sort_values("run_id", kind="stable").reset_index(drop=True)
     return rows if margin is None else rows.assign(margin=margin)
 
 

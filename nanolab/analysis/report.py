@@ -162,14 +162,14 @@ def _studies(plan: dict, store: RunStore) -> list[str]:
     rows = {variant: trials for variant, trials in rows.items() if trials is not None}
     if not rows:
         return []
-    metric, direction = next(iter(next(iter(tune.values()))["objectives"].items()))
+    study = next(iter(tune.values()))  # every variant's study has the same space and objective
+    metric, direction = next(iter(study["objectives"].items()))
     points = sorted({point for trials in rows.values() for point in trials},
                     key=lambda point: [(type(value).__name__, value) for value in point])
-    table = [{"variant": variant, **{", ".join(map(_text, point)): _cell(trials, point, direction)
-                                     for point in points}} for variant, trials in rows.items()]
-    keys = ", ".join(next(iter(tune.values()))["space"])
-    return [f"## What each study saw\n\n{metric} ({direction}) of each completed tuning trial, by {keys}; each "
-            "variant's best, at which its seeds ran, in bold:\n\n" + markdown_table(table)]
+    table = [{"variant": variant, **_row(trials, points, direction)} for variant, trials in rows.items()]
+    return [f"## What each study saw\n\n{metric} ({direction}) of each completed tuning trial, by "
+            f"{', '.join(study['space'])}; each variant's best, at which its seeds ran, in bold:\n\n"
+            + markdown_table(table)]
 
 
 def _trials_of(folder: Path) -> dict[tuple, float] | None:
@@ -183,15 +183,15 @@ def _trials_of(folder: Path) -> dict[tuple, float] | None:
     return {tuple(row[params]): row[value] for _, row in trials.iterrows()}
 
 
+def _row(trials: dict[tuple, float], points: list[tuple], direction: str) -> dict[str, str]:
+    """A study's cells, a column per point of the space ('' where it ran none), its best in bold."""
+    best = (min if direction == "minimize" else max)(trials.values())
+    cells = {point: f"**{value:.4f}**" if value == best else f"{value:.4f}" for point, value in trials.items()}
+    return {", ".join(map(_text, point)): cells.get(point, "") for point in points}
+
+
 def _text(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _cell(trials: dict[tuple, float], point: tuple, direction: str) -> str:
-    if point not in trials:
-        return ""
-    best = (min if direction == "minimize" else max)(trials.values())
-    return f"**{trials[point]:.4f}**" if trials[point] == best else f"{trials[point]:.4f}"
 
 
 def _environment(metas: list[dict]) -> str:

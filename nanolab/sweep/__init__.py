@@ -49,8 +49,8 @@ def optimize(sweep: Sweep, study: SweepStudy, trials: int, launcher: Launcher,
             board.total += 1
         params = params_text(ticket.params)
         resumes = f" (continues trial-{ticket.origin})" if ticket.origin != ticket.number else ""
-        return Task(f"{prefix}trial {ticket.number} [{params}]{resumes}", sweep.run_folder(ticket.origin).path, run_trial,
-                    (sweep, ticket.number, ticket.trial_id, ticket.origin))
+        return Task(f"{prefix}trial {ticket.number} [{params}]{resumes}", sweep.run_folder(ticket.origin).path,
+                    run_trial, (sweep, ticket.number, ticket.trial_id, ticket.origin))
 
     def on_end(task: Task, outcome: Outcome) -> None:
         outcomes.append(outcome)
