@@ -111,6 +111,9 @@ class Ablation:
     tuning: dict = field(default_factory=dict)  # variant id -> the Sweep that tunes it (with a `tune:` block)
     slurm: SlurmOptions = SlurmOptions()
     design: Design | None = None  # sequential seeds: cells hold seeds 1..max, rounds run them (nanolab.rounds)
+    # `variants:` name -> its changes to the experiment ({}: the experiment itself), when it has no scale: block;
+    # such an ablation is compared by its variants' names, not by the union of the keys they change
+    named: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -144,7 +147,7 @@ class Ablation:
         """What a report says of the ablation: each varied key's values, the baseline, whether it tuned."""
         keys = list(self.cells[0].variant)
         return {"varied": {key: list(dict.fromkeys(cell.variant[key] for cell in self.cells)) for key in keys},
-                "baseline": self.baseline, "tuned": bool(self.tuning)}
+                "baseline": self.baseline, "tuned": bool(self.tuning), **({"named": self.named} if self.named else {})}
 
 
 def load_ablation(path, seeds: list[int] | None = None, extra: tuple[str, ...] = ()) -> Ablation:
@@ -181,8 +184,10 @@ def load_ablation(path, seeds: list[int] | None = None, extra: tuple[str, ...] =
         raise SpecError(f"{plan.path}: decide: a sequential ablation compares each variant with the baseline, the "
                         f"experiment's own values ({label(baseline)}); add them to the "
                         f"{'grid' if raw.grid else 'variants'}")
+    named = ({name: {k: v for k, v in variant.items() if v != baseline[k]} for name, variant in variants}
+             if raw.variants and not raw.scale else {})
     return dataclasses.replace(ablation, baseline=baseline if any(c.variant == baseline for c in cells) else None,
-                               tuning=tuning)
+                               tuning=tuning, named=named)
 
 
 def sequential_design(plan: Plan, raw: AblationFile, seeds: list[int] | None) -> Design | None:

@@ -90,15 +90,17 @@ class Plan:
 
     def record(self, resolved: dict, facts: dict) -> str:
         """Check `resolved` against the plan's plan.json, written on the first call with the base config and
-        `facts` (what a report says of the plan: its grid or space); returns the fingerprint."""
-        resolved = json.loads(json.dumps(resolved, default=str))
+        `facts` (what a report says of the plan: its grid or space); returns the fingerprint. The facts follow
+        from the snapshot, so a later call of the same snapshot rewrites them where this version says more."""
+        resolved, facts = json.loads(json.dumps(resolved, default=str)), json.loads(json.dumps(facts, default=str))
         path, mine = self.folder / "plan.json", fingerprint(resolved)
         if path.is_file():
             stored = files.read_json(path)
             if stored.get("fingerprint") != mine:
                 raise SpecError(changed_message(self.path, f"plan {shown(self.name)} in {self.folder}",
                                                 stored.get("resolved", {}), resolved))
-            return mine
+            if all(stored.get(key) == value for key, value in facts.items()):
+                return mine
         files.write_json(path, {"kind": self.kind, "name": self.name, "file": str(self.path),
                                 "experiment": str(self.experiment), "fingerprint": mine, "resolved": resolved,
                                 "base": self.base, **facts})

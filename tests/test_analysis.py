@@ -685,3 +685,17 @@ def test_compare_target_counts_each_variants_seeds_that_met_it(tmp_path, capsys)
         "mean 1.5033",
         "model.activation=relu: 3 of 3 seeds at or below 1.49 (seed 0: 1.4500, seed 1: 1.4800, seed 2: 1.4400); "
         "mean 1.4567"]
+
+
+def test_a_null_config_value_is_the_nan_pandas_makes_of_it():
+    """An ablation whose variant sets a key to null (`model.logit_softcap: null`) had its finished runs listed as
+    'not started': the record's None never equalled the runs' NaN."""
+    from nanolab.analysis.command import missing_note
+
+    record = {"resolved": {"variants": {"capped": {"model.logit_softcap": 30.0},
+                                        "uncapped": {"model.logit_softcap": None}}}}
+    runs = pd.DataFrame({"seed": [1, 1, 2], "status": ["finished", "finished", "running"],
+                         "model.logit_softcap": [30.0, None, None]})
+    assert missing_note(record, runs, ["model.logit_softcap"]) == (
+        "\nnot finished (2 of 4 variant x seed, over the seeds started so far): model.logit_softcap=30.0 seed 2 "
+        "(not started); model.logit_softcap=None seed 2 (running)")

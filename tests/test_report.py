@@ -325,3 +325,68 @@ def test_a_reports_equivalence_margin_travels_in_runs_csv(plans, tmp_path):
     [finding] = [line for line in section.splitlines() if line.startswith("- ")]
     assert ": equivalent within ±100 (the interval lies inside it), " in finding or ": significant, " in finding
     assert comparison_section(published.drop(columns="margin")) not in text
+
+
+NAMED = """\
+name: loo
+experiment: tiny.yaml
+variants: {record: {}, relu: {model.activation: relu}, wide: {model.activation: relu, model.n_embd: 32}}
+seeds: [1, 2]
+"""
+
+
+@pytest.fixture(scope="module")
+def named(plans):
+    """A leave-one-out ablation of named variants that has run beside `act`."""
+    (plans / "loo.yaml").write_text(NAMED)
+    assert main(["ablate", str(plans / "loo.yaml")]) == 0
+    return plans / "loo.yaml"
+
+
+def test_named_variants_are_reported_by_name_on_the_metric_asked_for(named, tmp_path):
+    text = write_report(named, tmp_path, metric="final/val_loss").read_text()
+    published = read_published(tmp_path)
+    assert list(published.columns) == [*FIXED, "variant", "model.activation", "model.n_embd", "metric"]
+    assert set(published["metric"]) == {"final/val_loss"}
+    assert set(published.loc[published["baseline"], "variant"]) == {"record"}
+    assert ("- variants: record (the experiment itself); relu (model.activation=relu); wide (model.activation=relu, "
+            "model.n_embd=32)") in text
+    final = published.groupby("variant")["final/val_loss"].mean()
+    for variant in ("relu", "wide"):  # the findings are of final/val_loss, labelled by the variant's name
+        assert f"\n- {variant}: {final[variant] - final['record']:+.4f} [" in text
+    assert "Method: final/val_loss of each variant's finished runs" in text
+    assert comparison_section(published) in text
+
+
+def test_compare_names_a_named_ablations_rows_its_baseline_and_its_missing_runs(named, tmp_path, capsys):
+    assert main(["compare", str(named)]) == 0
+    out = capsys.readouterr().out
+    assert "baseline variant=record (the baseline of the ablation" in out
+    rows = [line.split()[0] for line in out.splitlines() if line.split()[:1] in (["record"], ["relu"], ["wide"])]
+    assert sorted(rows) == ["record", "relu", "wide"] and "model.n_embd" not in out
+    assert main(["compare", str(named), "--by", "model.activation", "model.n_embd"]) == 0
+    assert "baseline model.activation=gelu, model.n_embd=16 (the baseline of the ablation" in capsys.readouterr().out
+    shutil.copytree(named.parent / "runs" / "loo", tmp_path / "loo")
+    shutil.rmtree(tmp_path / "loo" / "wide-s2")
+    assert main(["compare", str(tmp_path / "loo")]) == 0
+    assert "not finished (1 of 6 variant x seed, over the seeds started so far): variant=wide seed 2 (not started)" \
+        in capsys.readouterr().out
+
+
+def test_report_metric_must_be_a_runs_figure(named, tmp_path, capsys):
+    assert main(["report", str(named), "--out", str(tmp_path / "r"), "--metric", "final/val_los"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nanolab: error: unknown metric 'final/val_los' (did you mean 'final/val_loss'?)")
+    assert len(err.splitlines()) == 1 and not (tmp_path / "r").exists()
+
+
+def test_a_plan_recorded_before_its_facts_grew_gets_them_on_the_next_call(named, tmp_path, monkeypatch, capsys):
+    """An ablation of named variants that ran before plan.json said `named` was reported by the union of its
+    keys; calling the same ablation again (nothing left to run) records the facts this version knows."""
+    shutil.copytree(named.parent / "runs" / "loo", tmp_path / "loo")
+    record = json.loads((tmp_path / "loo" / "plan.json").read_text())
+    (tmp_path / "loo" / "plan.json").write_text(json.dumps({k: v for k, v in record.items() if k != "named"}))
+    monkeypatch.setenv("NANOLAB_RUNS", str(tmp_path))
+    assert main(["ablate", str(named)]) == 0
+    assert "6 already done, 0 to run" in capsys.readouterr().out
+    assert json.loads((tmp_path / "loo" / "plan.json").read_text()) == record

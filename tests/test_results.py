@@ -96,3 +96,18 @@ def test_the_results_quote_generated_findings_verbatim(page, regenerated):
     sections = [section for path in PUBLISHED for section in regenerated[path]] + [speedrun_section()]
     generated = {line.removeprefix("- ") for section in sections for line in section.splitlines() if line.strip()}
     assert [q for q in quoted if q not in generated] == []
+
+
+def test_the_results_tables_are_their_reports_tables():
+    """A table in docs/results.md with the header of a table of the report it last linked to is made of rows of
+    that report: a pasted table cannot drift from what `report` wrote."""
+    page = (REPO / "docs" / "results.md").read_text()
+    checked = 0
+    for match in re.finditer(r"(?:^\|.*\n)+", page, re.M):
+        linked = re.findall(r"\]\(results/([\w-]+)/report\.md\)", page[:match.start()])
+        report = (REPO / "docs" / "results" / linked[-1] / "report.md").read_text().splitlines() if linked else []
+        rows = match.group(0).splitlines()
+        if rows[0] in report:
+            assert [row for row in rows if row not in report] == [], linked[-1]
+            checked += 1
+    assert checked >= 5, f"docs/results.md shows {checked} tables of its reports"

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from nanolab.analysis.findings import target_finding
-from nanolab.analysis.load import PathsLike, axis_column, load_history, load_runs, metric_at
+from nanolab.analysis.load import VARIANT, PathsLike, axis_column, load_history, load_runs, metric_at
 from nanolab.analysis.render import caption, check_plot_path, format_table, plot_history, write_tables
 from nanolab.analysis.stats import as_list, compare, did_you_mean, is_finished, label, same_value, varying_keys
 from nanolab.analysis.wandb_runs import load_wandb_history, load_wandb_runs
@@ -56,7 +56,7 @@ def compare_command(paths: PathsLike | None = None, group: str | None = None,
     if record and _is_plan_file(paths):
         paths, group = [runs_root() / record["name"]], record["name"]
     runs, where = _load(paths, group, wandb_path)
-    by = as_list(by) if by else list(record["varied"]) if record else varying_keys(runs)
+    by = as_list(by) if by else ablation_keys(record)[0] if record else varying_keys(runs)
     if not by:
         raise NanolabError(f"the {len(runs)} runs in {where} share every data/model/train key; name one with --by")
     finished = runs[is_finished(runs)]
@@ -111,6 +111,16 @@ def ablation_record(paths: PathsLike | None, group: str | None) -> dict | None:
     return None
 
 
+def ablation_keys(record: dict) -> tuple[list[str], dict | None]:
+    """What an ablation's runs are compared by, and its baseline (None when no variant is the experiment itself):
+    its varied keys and the experiment's values of them, or for named variants (`variants:`) their names and the
+    name of the one that changes nothing: the union of the keys they change would make every row a long list."""
+    if not record.get("named"):
+        return list(record["varied"]), record["baseline"]
+    name = next((name for name, changes in record["named"].items() if not changes), None)
+    return [VARIANT], None if name is None else {VARIANT: name}
+
+
 def _is_plan_file(paths: PathsLike | None) -> bool:
     listed = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths or [])
     return len(listed) == 1 and Path(listed[0]).suffix in (".yaml", ".yml") and Path(listed[0]).is_file()
@@ -121,9 +131,11 @@ def _baseline(text: str | None, record: dict | None, finished: pd.DataFrame, by:
     if text is not None:
         return _parse_baseline(text), "--baseline"
     default = "the variant with the most finished runs, the first seen of a tie"
-    if not record or not record.get("baseline"):
+    wanted = ablation_keys(record)[1] if record else None
+    if not wanted:
         return None, default + ("; the ablation's grid does not hold the experiment's values" if record else "")
-    wanted = record["baseline"]
+    if not set(wanted) <= set(by):
+        wanted = record["baseline"]  # --by names the keys that the named variants change
     if not set(wanted) <= set(by):
         return None, f"{default}; the ablation's baseline is not a variant of --by {', '.join(by)}"
     if not any(all(same_value(row[k], v) for k, v in wanted.items()) for _, row in finished.iterrows()):
@@ -137,8 +149,9 @@ def missing_note(record: dict, runs: pd.DataFrame, by: list[str]) -> str:
     seeds = sorted(runs["seed"].dropna().unique())
     finished = runs[is_finished(runs)]
     gaps = []
-    for changes in record["resolved"]["variants"].values():
-        keys = {k: v for k, v in changes.items() if k in by}
+    variants = ([{VARIANT: name} for name in record["named"]] if by == [VARIANT] else
+                [{k: v for k, v in changes.items() if k in by} for changes in record["resolved"]["variants"].values()])
+    for keys in variants:
         mine = runs[[all(same_value(row[k], v) for k, v in keys.items()) for _, row in runs.iterrows()]]
         done = set(finished.loc[finished.index.intersection(mine.index), "seed"])
         statuses = dict(zip(mine["seed"], mine["status"]))

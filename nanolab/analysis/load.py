@@ -24,7 +24,8 @@ from nanolab.config_dicts import flatten
 from nanolab.vocab import AXES, FLOPS, TOKENS, VAL_LOSS, WALL_TIME
 
 RUN_STATS = ["params", "non_embedding_params", "flops_per_token"]
-BASE_COLUMNS = ["run_id", "name", "group", "job_type", "status", "path",
+VARIANT = "variant"  # an ablation run's variant as meta.json labels it: a `variants:` name, or 'activation=relu'
+BASE_COLUMNS = ["run_id", "name", "group", "job_type", "status", VARIANT, "path",
                 "start_time", "end_time", WALL_TIME, *RUN_STATS]
 HISTORY_COLUMNS = ["run_id", "name", "group", "step"]
 TOKENS_PER_STEP = ("train.batch_size", "train.grad_accum", "data.block_size")  # config keys; their product
@@ -96,6 +97,7 @@ def run_row(folder: RunFolder) -> dict:
         "group": meta.get("group") or config.get("tracking.group"),
         "job_type": meta.get("job_type", config.get("tracking.job_type")),
         "status": meta.get("status"),
+        VARIANT: meta.get("label"),
         "path": str(folder.path),
         "start_time": meta.get("start_time"),
         "end_time": meta.get("end_time"),

@@ -8,10 +8,11 @@ can be regenerated from them and a reproduction checked against them run by run.
 
 A row: run_id, group, status, seed, the run's torch threads and torch version, its final and best val/loss
 (floats written as repr: they read back bit for bit), whether it is a run of the baseline variant, then the varied
-config keys (`model.norm`), a tuned ablation's chosen values (`tuned.train.lr`), for a plan that varies size the
-values its scaling sections are made of (SIZE_VALUES) and, where the report was given one, the findings'
-equivalence `margin`. Nothing else enters the report's numbers, so a number changed in runs.csv changes the
-regenerated report.
+config keys (`model.norm`; for named variants first their `variant` name, by which they are compared), a tuned
+ablation's chosen values (`tuned.train.lr`), for a plan that varies size the values its scaling sections are made
+of (SIZE_VALUES), where the report compares another figure than best/val_loss that figure's column and its name
+(`metric`), and where the report was given one, the findings' equivalence `margin`. Nothing else enters the
+report's numbers, so a number changed in runs.csv changes the regenerated report.
 """
 
 from __future__ import annotations
@@ -23,15 +24,16 @@ import numpy as np
 import pandas as pd
 
 from nanolab.analysis.findings import findings
-from nanolab.analysis.load import load_runs
+from nanolab.analysis.load import VARIANT, load_runs
 from nanolab.analysis.render import caption, correction_note, to_markdown
-from nanolab.analysis.stats import CONFIG_SECTIONS, TUNED, compare
+from nanolab.analysis.stats import CONFIG_SECTIONS, TUNED, compare, require_metric
 from nanolab.errors import NanolabError
 from nanolab.files import write_text
 from nanolab.runfolder import RunFolder, RunStore
 from nanolab.vocab import BEST_VAL_LOSS, TOKENS_SEEN, VAL_LOSS, VAL_LOSS_WHOLE, RunStatus, final
 
 RUNS_CSV = "runs.csv"
+METRIC = "metric"  # the column naming the figure compared, where it is not best/val_loss
 LOSSES = [final(VAL_LOSS), BEST_VAL_LOSS]  # the values published and checked
 FIXED = ["run_id", "group", "status", "seed", "threads", "torch", *LOSSES, "baseline"]
 # a ladder's or an lr-vs-width grid's runs.csv also holds what its fits and optima are made of (a run's value ->
@@ -41,11 +43,12 @@ SIZE_VALUES = {"flops_per_token": "flops_per_token", TOKENS_SEEN: TOKENS_SEEN,
 
 
 def published_runs(runs: pd.DataFrame, metas: list[dict], by: list[str], baseline: dict,
-                   margin: float | None = None, sizes: bool = False) -> pd.DataFrame:
+                   margin: float | None = None, sizes: bool = False, metric: str = BEST_VAL_LOSS) -> pd.DataFrame:
     """The rows of runs.csv: each run of a `load_runs` frame (`metas` its meta.json's, in order), its variant by
-    the `by` keys, `baseline` marking the runs of the baseline variant; with `sizes` the SIZE_VALUES; a `margin`
-    column where the findings were asked for one (the report's equivalence margin, so that runs.csv alone
-    regenerates them)."""
+    the `by` keys, `baseline` marking the runs of the baseline variant; with `sizes` the SIZE_VALUES; the
+    `metric` compared, named in a column of that name unless it is best/val_loss; a `margin` column where the
+    findings were asked for one (the report's equivalence margin). So runs.csv alone regenerates them."""
+    require_metric(runs, metric)
     tuned = [c for c in runs.columns if c.startswith(TUNED) and runs[c].notna().any()]
     is_base = np.logical_and.reduce([runs[key].astype(str) == str(value) for key, value in baseline.items()])
     rows = runs.reindex(columns=["run_id", "group", "status", "seed", *LOSSES, *by, *tuned]).assign(
@@ -53,6 +56,8 @@ def published_runs(runs: pd.DataFrame, metas: list[dict], by: list[str], baselin
         torch=[meta.get("versions", {}).get("torch") for meta in metas], baseline=is_base)
     sized = {name: runs.get(key) for key, name in SIZE_VALUES.items()} if sizes else {}
     rows = rows.assign(**sized)[[*FIXED, *by, *tuned, *sized]]
+    if metric != BEST_VAL_LOSS:
+        rows = rows.assign(**{metric: runs[metric], METRIC: metric})
     rows = rows.sort_values("run_id", kind="stable").reset_index(drop=True)
     return rows if margin is None else rows.assign(margin=margin)
 
@@ -77,8 +82,16 @@ def read_published(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def varied(published: pd.DataFrame) -> list[str]:
-    """The config keys that define a variant: runs.csv's data.*, model.* and train.* columns."""
+    """What defines a variant: named variants' `variant` column, else runs.csv's data.*, model.* and train.*
+    columns."""
+    if VARIANT in published:
+        return [VARIANT]
     return [c for c in published.columns if c.split(".")[0] in CONFIG_SECTIONS]
+
+
+def compared(published: pd.DataFrame) -> str:
+    """The figure the comparison is made of: the one runs.csv names, else best/val_loss."""
+    return str(published[METRIC].iloc[0]) if METRIC in published else BEST_VAL_LOSS
 
 
 def comparison_section(published: pd.DataFrame) -> str:
@@ -87,7 +100,7 @@ def comparison_section(published: pd.DataFrame) -> str:
     by = varied(published)
     base = published[published["baseline"]]
     baseline = base[by].iloc[0].to_dict() if not base.empty else None
-    table = compare(published, by, baseline=baseline)
+    table = compare(published, by, compared(published), baseline=baseline)
     finished = int((published["status"] == RunStatus.FINISHED.value).sum())
     where = f"group {published['group'].iloc[0]}"
     title = caption(table, len(published), finished, where).replace("\n", "  \n")  # Markdown keeps its lines
@@ -136,8 +149,10 @@ def check_published(published_dir: str | os.PathLike, root: str | os.PathLike | 
     fresh = load_runs(folder) if folder.is_dir() else pd.DataFrame(columns=["run_id"])
     fresh = fresh.set_index("run_id")
     lines, verdicts = [], []
+    values = list(dict.fromkeys([*LOSSES, compared(published)]))
     for _, run in published.iterrows():
-        verdict = _verdict(run, fresh.loc[run["run_id"]] if run["run_id"] in fresh.index else None, tolerance)
+        verdict = _verdict(run, fresh.loc[run["run_id"]] if run["run_id"] in fresh.index else None, values,
+                           tolerance)
         verdicts.append(verdict)
         lines.append(f"{run['run_id']}: {verdict}")
     counts = pd.Series([v.split(" ")[0] for v in verdicts]).value_counts()
@@ -146,15 +161,15 @@ def check_published(published_dir: str | os.PathLike, root: str | os.PathLike | 
     return lines, all(v.startswith(("bit-identical", "within")) for v in verdicts)
 
 
-def _verdict(run: pd.Series, fresh: pd.Series | None, tolerance: float) -> str:
+def _verdict(run: pd.Series, fresh: pd.Series | None, values: list[str], tolerance: float) -> str:
     if fresh is None or fresh.get("status") != RunStatus.FINISHED.value:
         return "missing" if fresh is None else f"missing (status {fresh.get('status')})"
-    gaps = [abs(float(fresh.get(loss, np.nan)) - float(run[loss])) for loss in LOSSES]
+    gaps = [abs(float(fresh.get(value, np.nan)) - float(run[value])) for value in values]
     threads = RunFolder(fresh["path"]).read_meta().get("threads")
     note = "" if threads == run["threads"] else f" (threads {threads}, published {run['threads']})"
     if all(gap == 0 for gap in gaps):
         return "bit-identical" + note
     if any(np.isnan(gaps)):
-        return f"differs: no {', '.join(loss for loss, gap in zip(LOSSES, gaps) if np.isnan(gap))} on one side" + note
+        return f"differs: no {', '.join(v for v, gap in zip(values, gaps) if np.isnan(gap))} on one side" + note
     worst = max(gaps)
     return (f"within {worst:.1e}" if worst <= tolerance else f"differs by {worst:.3g}") + note

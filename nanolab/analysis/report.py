@@ -25,7 +25,8 @@ from nanolab.analysis.published import (RUNS_CSV, comparison_section, published_
                                         write_published)
 from nanolab.analysis.render import AXIS_LABELS, markdown_row, plot_history
 from nanolab.analysis.scaling_report import scaling_sections, varies_size
-from nanolab.analysis.stats import TUNED, compare, is_finished
+from nanolab.analysis.command import ablation_keys
+from nanolab.analysis.stats import TUNED, compare, is_finished, label
 from nanolab.config import Config
 from nanolab.config_dicts import from_dict
 from nanolab.errors import NanolabError
@@ -34,18 +35,20 @@ from nanolab.plan import VERBS, read_record
 from nanolab.rounds import sequential_section
 from nanolab.runfolder import RunFolder, RunStore
 from nanolab.tuning import study_name
-from nanolab.vocab import STEPS, TOKENS_SEEN, VAL_LOSS
+from nanolab.vocab import BEST_VAL_LOSS, STEPS, TOKENS_SEEN, VAL_LOSS
 
 PLOTS = {"step": "val_loss_step.png", "flops": "val_loss_flops.png"}  # x axis -> file
 
 
 def write_report(plan_file: str | os.PathLike, out: str | os.PathLike | None = None,
-                 runs: str | os.PathLike | None = None, margin: float | None = None) -> Path:
+                 runs: str | os.PathLike | None = None, margin: float | None = None,
+                 metric: str = BEST_VAL_LOSS) -> Path:
     """Write `<out>/report.md` and its PNGs (default out: reports/<name>/), and for an ablation its runs.csv;
     returns the report's path.
 
     `runs` is the runs root (default $NANOLAB_RUNS, else ./runs). `margin`: the findings call a difference
-    equivalent where its interval lies inside +-margin (default: never).
+    equivalent where its interval lies inside +-margin (default: never). `metric`: the figure of each run's
+    summary the comparison and findings are made of.
     """
     plan, store = read_record(plan_file, runs), RunStore(runs)
     folder = store.group(plan["name"])
@@ -54,8 +57,8 @@ def write_report(plan_file: str | os.PathLike, out: str | os.PathLike | None = N
     finished = frame[is_finished(frame)]
     metas = [RunFolder(path).read_meta() for path in frame["path"]]
     if plan["kind"] == "ablation":
-        by = list(plan["varied"])
-        published = _publish(plan, frame, metas, out, margin)
+        by = ablation_keys(plan)[0]
+        published = _publish(plan, frame, metas, out, margin, metric)
         results = [comparison_section(published), *sequential_section(folder), _curves(finished, by, "variant", out),
                    _tuned(frame, by), *_studies(plan, store), *scaling_sections(published, out)]
     else:
@@ -92,7 +95,10 @@ def plan_runs(plan: dict, folder: Path, plan_file) -> pd.DataFrame:
 def _what_ran(plan: dict, runs: pd.DataFrame, folder: Path) -> str:
     statuses = ", ".join(f"{n} {status}" for status, n in Counter(runs["status"]).items())
     seeds = ", ".join(map(str, sorted(runs["seed"].unique())))
-    if plan["kind"] == "ablation":
+    if plan.get("named"):
+        varied = "variants: " + "; ".join(f"{name} ({label(changes) or 'the experiment itself'})"
+                                          for name, changes in plan["named"].items())
+    elif plan["kind"] == "ablation":
         varied = "grid: " + "; ".join(f"{key} in {values}" for key, values in plan["varied"].items())
     else:
         varied = "space: " + "; ".join(f"{key} {spec}" for key, spec in plan["space"].items())
@@ -107,12 +113,14 @@ def _what_ran(plan: dict, runs: pd.DataFrame, folder: Path) -> str:
     ])
 
 
-def _publish(plan: dict, runs: pd.DataFrame, metas: list[dict], out: Path, margin: float | None) -> pd.DataFrame:
+def _publish(plan: dict, runs: pd.DataFrame, metas: list[dict], out: Path, margin: float | None,
+             metric: str) -> pd.DataFrame:
     """The runs.csv written beside the report, read back: the published values are all that the comparison, its
-    findings and the scaling sections are made from."""
-    by = list(plan["varied"])
-    baseline = plan["baseline"] or compare(runs, by).attrs["baseline_keys"]
-    published = published_runs(runs, metas, by, baseline, margin, sizes=varies_size(by))
+    findings and the scaling sections are made from. Named variants' runs.csv also holds the keys they change."""
+    by, baseline = ablation_keys(plan)
+    baseline = baseline or compare(runs, by, metric).attrs["baseline_keys"]
+    keys = [key for key in plan["varied"] if key not in by]
+    published = published_runs(runs, metas, [*by, *keys], baseline, margin, sizes=varies_size(by), metric=metric)
     return read_published(write_published(published, out / RUNS_CSV))
 
 

@@ -209,13 +209,18 @@ def _baseline_index(keys: list[dict], sizes: list[int], by: list[str], baseline:
 
 
 def same_value(value: Any, wanted: Any) -> bool:
-    """Equal, or equal as text or as numbers (a baseline typed on the command line is text)."""
-    if value == wanted or str(value) == str(wanted):
+    """Equal, or equal as text or as numbers (a baseline typed on the command line is text); a null config value
+    (None) equals the NaN that pandas makes of it."""
+    if value == wanted or str(value) == str(wanted) or (_null(value) and _null(wanted)):
         return True
     try:
         return float(value) == float(wanted)
     except (TypeError, ValueError):
         return False
+
+
+def _null(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
 
 
 # ----------------------------------------------------------------------------- checks and names (render uses them)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from nanolab.analysis.load import RUN_STATS, history_frame, runs_frame, with_run
+from nanolab.analysis.load import RUN_STATS, VARIANT, history_frame, runs_frame, with_run
 from nanolab.config_dicts import flatten
 from nanolab.tracking.wandb_api import project_runs
 from nanolab.vocab import WALL_TIME, RunStatus
@@ -54,6 +54,7 @@ def wandb_run_row(run: Any) -> dict:
         "group": run.group,
         "job_type": run.job_type,
         "status": status if status in STATUSES else WANDB_STATES.get(run.state, run.state),
+        VARIANT: None,  # meta.json's label is not uploaded; W&B runs are compared by their config keys
         "path": "/".join(run.path),
         "start_time": start.isoformat(),
         "end_time": (start + pd.Timedelta(seconds=wall_time)).isoformat() if wall_time is not None else None,

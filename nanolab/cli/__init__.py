@@ -252,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="the report's folder (default reports/<name>)")
     p.add_argument("--margin", type=float, metavar="X", help="the findings call a difference equivalent where its "
                    "whole interval lies inside +-X (default: never)")
+    p.add_argument("--metric", default=BEST_VAL_LOSS, metavar="M", help="the figure of each run's summary that the "
+                   "comparison and its findings are made of (default best/val_loss; e.g. final/val_loss_whole); "
+                   "runs.csv names it")
     p.add_argument("--check", metavar="DIR", help="train nothing, write nothing: compare the runs of DIR's runs.csv "
                    "(a published report's folder) with the runs of the same ids in --runs, each 'bit-identical', "
                    "'within X', 'differs by X' or 'missing'; exit 1 unless every run is reproduced")

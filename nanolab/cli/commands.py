@@ -159,7 +159,7 @@ def cmd_report(args) -> int:
         raise NanolabError("report: give an ablation or sweep FILE, or --check DIR (a published report's folder)")
     from nanolab.analysis.report import wandb_report, write_report
 
-    print(f"wrote {write_report(args.plan_file, args.out, margin=args.margin)}")
+    print(f"wrote {write_report(args.plan_file, args.out, margin=args.margin, metric=args.metric)}")
     if args.wandb:
         print(wandb_report(args.plan_file, args.entity, args.project))
     return EXIT_OK
