@@ -8,7 +8,8 @@ shared by the runs of one seed (its initialisation and batch order), E the run's
 two variants at the same seed (0: no pairing benefit; the README's activation ablation measured about 0.9). The
 fixed design is the smallest number of seeds whose paired t-test (Holm over the variants) has 80% power at effect
 = 2 sigma; the sequential design is the one, among seeds.min 2..4, seeds.max up to 16, steps 1 and 2 and both
-spending functions, with the fewest expected runs at 2 sigma among those with at least that power.
+spending functions, with the fewest expected runs at 2 sigma among those with at least that power; the same with
+equivalence stops at a margin of 0.5 sigma, and with futility stops at a margin of 1 sigma (the level searched too).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from nanolab.sequential import Decide, Design, SeedDesign, sequence
 EFFECTS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)  # in units of sigma
 TARGET = 2.0  # the effect the designs are sized for: power 80% at twice the seed sd
 POWER = 0.8
+FUTILITY = (0.2, 0.4, 0.6, 0.8)  # the levels searched, at a margin of 1 sigma (half the effect the design is for)
 
 
 def simulate(design: Design, m: int, effect: float, rho: float, sims: int, seed: int) -> tuple[float, float]:
@@ -45,12 +47,15 @@ def smallest_fixed(m: int, fwer: float, rho: float, sims: int) -> Design:
     raise SystemExit("no fixed design up to 40 seeds reaches the power")
 
 
-def best_sequential(m: int, fwer: float, rho: float, sims: int, margin: float | None) -> Design:
+def best_sequential(m: int, fwer: float, rho: float, sims: int, margin: float | None,
+                    futility: tuple[float | None, ...] = (None,)) -> Design:
     candidates = []
-    for low, high, step, spending in itertools.product((2, 3, 4), range(3, 17), (1, 2), ("obf", "pocock")):
+    for low, high, step, spending, level in itertools.product((2, 3, 4), range(3, 17), (1, 2), ("obf", "pocock"),
+                                                              futility):
         if high <= low:
             continue
-        design = Design(SeedDesign(low, high, step), Decide(fwer=fwer, spending=spending, margin=margin))
+        design = Design(SeedDesign(low, high, step), Decide(fwer=fwer, spending=spending, margin=margin,
+                                                            futility=level))
         power, runs = simulate(design, m, TARGET, rho, sims, 1)
         if power >= POWER:
             candidates.append((runs, high, design))
@@ -60,13 +65,15 @@ def best_sequential(m: int, fwer: float, rho: float, sims: int, margin: float | 
 def describe(design: Design) -> str:
     s, d = design.seeds, design.decide
     margin = f", margin {d.margin:g} sigma" if d.margin else ""
-    return f"seeds {{min: {s.min}, max: {s.max}, step: {s.step}}}, {d.spending}{margin}"
+    futility = f", futility {d.futility:g}" if d.futility else ""
+    return f"seeds {{min: {s.min}, max: {s.max}, step: {s.step}}}, {d.spending}{margin}{futility}"
 
 
 def table(m: int, fwer: float, rho: float, sims: int) -> str:
     base = smallest_fixed(m, fwer, rho, sims)
     designs = {"fixed": base, "sequential": best_sequential(m, fwer, rho, sims, None),
-               "sequential + margin": best_sequential(m, fwer, rho, sims, 0.5)}
+               "sequential + margin": best_sequential(m, fwer, rho, sims, 0.5),
+               "sequential + futility": best_sequential(m, fwer, rho, sims, 1.0, FUTILITY)}
     lines = [f"{m} variant(s) + baseline, FWER {fwer}, rho {rho:g}, {sims:,} simulated ablations per cell (seed 2 "
              "for the table; the designs were chosen on seed 1)", ""]
     lines += [f"- {name}: {describe(design)}" for name, design in designs.items()]

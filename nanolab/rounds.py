@@ -123,6 +123,7 @@ def decisions_table(record: dict, label: str) -> str:
             for vid, e in entries.items()]
     used, fixed = sum(look["runs"] for look in looks), (m + 1) * seeds["max"]
     margin = f", margin +-{decide_['margin']:g}" if decide_.get("margin") else ""
+    margin += f", futility {decide_['futility']:g}" if decide_.get("futility") else ""
     return "\n".join([
         f"{label}: sequential over seeds {seeds['min']}..{seeds['max']} (step {seeds['step']}), {decide_['metric']} "
         f"vs baseline {record['baseline']}, FWER {decide_['fwer']:g} (Holm over {m} variants, {decide_['spending']} "
@@ -147,6 +148,7 @@ def sequential_section(folder: Path) -> list[str]:
     if record is None:
         return []
     said = {"better": "is better than", "worse": "is worse than", "equivalent": "is equivalent to",
+            "futile": "stopped for futility (a difference of the margin unlikely) against",
             "undecided": "is not distinguished from"}
     sentences = [f"{vid} {said[e['decision']]} the baseline (diff {e['diff']:+.4f}, repeated CI "
                  f"[{e['ci'][0]:+.4f}, {e['ci'][1]:+.4f}], Holm p {p_text(e['p_holm'])}) after {e['seeds']} seeds, "
@@ -154,6 +156,7 @@ def sequential_section(folder: Path) -> list[str]:
     method = ("Method: at each look every undecided variant's paired t statistic (per-seed differences from the "
               "baseline) is compared with group-sequential boundaries of the exact null law; Holm over the "
               "variants; equivalence when the repeated CI, simultaneous over looks and variants, lies inside the "
-              "margin. The comparison table above does not adjust for the looks; this one does (docs/sequential.md).")
+              "margin; with a futility level, a stop (not a claim) when that look's own interval at 1 - futility "
+              "does. The comparison table above does not adjust for the looks; this one does (docs/sequential.md).")
     return ["## Sequential decisions\n\n" + decisions_table(record, f"ablation {folder.name}") + "\n\n"
             + " ".join(sentences) + "\n\n" + method]

@@ -2,7 +2,7 @@
 better, worse or equivalent to the baseline, with the family-wise error held at `fwer` across looks and variants.
 
     seeds: {min: 2, max: 10, step: 1}      # looks at 2, 3, ..., 10 seeds (the last look is always at max)
-    decide: {metric: best/val_loss, fwer: 0.05, margin: 0.01, spending: obf}
+    decide: {metric: best/val_loss, fwer: 0.05, margin: 0.01, spending: obf, futility: 0.4}
 
 The method (docs/sequential.md says why each choice):
 - Each variant is compared with the baseline by the paired t statistic of its per-seed differences. Look k at n_k
@@ -19,6 +19,11 @@ The method (docs/sequential.md says why each choice):
 - Equivalence (with `margin`): the repeated confidence interval at level fwer/m (simultaneous over looks and
   variants) lies inside +-margin. It stops a variant without rejecting it: a non-binding stop that only removes
   chances to reject, so the efficacy FWER stays controlled.
+- Futility (with `margin` and `futility`): the variant's interval at this look alone, at confidence 1 - futility,
+  lies inside +-margin: a difference as large as the margin has become unlikely, so its seeds are better spent
+  elsewhere. A stop, not a claim of equivalence (the interval is neither simultaneous nor at the fwer level), and
+  non-binding like equivalence: the FWER holds whatever the level; the price is power, which
+  benchmarks/sequential.py measures.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ SPENDING = {  # cumulative two-sided alpha spent by information fraction t (Lan 
     "obf": lambda t, a: 2 * stats.norm.sf(stats.norm.isf(a / 2) / np.sqrt(t)),
     "pocock": lambda t, a: a * np.log1p((np.e - 1) * t),
 }
-DECISIONS = ("undecided", "better", "worse", "equivalent")  # the codes 0..3 of `sequence`
+DECISIONS = ("undecided", "better", "worse", "equivalent", "futile")  # the codes 0..4 of `sequence`
 
 
 @dataclass(frozen=True)
@@ -66,9 +71,10 @@ class Decide:
 
     metric: str = BEST_VAL_LOSS
     fwer: float = 0.05
-    margin: float | None = None  # the smallest difference that matters, in the metric's units: equivalence
+    margin: float | None = None  # the smallest difference that matters, in the metric's units: equivalence, futility
     spending: str = "obf"
     direction: str = "minimize"
+    futility: float | None = None  # with margin: stop a variant whose (1 - futility) interval lies inside it
 
     def __post_init__(self):
         if self.metric not in SUMMARY_METRICS:
@@ -84,6 +90,9 @@ class Decide:
                               "O'Brien-Fleming or Pocock)")
         if self.direction not in ("minimize", "maximize"):
             raise ConfigError("direction", self.direction, "expected minimize or maximize")
+        if self.futility is not None and not (0 < self.futility < 1 and self.margin is not None):
+            raise ConfigError("futility", self.futility, "expected a level in (0, 1), with a margin: a variant stops "
+                              "when its (1 - futility) interval lies inside +-margin (or leave it out)")
 
 
 @dataclass(frozen=True)
@@ -184,9 +193,12 @@ def sequence(design: Design, diffs: np.ndarray, looks: int | None = None) -> Tra
                 break
             rejected |= new
             code[new] = np.where(sign * mean[new] < 0, 1, 2)
-        if design.decide.margin is not None:
-            half = bounds[0, k] * se
-            code[active & (code == 0) & (np.abs(mean) + half < design.decide.margin)] = 3
+        margin, futility = design.decide.margin, design.decide.futility
+        if margin is not None:
+            with np.errstate(invalid="ignore"):  # a look that spends nothing has an infinite bound: inf * 0 se
+                code[active & (code == 0) & (np.abs(mean) + bounds[0, k] * se < margin)] = 3
+        if futility is not None:
+            code[active & (code == 0) & (np.abs(mean) + stats.t.isf(futility / 2, n - 1) * se < margin)] = 4
         look[active & (code != 0)] = k
     return Trajectory(code, look, runs)
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from helpers import cli, tiny_yaml
 
+from nanolab.rounds import decisions_table
 from nanolab.sequential import (SPENDING, Decide, Design, SeedDesign, holm, null_t, paired_t, repeated_p, sequence,
                                 t_boundaries)
 
@@ -58,9 +59,10 @@ def test_a_t_boundary_at_two_seeds_is_far_out_because_one_degree_of_freedom_has_
 
 
 @pytest.mark.parametrize("m", [1, 3, 6])
-@pytest.mark.parametrize("spending,margin", [("obf", None), ("pocock", 0.01)])
-def test_family_wise_false_positives_stay_at_the_stated_rate_on_gaussian_nulls(m, spending, margin):
-    design = Design(SeedDesign(2, 10, 1), Decide(spending=spending, margin=margin))
+@pytest.mark.parametrize("spending,margin,futility", [("obf", None, None), ("pocock", 0.01, None),
+                                                      ("pocock", 0.01, 0.6)])
+def test_family_wise_false_positives_stay_at_the_stated_rate_on_gaussian_nulls(m, spending, margin, futility):
+    design = Design(SeedDesign(2, 10, 1), Decide(spending=spending, margin=margin, futility=futility))
     rate, allowed = false_positive_rate(design, gaussian_null(m, 10, np.random.default_rng(m)))
     assert rate <= allowed, f"{m} variants, {spending}: {rate:.4f} > {allowed:.4f}"
 
@@ -104,6 +106,39 @@ def test_equivalence_within_the_margin_stops_a_variant():
     diffs = np.tile([0.001, -0.001], 5)[None, None, :]
     trajectory = sequence(design, diffs)
     assert trajectory.code.tolist() == [[3]] and 0 < trajectory.look[0, 0] < 9
+
+
+def test_futility_stops_a_variant_before_equivalence_could_and_only_inside_the_margin():
+    diffs = np.array([[[0.004, -0.003, 0.002, -0.004, 0.003, -0.002, 0.004, -0.003, 0.002, -0.004]],
+                      [[0.06, 0.04, 0.05, 0.07, 0.03, 0.06, 0.04, 0.05, 0.07, 0.03]]])
+    equivalence = sequence(Design(SeedDesign(2, 10, 1), Decide(margin=0.02)), diffs)
+    futility = sequence(Design(SeedDesign(2, 10, 1), Decide(margin=0.02, futility=0.4)), diffs)
+    assert equivalence.code[0, 0] == 3 and futility.code[0, 0] == 4
+    assert futility.look[0, 0] < equivalence.look[0, 0] and futility.runs[0] < equivalence.runs[0]
+    assert futility.code[1, 0] == equivalence.code[1, 0] == 2  # a difference beyond the margin is not futile
+
+
+@pytest.mark.parametrize("decide, message", [
+    ({"futility": 0.4}, "decide.futility = 0.4: expected a level in (0, 1), with a margin"),
+    ({"futility": 1.5, "margin": 0.01}, "decide.futility = 1.5: expected a level in (0, 1)"),
+])
+def test_a_futility_level_needs_a_margin_and_lies_in_0_1(tmp_path, decide, message):
+    (tmp_path / "tiny.yaml").write_text(tiny_yaml())
+    (tmp_path / "seq.yaml").write_text(SEQUENTIAL.replace("decide: {fwer: 0.05}", f"decide: {json.dumps(decide)}"))
+    proc = cli("ablate", str(tmp_path / "seq.yaml"))
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+
+
+def test_a_futile_variant_is_said_to_have_stopped_not_to_be_equivalent():
+    design = {"seeds": {"min": 2, "max": 4, "step": 1},
+              "decide": {"metric": "best/val_loss", "fwer": 0.05, "margin": 0.02, "spending": "obf",
+                         "direction": "minimize", "futility": 0.4}}
+    entry = {"decision": "futile", "look": 1, "seeds": 2, "diff": 0.001, "ci": [-0.5, 0.5], "p": 0.9, "p_holm": 0.9}
+    table = decisions_table({"design": design, "baseline": "gelu", "looks": [
+        {"seeds": 2, "runs": 4, "variants": {"relu": entry}}]}, "ablation seq")
+    assert "FWER 0.05 (Holm over 1 variants, obf spending), margin +-0.02, futility 0.4" in table
+    assert "| relu | futile | 1 (2 seeds) | +0.0010 | [-0.5000, +0.5000] | > 0.5 | > 0.5 |" in table
+    assert "runs: 4 used, 8 for the fixed design at 4 seeds (50%)" in table
 
 
 # ----------------------------------------------------------------------------- the engine, end to end
