@@ -177,6 +177,7 @@ def sequence(design: Design, diffs: np.ndarray, looks: int | None = None) -> Tra
     crossed = np.zeros((batch, m, m), dtype=bool)  # crossed[..., r]: crossed Holm step r's boundary at some look
     runs = np.zeros(batch, dtype=int)
     sign = 1 if design.decide.direction == "minimize" else -1
+    margin, futility = design.decide.margin, design.decide.futility
     previous = 0
     for k, n in enumerate(looks_n):
         active = code == 0
@@ -193,7 +194,6 @@ def sequence(design: Design, diffs: np.ndarray, looks: int | None = None) -> Tra
                 break
             rejected |= new
             code[new] = np.where(sign * mean[new] < 0, 1, 2)
-        margin, futility = design.decide.margin, design.decide.futility
         if margin is not None:
             with np.errstate(invalid="ignore"):  # a look that spends nothing has an infinite bound: inf * 0 se
                 code[active & (code == 0) & (np.abs(mean) + bounds[0, k] * se < margin)] = 3

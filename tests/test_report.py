@@ -366,6 +366,8 @@ def test_compare_names_a_named_ablations_rows_its_baseline_and_its_missing_runs(
     assert sorted(rows) == ["record", "relu", "wide"] and "model.n_embd" not in out
     assert main(["compare", str(named), "--by", "model.activation", "model.n_embd"]) == 0
     assert "baseline model.activation=gelu, model.n_embd=16 (the baseline of the ablation" in capsys.readouterr().out
+    assert main(["compare", str(named.parent / "runs" / "act"), "--by", "variant"]) == 0  # a grid's labels
+    assert "activation=swiglu  2" in capsys.readouterr().out
     shutil.copytree(named.parent / "runs" / "loo", tmp_path / "loo")
     shutil.rmtree(tmp_path / "loo" / "wide-s2")
     assert main(["compare", str(tmp_path / "loo")]) == 0

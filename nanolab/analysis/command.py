@@ -149,7 +149,7 @@ def missing_note(record: dict, runs: pd.DataFrame, by: list[str]) -> str:
     seeds = sorted(runs["seed"].dropna().unique())
     finished = runs[is_finished(runs)]
     gaps = []
-    variants = ([{VARIANT: name} for name in record["named"]] if by == [VARIANT] else
+    variants = ([{VARIANT: name} for name in record["named"]] if by == [VARIANT] and record.get("named") else
                 [{k: v for k, v in changes.items() if k in by} for changes in record["resolved"]["variants"].values()])
     for keys in variants:
         mine = runs[[all(same_value(row[k], v) for k, v in keys.items()) for _, row in runs.iterrows()]]
